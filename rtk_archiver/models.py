@@ -1,0 +1,199 @@
+"""Typed models for everything that crosses a boundary.
+
+* ``Recording`` / ``StorageConfig`` / ``Meeting``: what the RealtimeKit Recordings API returns
+  (unknown extra fields are tolerated, secrets that do show up are held as ``SecretStr``).
+* ``ObjectInfo``: what a storage backend says about a stored object.
+* ``Sidecar``: the JSON metadata written beside every archived recording.
+* ``RecordingOutcome`` / ``ArchiveReport``: what a run did, per recording.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+
+class RecordingStatus(str, Enum):
+    INVOKED = "INVOKED"
+    RECORDING = "RECORDING"
+    UPLOADING = "UPLOADING"
+    UPLOADED = "UPLOADED"
+    ERRORED = "ERRORED"
+    PAUSED = "PAUSED"
+
+
+class _ApiModel(BaseModel):
+    # The API adds fields over time: tolerate and ignore what we do not know.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class StorageConfig(_ApiModel):
+    """Where a recording belongs. Secrets are write-only in the API; if one comes back anyway
+    it is kept as a SecretStr so it can never be printed by accident."""
+
+    type: str | None = None
+    bucket: str | None = None
+    region: str | None = None
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    auth_method: str | None = None
+    access_key: SecretStr | None = None
+    secret: SecretStr | None = None
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, v: Any) -> Any:
+        # The SDK types it as a number: 22.0 is 22. Anything else is a clear error.
+        if v is None or v == "":
+            return None
+        if isinstance(v, bool):
+            raise ValueError("port must be a number")
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v.strip())
+        return v
+
+    @field_validator("access_key", "secret", "password", "private_key", mode="before")
+    @classmethod
+    def _secret(cls, v: Any) -> Any:
+        if v is None or isinstance(v, SecretStr):
+            return v
+        return SecretStr(str(v))
+
+    def public_dict(self) -> dict[str, Any]:
+        """The non-secret fields, for sidecars, logs and reports."""
+        return self.model_dump(exclude={"access_key", "secret", "password", "private_key"}, exclude_none=True)
+
+
+class Meeting(_ApiModel):
+    id: str
+    title: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    status: str | None = None
+
+
+class Recording(_ApiModel):
+    id: str
+    status: str
+    invoked_time: datetime
+    started_time: datetime | None = None
+    stopped_time: datetime | None = None
+    output_file_name: str
+    download_url: str | None = None
+    audio_download_url: str | None = None
+    download_url_expiry: datetime | None = None
+    file_size: int | None = None
+    recording_duration: int | None = None
+    session_id: str | None = None
+    meeting_id: str | None = None
+    meeting: Meeting | None = None
+    storage_config: StorageConfig | None = None
+
+    @field_validator("file_size", "recording_duration", mode="before")
+    @classmethod
+    def _int(cls, v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return v
+
+    @property
+    def meeting_ref(self) -> str | None:
+        return self.meeting.id if self.meeting else self.meeting_id
+
+    def label(self) -> str:
+        """A short, secret-free description for logs."""
+        return f"{self.id} ({self.output_file_name!r})"
+
+
+class Paging(_ApiModel):
+    total_count: int | None = None
+    start_offset: int | None = None
+    end_offset: int | None = None
+
+
+class ObjectInfo(BaseModel):
+    """What a backend knows about one stored object (rclone's ``stat``)."""
+
+    size: int
+    hashes: dict[str, str] = Field(default_factory=dict)
+
+
+class FileEntry(BaseModel):
+    """One archived file, as recorded in the sidecar."""
+
+    kind: Literal["video", "audio"]
+    name: str
+    size: int
+    sha256: str
+    hashes: dict[str, str] = Field(default_factory=dict)
+    source_url_host: str | None = None
+
+
+class Sidecar(BaseModel):
+    """The JSON metadata written beside an archived recording, last, as its commit marker."""
+
+    schema_version: int = 1
+    recording_id: str
+    meeting_id: str | None = None
+    meeting_title: str | None = None
+    session_id: str | None = None
+    status: str
+    invoked_time: datetime
+    started_time: datetime | None = None
+    stopped_time: datetime | None = None
+    recording_duration: int | None = None
+    output_file_name: str
+    storage_config: dict[str, Any] | None = None
+    files: list[FileEntry]
+    archived_at: datetime
+    archiver_version: str
+
+
+class OutcomeKind(str, Enum):
+    ARCHIVED = "archived"
+    ALREADY_ARCHIVED = "already archived"
+    WOULD_ARCHIVE = "would archive"  # dry run
+    SKIPPED = "skipped"
+    PENDING = "pending"  # not finished yet; a later run picks it up
+    FAILED = "failed"
+
+
+class RecordingOutcome(BaseModel):
+    recording_id: str
+    output_file_name: str | None = None
+    kind: OutcomeKind
+    reason: str | None = None
+    destination: str | None = None
+    bytes_transferred: int = 0
+    bytes_total: int = 0
+    seconds: float = 0.0
+
+
+class ArchiveReport(BaseModel):
+    since: datetime | None = None
+    until: datetime | None = None
+    dry_run: bool = False
+    outcomes: list[RecordingOutcome] = Field(default_factory=list)
+
+    def of(self, kind: OutcomeKind) -> list[RecordingOutcome]:
+        return [o for o in self.outcomes if o.kind == kind]
+
+    @property
+    def failed(self) -> list[RecordingOutcome]:
+        return self.of(OutcomeKind.FAILED)
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(o.bytes_transferred for o in self.outcomes)
+
+    def counts(self) -> dict[str, int]:
+        return {k.value: len(self.of(k)) for k in OutcomeKind}

@@ -1,0 +1,129 @@
+"""All settings in one place, read from the environment (pydantic-settings).
+
+A missing or invalid setting stops a run before any work, with one message that names the
+variable (see ``load_settings``). Secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid. The message names the variable and never holds a secret."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # --- RealtimeKit API -------------------------------------------------------------------
+    cloudflare_api_token: SecretStr = Field(description="API token with the Realtime permission.")
+    cloudflare_account_id: str = Field(min_length=1, max_length=32)
+    realtimekit_app_id: str = Field(min_length=1, max_length=32)
+    cloudflare_base_url: str = DEFAULT_BASE_URL
+    api_page_size: int = Field(default=50, ge=1, le=1000, alias="ARCHIVE_API_PAGE_SIZE")
+    api_max_retries: int = Field(default=5, ge=0, le=20, alias="ARCHIVE_API_MAX_RETRIES")
+    api_timeout_seconds: float = Field(default=60.0, gt=0, alias="ARCHIVE_API_TIMEOUT_SECONDS")
+
+    # --- Archive behaviour -----------------------------------------------------------------
+    archive_default_destination: str | None = Field(
+        default=None,
+        description="Where recordings without a storage_config go: file:///abs/path, s3://bucket/prefix, "
+        "gs://bucket/prefix or sftp://user@host:port/path.",
+    )
+    # RealtimeKit keeps files ~7 days; look back that far plus a margin by default.
+    archive_lookback_days: float = Field(default=8.0, gt=0, le=3650)
+    archive_max_concurrent: int = Field(default=4, ge=1, le=64)
+    archive_task_retries: int = Field(default=3, ge=0, le=20)
+    archive_retry_delay_seconds: float = Field(default=10.0, ge=0)
+    archive_download_timeout_seconds: float = Field(default=60.0, gt=0)
+    archive_chunk_size: int = Field(default=1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
+
+    # --- Object stores ---------------------------------------------------------------------
+    # boto3 and google-cloud-storage read their own credential chains (AWS_*, GOOGLE_*,
+    # STORAGE_EMULATOR_HOST); these only add what those chains do not cover.
+    archive_credential_blocks: bool = Field(
+        default=True, description="Look up per-destination credentials Blocks (see storage_backends/credentials.py)."
+    )
+    s3_endpoint_url: str | None = Field(default=None, alias="ARCHIVE_S3_ENDPOINT_URL")
+    digitalocean_endpoint_url: str | None = Field(default=None, alias="ARCHIVE_DIGITALOCEAN_ENDPOINT_URL")
+
+    # --- SFTP (the API's own semantics) ----------------------------------------------------
+    sftp_password: SecretStr | None = Field(
+        default=None, description="Login password (auth_method PASSWORD) or the private key's passphrase (KEY)."
+    )
+    sftp_private_key: SecretStr | None = Field(default=None, description="Private key text (OpenSSH or PEM).")
+    sftp_private_key_file: Path | None = None
+    sftp_known_hosts: Path = Field(default_factory=lambda: Path.home() / ".ssh" / "known_hosts")
+    sftp_trust_unknown_hosts: bool = Field(
+        default=False, description="Accept (and remember) unknown host keys. Never the default."
+    )
+
+    @field_validator("cloudflare_api_token")
+    @classmethod
+    def _token(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("cloudflare_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("archive_default_destination")
+    @classmethod
+    def _destination(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        from storage_backends.destination import parse_destination_url
+
+        parse_destination_url(v)  # raises ValueError with a clear message
+        return v
+
+
+def _env_name(loc: tuple) -> str:
+    field = str(loc[0]) if loc else "?"
+    info = Settings.model_fields.get(field)
+    if info is not None and info.alias:
+        return info.alias.upper()
+    return field.upper()
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings from the environment; raise SettingsError naming every bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            name = _env_name(err.get("loc", ()))
+            msg = "is not set" if err.get("type") == "missing" else err.get("msg", "is invalid")
+            problems.append(f"{name} {msg}")
+        raise SettingsError("Invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def project_defaults() -> dict[str, str]:
+    """Prefect settings this project defaults to (no telemetry, no host look-ups)."""
+    return {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_LOGGING_LOG_PRINTS": "true",
+    }
+
+
+def apply_project_defaults() -> None:
+    for key, value in project_defaults().items():
+        os.environ.setdefault(key, value)

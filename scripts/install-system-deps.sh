@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages whose servers the tests start on loopback, when missing.
+set -euo pipefail
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "install-system-deps: not root; missing ${need[*]} (the tests that need them will be skipped)" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian starts the service on install where it can; the tests run their own sshd.
+systemctl stop ssh 2>/dev/null || service ssh stop 2>/dev/null || true

@@ -1,0 +1,77 @@
+"""The one small interface every storage backend implements (after rclone's put / stat / hashes).
+
+Keys are '/'-separated paths relative to the destination's root (bucket + prefix, base
+directory, SFTP directory). They are already made safe by ``rtk_archiver.naming``.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from typing import ClassVar, Protocol
+
+from rtk_archiver.models import ObjectInfo
+
+from .destination import Destination
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class StorageError(Exception):
+    """A transfer to/from a backend failed. Messages never contain secrets.
+    Transient by default: the task that hit it may retry."""
+
+
+class PermanentStorageError(StorageError):
+    """Retrying will not help (bad credentials, missing bucket, refused host key, bad config)."""
+
+
+class StorageBackend(ABC):
+    #: hash names (hashlib names, or "crc32c") that ``stat``/``put`` report and that the
+    #: transfer computes while streaming, for an end-to-end check beyond sha256.
+    hash_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+
+    # -- the interface ---------------------------------------------------------------------
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size (and hashes where the backend has them) of the object at key; None if absent."""
+
+    @abstractmethod
+    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
+        """Stream exactly ``size`` bytes from ``source`` to key, with bounded memory.
+
+        Atomic: nothing is visible at key until the whole object is there. If ``source.read``
+        raises (short or long body, checksum trouble, network) or the upload fails, nothing
+        partial is left behind (temp file removed, multipart upload aborted, resumable upload
+        not finalized) and the exception propagates.
+        """
+
+    @abstractmethod
+    def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
+        """A small object's content (sidecars), or None if absent."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove key if present."""
+
+    # -- helpers with defaults -------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self.put(key, io.BytesIO(data), len(data))
+
+    def url(self, key: str = "") -> str:
+        """Where key is, for people: no secrets."""
+        return self.destination.display_url(key)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""Finding a destination's credentials in Prefect Blocks.
+
+Each backend module defines its own credentials Block (``SecretStr`` fields, after
+prefect-aws / prefect-gcp). A recording's ``storage_config`` finds its block by name:
+
+    s3 / digitalocean:  rtk-s3-<bucket>
+    gcs:                rtk-gcs-<bucket>
+    sftp:               rtk-sftp-<username>-at-<host>
+
+(lower-cased, anything outside [a-z0-9-] replaced by '-'). When no such block exists the
+backend falls back to the standard chains / environment settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TypeVar
+
+from .destination import Destination
+
+B = TypeVar("B")
+
+
+def block_name_for(destination: Destination) -> str:
+    if destination.kind in ("s3", "gcs"):
+        raw = f"rtk-{destination.kind}-{destination.bucket}"
+    elif destination.kind == "sftp":
+        raw = f"rtk-sftp-{destination.username}-at-{destination.host}"
+    else:
+        raw = f"rtk-{destination.kind}"
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")
+
+
+def _prefect_api_available() -> bool:
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+    except Exception:  # pragma: no cover - prefect always importable in this project
+        return False
+
+
+def load_block(block_cls: type[B], destination: Destination, enabled: bool = True) -> B | None:
+    """The credentials block for this destination, or None when there is none (or no Prefect
+    API to ask). Only a missing block is treated as 'none'; other errors propagate."""
+    if not enabled or not _prefect_api_available():
+        return None
+    name = block_name_for(destination)
+    try:
+        return block_cls.load(name)  # type: ignore[attr-defined]
+    except ValueError as exc:
+        if "Unable to find block document" in str(exc) or "not found" in str(exc).lower():
+            return None
+        raise
