@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.reporting import emit_outcome_event, publish_report
 from rtk_archiver.api import InvalidRecording
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.naming import keys_for, redact_urls
@@ -82,9 +83,13 @@ def _archive_all(recordings: list[Recording], destination: str | None, dry_run: 
     return outcomes
 
 
-def _log_summary(report: ArchiveReport) -> None:
+def _finish(report: ArchiveReport) -> ArchiveReport:
+    for outcome in report.outcomes:
+        emit_outcome_event(outcome)
+    publish_report(report)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
     get_run_logger().info("Summary: %s; %d bytes transferred", counts or "nothing to do", report.bytes_transferred)
+    return report
 
 
 @flow(name="archive-recordings", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True)
@@ -103,8 +108,7 @@ def archive_recordings(
     report = ArchiveReport(since=since, until=until, dry_run=dry_run)
     report.outcomes.extend(_invalid_outcome(item) for item in listing.invalid)
     report.outcomes.extend(_archive_all(listing.recordings, destination, dry_run, settings))
-    _log_summary(report)
-    return report
+    return _finish(report)
 
 
 @flow(name="archive-one", validate_parameters=True)
@@ -114,8 +118,7 @@ def archive_one(recording_id: str, destination: str | None = None, dry_run: bool
     recording = get_recording(recording_id)
     report = ArchiveReport(dry_run=dry_run)
     report.outcomes.extend(_archive_all([recording], destination, dry_run, settings))
-    _log_summary(report)
-    return report
+    return _finish(report)
 
 
 def _invalid_outcome(item: InvalidRecording) -> RecordingOutcome:

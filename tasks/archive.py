@@ -13,11 +13,12 @@ import time
 from datetime import datetime, timezone
 
 import httpx
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from rtk_archiver import __version__
 from rtk_archiver.api import ApiError, RealtimeKitAPI
+from rtk_archiver.log import run_logger
 from rtk_archiver.models import FileEntry, OutcomeKind, Recording, RecordingOutcome, Sidecar
 from rtk_archiver.naming import RecordingKeys, keys_for
 from rtk_archiver.settings import Settings, load_settings
@@ -124,7 +125,7 @@ def archive_recording(
     """Archive one recording; returns what happened. Raises on failure (Prefect retries
     transient failures; permanent ones fail at once)."""
     settings = load_settings()
-    logger = get_run_logger()
+    logger = run_logger()
     started = time.monotonic()
     base = RecordingOutcome(recording_id=recording.id, output_file_name=recording.output_file_name, kind=OutcomeKind.SKIPPED)
     verdict = why_not_archivable(recording)

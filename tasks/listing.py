@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from rtk_archiver.api import InvalidRecording, RealtimeKitAPI
+from rtk_archiver.log import run_logger
 from rtk_archiver.models import Recording
 from rtk_archiver.settings import load_settings
 from tasks.retry import retry_transient
@@ -33,7 +34,7 @@ def stopped_within(recording: Recording, since: datetime, until: datetime) -> bo
 def list_recordings(since: datetime, until: datetime) -> Listing:
     """Every recording that stopped in [since, until), plus unfinished ones invoked in it."""
     settings = load_settings()
-    logger = get_run_logger()
+    logger = run_logger()
     recordings: list[Recording] = []
     invalid: list[InvalidRecording] = []
     with RealtimeKitAPI(settings) as api:

@@ -1,0 +1,51 @@
+"""What a run shows in the Prefect UI: a table artifact per recording, a markdown summary,
+and one event per archived or failed recording (for automations / notifications)."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
+
+EVENT_FOR = {OutcomeKind.ARCHIVED: "rtk.recording.archived", OutcomeKind.FAILED: "rtk.recording.failed"}
+
+
+def emit_outcome_event(outcome: RecordingOutcome) -> None:
+    name = EVENT_FOR.get(outcome.kind)
+    if name is None:
+        return
+    emit_event(
+        event=name,
+        resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": outcome.output_file_name or outcome.recording_id},
+        payload=outcome.model_dump(mode="json", include={"kind", "reason", "destination", "bytes_total", "bytes_transferred", "seconds"}),
+    )
+
+
+def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
+    rows = [
+        {
+            "outcome": o.kind.value,
+            "recording": o.recording_id,
+            "file": o.output_file_name or "",
+            "bytes": o.bytes_total,
+            "destination": o.destination or "",
+            "reason": o.reason or "",
+        }
+        for o in report.outcomes
+    ]
+    if rows:
+        create_table_artifact(table=rows, key=key, description="What this run did, per recording")
+    counts = "\n".join(f"| {k} | {n} |" for k, n in report.counts().items() if n) or "| nothing to do | 0 |"
+    window = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC" if report.since and report.until else "single recording"
+    failures = "\n".join(f"- `{o.recording_id}` {o.output_file_name or ''}: {o.reason}" for o in report.failed)
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        description="Run summary",
+        markdown=(
+            f"# RealtimeKit archive run{' (dry run)' if report.dry_run else ''}\n\n"
+            f"Window: {window}\n\n| outcome | recordings |\n|---|---|\n{counts}\n\n"
+            f"Bytes transferred: {report.bytes_transferred:,}\n"
+            + (f"\n## Failures\n{failures}\n" if failures else "")
+        ),
+    )

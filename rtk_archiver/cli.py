@@ -1,0 +1,174 @@
+"""``rtk-archiver``: run the archive flows, the simulator, and the demo.
+
+Flows run against Prefect's embedded API unless ``PREFECT_API_URL`` is set.
+Exit status: 0 when nothing failed, 1 when any recording failed, 2 for bad settings or
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from rtk_archiver.settings import apply_project_defaults
+
+apply_project_defaults()  # before prefect is imported anywhere
+
+from pydantic import TypeAdapter, ValidationError  # noqa: E402
+
+from rtk_archiver.models import ArchiveReport, OutcomeKind  # noqa: E402
+from rtk_archiver.settings import SettingsError, load_settings  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _datetime(value: str) -> datetime:
+    try:
+        return TypeAdapter(datetime).validate_python(value)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-11-01 or 2026-11-01T12:00:00Z)"
+        ) from None
+
+
+def _destination(value: str) -> str:
+    from storage_backends import parse_destination_url
+
+    try:
+        parse_destination_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--destination: {exc}") from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtk-archiver", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("archive", help="archive every recording that stopped in a window")
+    p.add_argument("--since", type=_datetime, help="start of the window (default: ARCHIVE_LOOKBACK_DAYS ago)")
+    p.add_argument("--until", type=_datetime, help="end of the window (default: now)")
+    _common(p)
+
+    p = sub.add_parser("archive-one", help="archive one recording by id")
+    p.add_argument("recording_id")
+    _common(p)
+
+    p = sub.add_parser("simulator", help="serve a local RealtimeKit Recordings API simulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--count", type=int, default=40, help="recordings to generate")
+    p.add_argument("--seed", type=int, default=1)
+
+    p = sub.add_parser("demo", help="start the simulator and archive its recordings into a local directory")
+    p.add_argument("--dir", type=Path, default=Path("demo-archive"), help="where to archive (default ./demo-archive)")
+    p.add_argument("--count", type=int, default=24)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--destination", type=_destination, help="archive every recording here instead (a URL)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be archived, transfer nothing")
+
+
+def print_report(report: ArchiveReport, stream=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream or sys.stdout, width=160)
+    table = Table(title="rtk-archiver summary", show_lines=False)
+    for col in ("outcome", "recording", "file", "size", "destination / reason"):
+        table.add_column(col, overflow="fold")
+    order = list(OutcomeKind)
+    for o in sorted(report.outcomes, key=lambda o: (order.index(o.kind), o.recording_id)):
+        detail = o.destination if o.kind in (OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED, OutcomeKind.WOULD_ARCHIVE) else o.reason
+        table.add_row(o.kind.value, o.recording_id, o.output_file_name or "", _size(o.bytes_total), detail or "")
+    console.print(table)
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n) or "no recordings"
+    console.print(f"{counts}; {_size(report.bytes_transferred)} transferred")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _run_archive(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+        if args.command == "archive":
+            from flows.archive import resolve_window
+
+            resolve_window(args.since, args.until, settings)
+    except (SettingsError, ValueError) as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.archive import archive_one, archive_recordings
+
+    runner = ThreadPoolTaskRunner(max_workers=settings.archive_max_concurrent)
+    if args.command == "archive":
+        flow = archive_recordings.with_options(task_runner=runner)
+        state = flow(since=args.since, until=args.until, destination=args.destination, dry_run=args.dry_run, return_state=True)
+    else:
+        flow = archive_one.with_options(task_runner=runner)
+        state = flow(recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, ArchiveReport):
+        print(f"rtk-archiver: the run failed: {state.message or result}", file=sys.stderr)
+        return EXIT_FAILED
+    print_report(result)
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rtk_archiver.simulator import SimulatorServer
+
+    target = args.dir.resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    with SimulatorServer(count=args.count, seed=7) as sim:
+        os.environ.update(
+            {
+                "CLOUDFLARE_API_TOKEN": sim.token,
+                "CLOUDFLARE_ACCOUNT_ID": sim.account_id,
+                "REALTIMEKIT_APP_ID": sim.app_id,
+                "CLOUDFLARE_BASE_URL": sim.base_url,
+                "ARCHIVE_RETRY_DELAY_SECONDS": "1",
+            }
+        )
+        print(f"Simulator serving {args.count} recordings at {sim.base_url}")
+        print(f"Archiving every stopped recording into {target}")
+        ns = argparse.Namespace(
+            command="archive", since=None, until=None, destination=f"file://{target}", dry_run=False
+        )
+        code = _run_archive(ns)
+    files = sorted(p for p in target.rglob("*") if p.is_file())
+    print(f"\n{len(files)} file(s) under {target}")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("archive", "archive-one"):
+        return _run_archive(args)
+    if args.command == "simulator":
+        from rtk_archiver.simulator import serve
+
+        serve(host=args.host, port=args.port, count=args.count, seed=args.seed)
+        return EXIT_OK
+    if args.command == "demo":
+        return _run_demo(args)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

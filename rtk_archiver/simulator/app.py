@@ -1,0 +1,219 @@
+"""The simulator's HTTP API (Starlette): the Recordings endpoints and the media bucket.
+
+Paths: ``/client/v4/accounts/{account_id}/realtime/kit/{app_id}/recordings...`` and
+``/rtk-bucket/{recording_id}/{video|audio}.{ext}?X-Expires=..&X-Signature=..``.
+
+Pagination: ``page_no`` starts at 1 (0 is served as the first page too), ``per_page``
+defaults to 25 and is capped at 100. ``paging.start_offset`` / ``end_offset`` are the
+1-based positions of the first and last item returned (0 and 0 for an empty page),
+``total_count`` the number of recordings matching the filters.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .content import iter_media
+from .state import STATUSES, SimRecording, SimulatorState, _utc
+
+PREFIX = "/client/v4/accounts/{account_id}/realtime/kit/{app_id}"
+
+
+def _error(status: int, message: str, code: int | None = None) -> JSONResponse:
+    return JSONResponse({"success": False, "errors": [{"code": code or status, "message": message}]}, status_code=status)
+
+
+def create_app(state: SimulatorState) -> Starlette:
+    def guard(request: Request) -> JSONResponse | None:
+        if state.faults.api_errors:
+            status = state.faults.api_errors.pop(0)
+            resp = _error(status, "injected fault")
+            if status == 429:
+                resp.headers["Retry-After"] = "1"
+            return resp
+        if request.headers.get("authorization") != f"Bearer {state.token}":
+            return _error(401, "Unauthorized: invalid or missing API token", 10000)
+        p = request.path_params
+        if p.get("account_id") != state.account_id or p.get("app_id") != state.app_id:
+            return _error(404, "Unknown account or app", 7003)
+        return None
+
+    def base_url(request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}"
+
+    def find(request: Request) -> SimRecording | None:
+        with state.lock:
+            return state.recordings.get(request.path_params["recording_id"])
+
+    async def list_recordings(request: Request) -> Response:
+        if (err := guard(request)) is not None:
+            return err
+        q = request.query_params
+        try:
+            page_no = max(1, int(q.get("page_no", "1")))
+            per_page = int(q.get("per_page", str(state.default_per_page)))
+            if per_page < 0:
+                raise ValueError
+            per_page = min(per_page or state.default_per_page, state.max_per_page)
+            start = _utc(q["start_time"]) if "start_time" in q else None
+            end = _utc(q["end_time"]) if "end_time" in q else None
+        except ValueError:
+            return _error(400, "invalid query parameter", 1001)
+        statuses = {s for v in q.getlist("status") + q.getlist("status[]") for s in v.split(",") if s}
+        if statuses - set(STATUSES):
+            return _error(400, f"invalid status: {sorted(statuses - set(STATUSES))}", 1001)
+        with state.lock:
+            recs = list(state.recordings.values())
+        if statuses:
+            recs = [r for r in recs if r.status in statuses]
+        if start:
+            recs = [r for r in recs if r.invoked_time >= start]
+        if end:
+            recs = [r for r in recs if r.invoked_time <= end]
+        if "meeting_id" in q:
+            recs = [r for r in recs if r.meeting_id == q["meeting_id"]]
+        if "search" in q:
+            needle = q["search"].lower()
+            recs = [r for r in recs if needle in r.meeting_id.lower() or needle in r.meeting_title.lower()]
+        if "expired" in q:
+            want = q["expired"].lower() == "true"
+            recs = [r for r in recs if r.expired == want]
+        recs.sort(key=lambda r: (r.invoked_time, r.id), reverse=q.get("sort_order", "DESC").upper() != "ASC")
+        first = (page_no - 1) * per_page
+        page = recs[first : first + per_page]
+        base = base_url(request)
+        return JSONResponse(
+            {
+                "success": True,
+                "data": [state.view(r, base_url=base) for r in page],
+                "paging": {
+                    "total_count": len(recs),
+                    "start_offset": first + 1 if page else 0,
+                    "end_offset": first + len(page) if page else 0,
+                },
+            }
+        )
+
+    async def one_recording(request: Request) -> Response:
+        if (err := guard(request)) is not None:
+            return err
+        rec = find(request)
+        if rec is None:
+            return _error(404, "Recording not found", 7404)
+        if request.method == "PUT":
+            try:
+                body = await request.json()
+                action = body["action"]
+            except (ValueError, KeyError, TypeError):
+                return _error(400, "body must be {\"action\": \"stop\" | \"pause\" | \"resume\"}", 1001)
+            if action not in ("stop", "pause", "resume"):
+                return _error(400, f"unknown action {action!r}", 1001)
+            if (problem := state.apply_action(rec, action)) is not None:
+                return _error(400, problem, 1002)
+        return JSONResponse({"success": True, "data": state.view(rec, base_url=base_url(request), detailed=True)})
+
+    async def active_recording(request: Request) -> Response:
+        if (err := guard(request)) is not None:
+            return err
+        meeting_id = request.path_params["meeting_id"]
+        with state.lock:
+            active = [
+                r for r in state.recordings.values()
+                if r.meeting_id == meeting_id and r.status in ("INVOKED", "RECORDING", "PAUSED")
+            ]
+        if not active:
+            return _error(404, "No active recording for this meeting", 7404)
+        return JSONResponse({"success": True, "data": state.view(active[-1], base_url=base_url(request), detailed=True)})
+
+    async def start_recording(request: Request) -> Response:
+        if (err := guard(request)) is not None:
+            return err
+        try:
+            body: dict[str, Any] = await request.json()
+            meeting_id = str(body["meeting_id"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "meeting_id is required", 1001)
+        now = datetime.now(timezone.utc)
+        view = state.add_recording(
+            meeting_id=meeting_id,
+            status="RECORDING",
+            invoked_time=now,
+            started_time=now,
+            stopped_time=None,
+            storage_config=body.get("storage_config"),
+            audio=bool((body.get("audio_config") or {}).get("export_file")),
+            bucket_enabled=(body.get("realtimekit_bucket_config") or {}).get("enabled", True),
+            output_file_name=f"{body.get('file_name_prefix') or 'recording'}_{int(now.timestamp())}.mp4",
+        )
+        rec = state.recordings[view["id"]]
+        return JSONResponse({"success": True, "data": state.view(rec, base_url=base_url(request), detailed=True)}, status_code=201)
+
+    async def media(request: Request) -> Response:
+        rid = request.path_params["recording_id"]
+        kind = request.path_params["kind"]
+        try:
+            expires = int(request.query_params.get("X-Expires", ""))
+        except ValueError:
+            return Response("missing or bad X-Expires", status_code=403)
+        if not state.check_signature(rid, kind, expires, request.query_params.get("X-Signature", "")):
+            return Response("SignatureDoesNotMatch", status_code=403)
+        if expires < time.time():
+            return Response("Request has expired", status_code=403)
+        with state.lock:
+            rec = state.recordings.get(rid)
+        size = state.media_size(rec, kind) if rec else None
+        if rec is None or size is None:
+            return Response("NoSuchKey", status_code=404)
+        start, end = 0, size  # [start, end)
+        status = 200
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4" if kind == "video" else "audio/mp4"}
+        rng = request.headers.get("range")
+        if rng:
+            parsed = _parse_range(rng, size)
+            if parsed is None:
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+            start, end = parsed
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        headers["Content-Length"] = str(end - start)
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers)
+        return StreamingResponse(iter_media(rid, kind, start, end), status_code=status, headers=headers)
+
+    return Starlette(
+        routes=[
+            Route(PREFIX + "/recordings", list_recordings, methods=["GET"]),
+            Route(PREFIX + "/recordings", start_recording, methods=["POST"]),
+            Route(PREFIX + "/recordings/active-recording/{meeting_id}", active_recording, methods=["GET"]),
+            Route(PREFIX + "/recordings/{recording_id}", one_recording, methods=["GET", "PUT"]),
+            Route("/rtk-bucket/{recording_id}/{kind}.{ext}", media, methods=["GET", "HEAD"]),
+        ]
+    )
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """A single 'bytes=a-b' / 'bytes=a-' / 'bytes=-n' range as [start, end); None if unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        return None
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                return None
+            return max(0, size - n), size
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start >= size or end <= start:
+        return None
+    return start, min(end, size)

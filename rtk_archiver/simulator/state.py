@@ -1,0 +1,276 @@
+"""The simulator's in-memory state: recordings, credentials, URL signing, and datasets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import re
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+STATUSES = ("INVOKED", "RECORDING", "UPLOADING", "UPLOADED", "ERRORED", "PAUSED")
+SECRET_FIELDS = ("access_key", "secret", "password", "private_key")
+RETENTION = timedelta(days=7)
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "meeting"
+
+
+@dataclass
+class SimRecording:
+    """One recording as the simulator holds it (the API view is built from it per request)."""
+
+    id: str
+    status: str
+    invoked_time: datetime
+    started_time: datetime | None
+    stopped_time: datetime | None
+    output_file_name: str
+    file_size: int
+    audio_size: int | None  # None: no separate audio file
+    meeting_id: str
+    meeting_title: str
+    session_id: str | None
+    storage_config: dict[str, Any] | None  # as given, secrets included: never served
+    bucket_enabled: bool = True
+    recording_duration: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, served as-is
+
+    @property
+    def expired(self) -> bool:
+        ref = self.stopped_time or self.invoked_time
+        return ref < datetime.now(timezone.utc) - RETENTION
+
+
+@dataclass
+class Faults:
+    """Hook for fault injection (filled in by the fault-injection work): counters the app consults."""
+
+    api_errors: list[int] = field(default_factory=list)  # statuses to answer next, one per API request
+
+
+class SimulatorState:
+    def __init__(
+        self,
+        *,
+        token: str = "sim-token",
+        account_id: str = "sim-account",
+        app_id: str = "sim-app",
+        url_ttl_seconds: float = 3600.0,
+        default_per_page: int = 25,
+        max_per_page: int = 100,
+        upload_delay_seconds: float = 1.0,
+    ) -> None:
+        self.token = token
+        self.account_id = account_id
+        self.app_id = app_id
+        self.url_ttl_seconds = url_ttl_seconds
+        self.default_per_page = default_per_page
+        self.max_per_page = max_per_page
+        self.upload_delay_seconds = upload_delay_seconds
+        self.faults = Faults()
+        self.public_url = "http://127.0.0.1"  # set by the server to where it listens
+        self.recordings: dict[str, SimRecording] = {}
+        self.lock = threading.RLock()
+        self._key = secrets.token_bytes(32)
+        self._counter = 0
+
+    # -- building recordings -------------------------------------------------------------------
+    def add_recording(self, **fields: Any) -> dict[str, Any]:
+        """Add a recording; any field can be given. Returns its API view (no secrets).
+
+        Besides API fields: ``audio`` (bool) or ``audio_size`` for a separate audio file,
+        ``bucket_enabled`` (False: no download URLs at all), ``meeting_title``; unknown keys
+        are served as extra fields."""
+        with self.lock:
+            self._counter += 1
+            n = self._counter
+        now = datetime.now(timezone.utc)
+        status = fields.pop("status", "UPLOADED")
+        finished = status in ("UPLOADING", "UPLOADED", "ERRORED")
+        duration = int(fields.pop("recording_duration", 600 + n))
+        stopped = _utc(fields.pop("stopped_time", now - timedelta(minutes=30 + n) if finished else None))
+        started = _utc(fields.pop("started_time", (stopped or now) - timedelta(seconds=duration)))
+        invoked = _utc(fields.pop("invoked_time", started - timedelta(seconds=3)))
+        title = fields.pop("meeting_title", f"Team sync {n}")
+        rid = str(fields.pop("id", uuid.uuid4()))
+        file_size = int(fields.pop("file_size", 200_000))
+        audio = fields.pop("audio", False)
+        audio_size = fields.pop("audio_size", max(1, file_size // 8) if audio else None)
+        rec = SimRecording(
+            id=rid,
+            status=status,
+            invoked_time=invoked,
+            started_time=started,
+            stopped_time=stopped,
+            output_file_name=fields.pop("output_file_name", f"{_slug(title)}_{rid[:8]}.mp4"),
+            file_size=file_size,
+            audio_size=audio_size,
+            meeting_id=str(fields.pop("meeting_id", uuid.uuid5(uuid.NAMESPACE_URL, title))),
+            meeting_title=title,
+            session_id=fields.pop("session_id", str(uuid.uuid5(uuid.NAMESPACE_OID, rid))),
+            storage_config=fields.pop("storage_config", None),
+            bucket_enabled=fields.pop("bucket_enabled", True),
+            recording_duration=duration if finished else None,
+            extra=fields,
+        )
+        with self.lock:
+            self.recordings[rid] = rec
+        return self.view(rec)
+
+    # -- URL signing ---------------------------------------------------------------------------
+    def sign(self, recording_id: str, kind: str, expires: int) -> str:
+        msg = f"{recording_id}:{kind}:{expires}".encode()
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()
+
+    def check_signature(self, recording_id: str, kind: str, expires: int, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(recording_id, kind, expires), signature)
+
+    # -- API views -----------------------------------------------------------------------------
+    def public_storage_config(self, rec: SimRecording) -> dict[str, Any] | None:
+        if rec.storage_config is None:
+            return None
+        return {k: v for k, v in rec.storage_config.items() if k not in SECRET_FIELDS}
+
+    def view(self, rec: SimRecording, *, base_url: str | None = None, detailed: bool = False) -> dict[str, Any]:
+        """The recording as the API returns it, with freshly signed URLs."""
+        base_url = base_url or self.public_url
+        has_files = rec.status == "UPLOADED" and rec.bucket_enabled and not rec.expired
+        expiry = datetime.now(timezone.utc) + timedelta(seconds=self.url_ttl_seconds)
+        exp = int(expiry.timestamp())
+
+        def url(kind: str, ext: str) -> str:
+            return f"{base_url}/rtk-bucket/{rec.id}/{kind}{ext}?X-Expires={exp}&X-Signature={self.sign(rec.id, kind, exp)}"
+
+        sc = self.public_storage_config(rec)
+        data: dict[str, Any] = {
+            "id": rec.id,
+            "status": rec.status,
+            "invoked_time": iso(rec.invoked_time),
+            "started_time": iso(rec.started_time),
+            "stopped_time": iso(rec.stopped_time),
+            "output_file_name": rec.output_file_name,
+            "download_url": url("video", ".mp4") if has_files else None,
+            "audio_download_url": url("audio", ".m4a") if has_files and rec.audio_size else None,
+            "download_url_expiry": iso(expiry) if has_files else None,
+            "file_size": rec.file_size if rec.status == "UPLOADED" else None,
+            "recording_duration": rec.recording_duration,
+            "session_id": rec.session_id,
+            "storage_config": sc,
+        }
+        if detailed:
+            caller = {"name": "api-key", "type": "ORGANIZATION", "user_Id": str(uuid.uuid5(uuid.NAMESPACE_DNS, rec.meeting_id))}
+            data["start_reason"] = {"caller": caller, "reason": "API_CALL"}
+            if rec.stopped_time:
+                data["stop_reason"] = {"caller": caller, "reason": "API_CALL"}
+        else:
+            data["meeting"] = {
+                "id": rec.meeting_id,
+                "title": rec.meeting_title,
+                "created_at": iso(rec.invoked_time - timedelta(minutes=5)),
+                "updated_at": iso(rec.invoked_time),
+                "status": "ACTIVE",
+                "record_on_start": False,
+                "recording_config": {
+                    "storage_config": sc,
+                    "realtimekit_bucket_config": {"enabled": rec.bucket_enabled},
+                    "audio_config": {"export_file": bool(rec.audio_size), "codec": "AAC", "channel": "stereo"},
+                    "max_seconds": 86400,
+                },
+            }
+        data.update(rec.extra)
+        return data
+
+    def media_size(self, rec: SimRecording, kind: str) -> int | None:
+        return {"video": rec.file_size, "audio": rec.audio_size}.get(kind)
+
+    # -- transitions ---------------------------------------------------------------------------
+    def apply_action(self, rec: SimRecording, action: str) -> str | None:
+        """stop / pause / resume; returns an error message for an impossible transition."""
+        with self.lock:
+            if action == "stop" and rec.status in ("RECORDING", "PAUSED", "INVOKED"):
+                now = datetime.now(timezone.utc)
+                rec.stopped_time = now
+                rec.recording_duration = int((now - (rec.started_time or now)).total_seconds())
+                rec.status = "UPLOADING"
+                timer = threading.Timer(self.upload_delay_seconds, self._finish_upload, args=(rec.id,))
+                timer.daemon = True
+                timer.start()
+                return None
+            if action == "pause" and rec.status == "RECORDING":
+                rec.status = "PAUSED"
+                return None
+            if action == "resume" and rec.status == "PAUSED":
+                rec.status = "RECORDING"
+                return None
+            return f"cannot {action} a recording whose status is {rec.status}"
+
+    def _finish_upload(self, recording_id: str) -> None:
+        with self.lock:
+            rec = self.recordings.get(recording_id)
+            if rec is not None and rec.status == "UPLOADING":
+                rec.status = "UPLOADED"
+
+
+STORAGE_KINDS: tuple[dict[str, Any] | None, ...] = (
+    None,
+    {"type": "aws", "bucket": "rtk-recordings", "region": "us-east-1", "path": "meetings/aws"},
+    {"type": "digitalocean", "bucket": "rtk-spaces", "region": "nyc3", "path": "meetings/do"},
+    {"type": "gcs", "bucket": "rtk-gcs", "region": "us-central1", "path": "meetings/gcs"},
+    {"type": "sftp", "host": "sftp.example.com", "port": 22, "username": "archiver", "auth_method": "PASSWORD", "path": "meetings/sftp"},
+    {"type": "sftp", "host": "sftp.example.com", "port": 2222, "username": "archiver", "auth_method": "KEY", "path": "/srv/meetings"},
+    {"type": "azure", "bucket": "rtk-azure", "region": "westeurope", "path": "meetings/azure"},
+)
+
+
+def generate_recordings(
+    state: SimulatorState, count: int, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024
+) -> list[dict[str, Any]]:
+    """A deterministic dataset: every status, with and without audio, every storage_config
+    kind, some with the RealtimeKit bucket disabled, some expired, spread over ~10 days.
+    Ids and names depend only on ``seed``; times are relative to now."""
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    made = []
+    for i in range(count):
+        # two thirds UPLOADED, the rest cycling through the other statuses
+        status = "UPLOADED" if i % 3 else STATUSES[(i // 3) % len(STATUSES)]
+        age = timedelta(hours=1 + rng.random() * 24 * (10 if i % 5 == 4 else 6))
+        duration = rng.randint(60, 3600)
+        stopped = now - age if status in ("UPLOADING", "UPLOADED", "ERRORED") else None
+        started = (stopped or now - age) - timedelta(seconds=duration)
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        title = f"{rng.choice(['Standup', 'Retro', 'Planning', 'All hands', 'Interview', '1:1'])} {i + 1}"
+        made.append(
+            state.add_recording(
+                id=rid,
+                status=status,
+                invoked_time=started - timedelta(seconds=3),
+                started_time=started,
+                stopped_time=stopped,
+                recording_duration=duration,
+                meeting_title=title,
+                file_size=rng.randint(min_size, max_size),
+                audio=(i % 2 == 0),
+                storage_config=STORAGE_KINDS[i % len(STORAGE_KINDS)],
+                bucket_enabled=(i % 11 != 10),
+                output_file_name=f"{_slug(title)}_{rid[:8]}.mp4",
+            )
+        )
+    return made
