@@ -121,7 +121,8 @@ class VerifyingReader:
     def complete(self) -> bool:
         return self._eof and self.bytes_read == self.expected_size
 
-    def drain(self) -> None:
-        """Read to the end (verifying size) without keeping data."""
-        while self.read(1 << 20):
-            pass
+    def verify_end(self) -> None:
+        """Confirm the body ends exactly at the expected size (a consumer may stop reading at
+        ``expected_size`` without asking for EOF)."""
+        if self.read(1):
+            raise SizeMismatch(f"body is longer than the expected {self.expected_size} bytes")

@@ -93,8 +93,7 @@ def stream_file(
                 response.iter_bytes(chunk_size), size, backend.hash_types, on_progress=progress
             )
             stored = backend.put(key, reader, size)
-            if reader.read(1):  # the backend stopped at `size`: make sure the body ended there too
-                raise SizeMismatch(f"{kind} body is longer than {size} bytes")
+            reader.verify_end()
     except SizeMismatch as exc:
         if stored is not None:  # a body that turned out too long after the backend committed
             backend.delete(key)

@@ -1,0 +1,131 @@
+"""Google Cloud Storage backend, on google-cloud-storage's resumable uploads.
+
+``upload_from_file`` with a ``chunk_size`` streams the source in chunks through a resumable
+upload session; the object only exists once the last chunk is accepted, so a failed upload
+leaves nothing at the key. GCS reports md5 and crc32c for every object; they are compared
+with what was downloaded.
+
+Credentials: a ``GCSCredentials`` block named ``rtk-gcs-<bucket>`` if one exists, else
+Google's application default credentials; with ``STORAGE_EMULATOR_HOST`` set (tests, local
+emulators) anonymous credentials are used.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import posixpath
+from typing import TYPE_CHECKING
+
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import DefaultCredentialsError
+from google.cloud import storage
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from rtk_archiver.models import ObjectInfo
+
+from .base import PermanentStorageError, Readable, StorageBackend, StorageError
+from .credentials import block_name_for, load_block
+from .destination import Destination
+
+if TYPE_CHECKING:
+    from rtk_archiver.settings import Settings
+
+CHUNK_SIZE = 8 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
+
+
+class GCSCredentials(Block):
+    """Credentials for one GCS destination (name it rtk-gcs-<bucket>)."""
+
+    _block_type_name = "RTK GCS Credentials"
+    _block_type_slug = "rtk-gcs-credentials"
+
+    service_account_info: SecretStr | None = Field(default=None, description="Service account key (JSON text).")
+    project: str | None = Field(default=None, description="Project id, if not the key's.")
+
+
+def _hex(b64: str | None) -> str | None:
+    return base64.b64decode(b64).hex() if b64 else None
+
+
+class GCSBackend(StorageBackend):
+    hash_types = ("md5", "crc32c")
+
+    def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
+        super().__init__(destination)
+        block = load_block(GCSCredentials, destination, settings.archive_credential_blocks if settings else False)
+        try:
+            if block is not None and block.service_account_info is not None:
+                info = json.loads(block.service_account_info.get_secret_value())
+                self.client = storage.Client.from_service_account_info(info, project=block.project or info.get("project_id"))
+            elif os.environ.get("STORAGE_EMULATOR_HOST"):
+                self.client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"), credentials=AnonymousCredentials())
+            else:
+                self.client = storage.Client(project=block.project if block else None)
+        except (DefaultCredentialsError, ValueError) as exc:
+            raise PermanentStorageError(
+                f"no GCS credentials for bucket '{destination.bucket}': set up application default credentials "
+                f"(GOOGLE_APPLICATION_CREDENTIALS) or create a GCSCredentials block named '{block_name_for(destination)}'"
+                f" ({type(exc).__name__})"
+            ) from None
+        self.bucket = self.client.bucket(destination.bucket)
+
+    def _key(self, key: str) -> str:
+        return posixpath.join(self.destination.root, key) if self.destination.root else key
+
+    def _fail(self, exc: Exception, action: str, key: str) -> StorageError:
+        where = f"gs://{self.destination.bucket}/{self._key(key)}"
+        if isinstance(exc, gexc.NotFound):
+            return PermanentStorageError(f"GCS bucket '{self.destination.bucket}' does not exist")
+        if isinstance(exc, (gexc.Forbidden, gexc.Unauthorized)):
+            return PermanentStorageError(f"access to GCS bucket '{self.destination.bucket}' denied while trying to {action} {where}")
+        return StorageError(f"GCS {action} of {where} failed: {type(exc).__name__}")
+
+    def _info(self, blob: storage.Blob) -> ObjectInfo:
+        hashes = {k: v for k, v in (("md5", _hex(blob.md5_hash)), ("crc32c", _hex(blob.crc32c))) if v}
+        return ObjectInfo(size=int(blob.size or 0), hashes=hashes)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            blob = self.bucket.get_blob(self._key(key))
+        except gexc.NotFound:
+            return None
+        except gexc.GoogleAPIError as exc:
+            raise self._fail(exc, "stat", key) from None
+        return None if blob is None else self._info(blob)
+
+    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
+        blob = self.bucket.blob(self._key(key), chunk_size=CHUNK_SIZE)
+        try:
+            blob.upload_from_file(source, size=size, rewind=False, checksum=None)
+        except gexc.GoogleAPIError as exc:
+            raise self._fail(exc, "upload", key) from None
+        info = self.stat(key)
+        if info is None or info.size != size:
+            self.delete(key)
+            raise StorageError(f"gs://{self.destination.bucket}/{self._key(key)} holds {info.size if info else 0} bytes, expected {size}")
+        return info
+
+    def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
+        try:
+            return self.bucket.blob(self._key(key)).download_as_bytes(start=0, end=limit - 1)
+        except gexc.NotFound:
+            return None
+        except gexc.RequestRangeNotSatisfiable:
+            return b""
+        except gexc.GoogleAPIError as exc:
+            raise self._fail(exc, "read", key) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.bucket.blob(self._key(key)).delete()
+        except gexc.NotFound:
+            pass
+        except gexc.GoogleAPIError as exc:
+            raise self._fail(exc, "delete", key) from None
+
+    def close(self) -> None:
+        self.client.close()
