@@ -1,0 +1,304 @@
+"""SFTP backend (paramiko), with the API's own auth semantics.
+
+* ``auth_method`` PASSWORD: ``SFTP_PASSWORD`` is the login password.
+  ``auth_method`` KEY: the key from ``SFTP_PRIVATE_KEY`` (text) or ``SFTP_PRIVATE_KEY_FILE``
+  (OpenSSH or PEM; Ed25519, ECDSA or RSA; detected), ``SFTP_PASSWORD`` its passphrase.
+  A ``SFTPCredentials`` block named ``rtk-sftp-<user>-at-<host>`` wins over the environment.
+* Host keys are verified against ``SFTP_KNOWN_HOSTS`` (default ``~/.ssh/known_hosts``) and
+  the block's ``known_hosts``; an unknown or changed key is refused. Trusting an unknown
+  host (and recording its key) needs ``SFTP_TRUST_UNKNOWN_HOSTS=true``.
+* Uploads go to a hidden temporary name in the target directory with pipelined writes over
+  a large SSH window, are size-checked, then renamed into place (``posix-rename``); the
+  temporary file is removed on any failure.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import socket
+import stat as stat_mod
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paramiko
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from rtk_archiver.models import ObjectInfo
+
+from .base import PermanentStorageError, Readable, StorageBackend, StorageError
+from .credentials import block_name_for, load_block
+from .destination import Destination
+
+if TYPE_CHECKING:
+    from rtk_archiver.settings import Settings
+
+WINDOW_SIZE = 64 * 1024 * 1024  # large SSH window: writes rarely wait for window adjusts
+MAX_PACKET_SIZE = 256 * 1024
+WRITE_CHUNK = 1024 * 1024  # paramiko splits into 32 KiB SFTP requests, pipelined
+CONNECT_TIMEOUT = 20.0
+TEMP_MARKER = ".rtkpart-"
+KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+
+
+class SFTPCredentials(Block):
+    """Credentials for one SFTP destination (name it rtk-sftp-<username>-at-<host>)."""
+
+    _block_type_name = "RTK SFTP Credentials"
+    _block_type_slug = "rtk-sftp-credentials"
+
+    password: SecretStr | None = Field(
+        default=None, description="Login password (auth_method PASSWORD) or the private key's passphrase (KEY)."
+    )
+    private_key: SecretStr | None = Field(default=None, description="Private key text (OpenSSH or PEM format).")
+    known_hosts: str | None = Field(default=None, description="known_hosts lines for this host.")
+
+
+def load_private_key(text: str, passphrase: str | None) -> paramiko.PKey:
+    """An Ed25519, ECDSA or RSA key from OpenSSH or PEM text, whichever it is."""
+    encrypted = False
+    for cls in KEY_CLASSES:
+        try:
+            return cls.from_private_key(io.StringIO(text), password=passphrase)
+        except paramiko.PasswordRequiredException:
+            encrypted = True
+        except (paramiko.SSHException, ValueError, TypeError, IndexError):
+            continue
+    if encrypted and not passphrase:
+        raise PermanentStorageError("the SFTP private key is encrypted: set SFTP_PASSWORD to its passphrase")
+    raise PermanentStorageError(
+        "the SFTP private key cannot be read: not an Ed25519/ECDSA/RSA key in OpenSSH or PEM format, "
+        "or the passphrase (SFTP_PASSWORD) is wrong"
+    )
+
+
+class SFTPBackend(StorageBackend):
+    def __init__(self, destination: Destination, settings: "Settings") -> None:
+        super().__init__(destination)
+        self.settings = settings
+        self.block = load_block(SFTPCredentials, destination, settings.archive_credential_blocks)
+        self._transport: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._root = ""
+        self._made: set[str] = set()
+
+    # -- connection ------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        d = self.destination
+        return f"{d.username}@{d.host}:{d.port or 22}"
+
+    def _host_key_name(self) -> str:
+        port = self.destination.port or 22
+        return self.destination.host if port == 22 else f"[{self.destination.host}]:{port}"
+
+    def _known_hosts(self) -> paramiko.HostKeys:
+        keys = paramiko.HostKeys()
+        path = Path(self.settings.sftp_known_hosts).expanduser()
+        if path.is_file():
+            keys.load(str(path))
+        if self.block is not None and self.block.known_hosts:
+            for line in self.block.known_hosts.splitlines():
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+                if entry is not None:
+                    for name in entry.hostnames:
+                        keys.add(name, entry.key.get_name(), entry.key)
+        return keys
+
+    def _verify_host_key(self, known: paramiko.HostKeys, server_key: paramiko.PKey) -> None:
+        name = self._host_key_name()
+        entry = known.lookup(name)
+        if entry is None:
+            if not self.settings.sftp_trust_unknown_hosts:
+                port = self.destination.port or 22
+                raise PermanentStorageError(
+                    f"the host key of {name} is unknown: add it to {self.settings.sftp_known_hosts} "
+                    f"(ssh-keyscan -p {port} {self.destination.host} >> {self.settings.sftp_known_hosts}) after "
+                    "checking its fingerprint, or set SFTP_TRUST_UNKNOWN_HOSTS=true to accept unknown hosts"
+                )
+            path = Path(self.settings.sftp_known_hosts).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write(f"{name} {server_key.get_name()} {server_key.get_base64()}\n")
+            return
+        known_key = entry.get(server_key.get_name())
+        if known_key is None or known_key != server_key:
+            raise PermanentStorageError(
+                f"the host key of {name} has CHANGED (or is of a type not in known_hosts): refusing to connect. "
+                "If the server's key really changed, update known_hosts after checking its fingerprint"
+            )
+
+    def _credentials(self) -> tuple[str | None, str | None]:
+        """(password, private key text) from the block, else the environment."""
+        block = self.block
+        password = block.password if block and block.password else self.settings.sftp_password
+        key_text = block.private_key if block and block.private_key else self.settings.sftp_private_key
+        pw = password.get_secret_value() if password else None
+        text = key_text.get_secret_value() if key_text else None
+        if text is None and self.settings.sftp_private_key_file and not (block and block.private_key):
+            try:
+                text = Path(self.settings.sftp_private_key_file).expanduser().read_text()
+            except OSError as exc:
+                raise PermanentStorageError(f"cannot read SFTP_PRIVATE_KEY_FILE: {exc.strerror}") from None
+        return pw, text
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        password, key_text = self._credentials()
+        user = self.destination.username
+        method = self.destination.auth_method or ("KEY" if key_text else "PASSWORD")
+        if method == "PASSWORD":
+            if not password:
+                raise PermanentStorageError(
+                    f"no password for {self.where} (auth_method PASSWORD): set SFTP_PASSWORD or the "
+                    f"'{block_name_for(self.destination)}' block"
+                )
+            transport.auth_password(user, password)
+        else:
+            if not key_text:
+                raise PermanentStorageError(
+                    f"no private key for {self.where} (auth_method KEY): set SFTP_PRIVATE_KEY or "
+                    f"SFTP_PRIVATE_KEY_FILE, or the '{block_name_for(self.destination)}' block"
+                )
+            transport.auth_publickey(user, load_private_key(key_text, password))
+
+    def _connect(self) -> paramiko.SFTPClient:
+        if self._sftp is not None and self._transport is not None and self._transport.is_active():
+            return self._sftp
+        self.close()
+        d = self.destination
+        known = self._known_hosts()
+        try:
+            sock = socket.create_connection((d.host, d.port or 22), timeout=CONNECT_TIMEOUT)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
+            entry = known.lookup(self._host_key_name())
+            if entry:  # negotiate a host key type we know, as OpenSSH does
+                opts = transport.get_security_options()
+                opts.key_types = [t for t in opts.key_types if t in entry.keys()] or opts.key_types
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise StorageError(f"cannot connect to SFTP server {self.where}: {type(exc).__name__}: {exc}") from None
+        self._transport = transport
+        try:
+            self._verify_host_key(known, transport.get_remote_server_key())
+            self._authenticate(transport)
+        except paramiko.AuthenticationException:
+            self.close()
+            raise PermanentStorageError(
+                f"SFTP authentication failed for {self.where} ({d.auth_method or 'PASSWORD'})"
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise StorageError(f"SFTP session with {self.where} failed: {type(exc).__name__}") from None
+        except BaseException:
+            self.close()
+            raise
+        self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
+        root = d.root
+        self._root = root if root.startswith("/") else posixpath.join(self._sftp.normalize("."), root)
+        return self._sftp
+
+    def close(self) -> None:
+        for closable in (self._sftp, self._transport):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+        self._sftp = None
+        self._transport = None
+
+    # -- paths -------------------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        self._connect()
+        return posixpath.normpath(posixpath.join(self._root, key))
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
+        if directory in self._made or directory in ("", "/"):
+            return
+        try:
+            if stat_mod.S_ISDIR(sftp.stat(directory).st_mode or 0):
+                self._made.add(directory)
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._os_error(exc, "create directory", directory) from None
+        self._makedirs(sftp, posixpath.dirname(directory))
+        try:
+            sftp.mkdir(directory)
+        except OSError:
+            # created meanwhile by a concurrent run, or a real problem: stat tells which
+            try:
+                sftp.stat(directory)
+            except OSError:
+                raise PermanentStorageError(f"cannot create directory {directory} on {self.where}") from None
+        self._made.add(directory)
+
+    def _os_error(self, exc: OSError, action: str, path: str) -> StorageError:
+        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == 13:
+            return PermanentStorageError(f"permission denied to {action} {path} on {self.where}")
+        return StorageError(f"SFTP {action} of {path} on {self.where} failed: {type(exc).__name__}: {exc}")
+
+    # -- the interface -------------------------------------------------------------------------
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            attrs = self._connect().stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._os_error(exc, "stat", path) from None
+        return ObjectInfo(size=int(attrs.st_size or 0))
+
+    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
+        final = self._path(key)
+        sftp = self._connect()
+        directory, name = posixpath.split(final)
+        self._makedirs(sftp, directory)
+        tmp = posixpath.join(directory, f".{name[:120]}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+        try:
+            with sftp.open(tmp, "wb") as remote:
+                remote.set_pipelined(True)
+                while chunk := source.read(WRITE_CHUNK):
+                    remote.write(chunk)
+            written = sftp.stat(tmp).st_size
+            if written != size:
+                raise StorageError(f"{tmp} on {self.where} holds {written} bytes after upload, expected {size}")
+            sftp.posix_rename(tmp, final)
+        except BaseException as exc:
+            self._remove_quietly(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, (StorageError, socket.timeout)):
+                raise self._os_error(exc, "upload", final) from None
+            if isinstance(exc, (paramiko.SSHException, EOFError)):
+                raise StorageError(f"SFTP connection to {self.where} lost during upload of {final}") from None
+            raise
+        return ObjectInfo(size=size)
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            if self._sftp is not None and self._transport is not None and self._transport.is_active():
+                self._sftp.remove(path)
+        except Exception:  # noqa: BLE001 - the original error matters more; a rerun cleans up
+            pass
+
+    def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
+        path = self._path(key)
+        try:
+            with self._connect().open(path, "rb") as fh:
+                return fh.read(limit)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._os_error(exc, "read", path) from None
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            self._connect().remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._os_error(exc, "delete", path) from None
