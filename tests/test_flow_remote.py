@@ -1,0 +1,145 @@
+"""End to end through the archive flow into real S3 (moto), GCS (emulator) and SFTP (sshd)
+servers, selected per recording from its storage_config; credentials from the environment
+or from Prefect Blocks; failures are clear, per recording, and leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import boto3
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from flows.archive import archive_recordings
+from rtk_archiver.models import OutcomeKind
+from rtk_archiver.simulator import media_bytes
+from storage_backends.s3 import S3Credentials
+from storage_backends.sftp import SFTPCredentials
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def env(simulator, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", simulator.token)
+    monkeypatch.setenv("CLOUDFLARE_ACCOUNT_ID", simulator.account_id)
+    monkeypatch.setenv("REALTIMEKIT_APP_ID", simulator.app_id)
+    monkeypatch.setenv("CLOUDFLARE_BASE_URL", simulator.base_url)
+    monkeypatch.setenv("ARCHIVE_RETRY_DELAY_SECONDS", "0")
+    monkeypatch.setenv("ARCHIVE_TASK_RETRIES", "1")
+    for var in ("SFTP_PASSWORD", "SFTP_PRIVATE_KEY", "SFTP_PRIVATE_KEY_FILE", "SFTP_TRUST_UNKNOWN_HOSTS", "ARCHIVE_DEFAULT_DESTINATION"):
+        monkeypatch.delenv(var, raising=False)
+    return simulator
+
+
+def outcomes(report):
+    return {o.recording_id: o for o in report.outcomes}
+
+
+def s3_objects(endpoint, bucket):
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    objs = {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    return objs
+
+
+def test_s3_gcs_and_sftp_from_storage_config(env, s3_env, moto_s3_server, gcs_env, sshd_server, monkeypatch):
+    pw_user = sshd_server.users["rtkpass"]
+    monkeypatch.setenv("SFTP_PASSWORD", pw_user.password)
+    monkeypatch.setenv("SFTP_KNOWN_HOSTS", str(sshd_server.known_hosts))
+    sftp_dir = f"rec-{uuid.uuid4().hex[:8]}"
+    to_s3 = env.state.add_recording(file_size=9 * 1024 * 1024 + 5, audio=True,
+                                    storage_config={"type": "aws", "bucket": s3_env, "region": "us-east-1", "path": "rtk/2026"})
+    to_gcs = env.state.add_recording(file_size=9 * 1024 * 1024 + 11, audio=True,
+                                     storage_config={"type": "gcs", "bucket": gcs_env, "path": "meetings"})
+    to_sftp = env.state.add_recording(file_size=5 * 1024 * 1024 + 3, audio=True,
+                                      storage_config={"type": "sftp", "host": "127.0.0.1", "port": sshd_server.port,
+                                                      "username": "rtkpass", "auth_method": "PASSWORD", "path": sftp_dir})
+    report = archive_recordings()
+    out = outcomes(report)
+    assert {out[r["id"]].kind for r in (to_s3, to_gcs, to_sftp)} == {OutcomeKind.ARCHIVED}, report.outcomes
+
+    objs = s3_objects(moto_s3_server, s3_env)
+    video = f"rtk/2026/{to_s3['output_file_name']}"
+    assert objs[video] == media_bytes(to_s3["id"], "video", 0, to_s3["file_size"])
+    audio_key = next(k for k in objs if ".audio." in k)
+    assert objs[audio_key] == media_bytes(to_s3["id"], "audio", 0, len(objs[audio_key]))
+    assert json.loads(objs[video + ".metadata.json"])["recording_id"] == to_s3["id"]
+
+    gcs = storage.Client(project="rtk-test", credentials=AnonymousCredentials())
+    blobs = {b.name: b for b in gcs.list_blobs(gcs_env)}
+    gvideo = f"meetings/{to_gcs['output_file_name']}"
+    assert blobs[gvideo].download_as_bytes() == media_bytes(to_gcs["id"], "video", 0, to_gcs["file_size"])
+    assert json.loads(blobs[gvideo + ".metadata.json"].download_as_bytes())["files"][0]["hashes"]["crc32c"]
+
+    home = sshd_server.home("rtkpass") / sftp_dir
+    assert (home / to_sftp["output_file_name"]).read_bytes() == media_bytes(to_sftp["id"], "video", 0, to_sftp["file_size"])
+    assert (home / f"{to_sftp['output_file_name']}.metadata.json").exists()
+    assert not [p for p in home.iterdir() if ".rtkpart-" in p.name]
+
+    again = archive_recordings()
+    assert again.bytes_transferred == 0
+    assert {outcomes(again)[r["id"]].kind for r in (to_s3, to_gcs, to_sftp)} == {OutcomeKind.ALREADY_ARCHIVED}
+
+
+def test_credentials_from_blocks(env, s3_env, moto_s3_server, sshd_server, monkeypatch):
+    """No credentials in the environment: the per-destination blocks supply them."""
+    key_user = sshd_server.users["rtked25519"]
+    S3Credentials(aws_access_key_id="AKIABLOCK", aws_secret_access_key="block-secret").save(f"rtk-s3-{s3_env}", overwrite=True)
+    SFTPCredentials(
+        private_key=key_user.key_text, password=key_user.passphrase,
+        known_hosts=(f"[127.0.0.1]:{sshd_server.port} {sshd_server.host_key_line}"),
+    ).save("rtk-sftp-rtked25519-at-127-0-0-1", overwrite=True)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("SFTP_KNOWN_HOSTS", "/nonexistent/known_hosts")
+    sftp_dir = f"blk-{uuid.uuid4().hex[:8]}"
+    a = env.state.add_recording(file_size=1000, storage_config={"type": "aws", "bucket": s3_env, "region": "us-east-1"})
+    b = env.state.add_recording(file_size=2000, storage_config={"type": "sftp", "host": "127.0.0.1", "port": sshd_server.port,
+                                                                "username": "rtked25519", "auth_method": "KEY", "path": sftp_dir})
+    report = archive_recordings()
+    out = outcomes(report)
+    assert out[a["id"]].kind == OutcomeKind.ARCHIVED and out[b["id"]].kind == OutcomeKind.ARCHIVED, report.outcomes
+    assert (sshd_server.home("rtked25519") / sftp_dir / b["output_file_name"]).stat().st_size == 2000
+
+
+def test_failures_are_clear_per_recording_and_leave_nothing(env, s3_env, moto_s3_server, sshd_server, monkeypatch, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    secret_pw = f"wrong-{uuid.uuid4().hex}"
+    monkeypatch.setenv("SFTP_PASSWORD", secret_pw)
+    monkeypatch.setenv("SFTP_KNOWN_HOSTS", str(sshd_server.known_hosts))
+    rsa = sshd_server.users["rtkrsa"]
+    wrong_key = sshd_server.users["rtkecdsa"].key_text
+    monkeypatch.setenv("SFTP_PRIVATE_KEY", wrong_key)
+    empty_known = tmp_path / "empty_known_hosts"
+    empty_known.write_text("")
+    port = sshd_server.port
+    base = {"type": "sftp", "host": "127.0.0.1", "port": port}
+    d = f"fail-{uuid.uuid4().hex[:8]}"
+    bad_pw = env.state.add_recording(storage_config={**base, "username": "rtkpass", "auth_method": "PASSWORD", "path": d})
+    bad_key = env.state.add_recording(storage_config={**base, "username": rsa.name, "auth_method": "KEY", "path": d})
+    no_bucket = env.state.add_recording(storage_config={"type": "aws", "bucket": "no-such-bucket-rtk", "region": "us-east-1"})
+    good = env.state.add_recording(file_size=1234, storage_config={"type": "aws", "bucket": s3_env, "region": "us-east-1"})
+    report = archive_recordings()
+    out = outcomes(report)
+    assert out[good["id"]].kind == OutcomeKind.ARCHIVED
+    assert out[bad_pw["id"]].kind == OutcomeKind.FAILED and "authentication failed" in out[bad_pw["id"]].reason
+    assert out[bad_key["id"]].kind == OutcomeKind.FAILED and "authentication failed" in out[bad_key["id"]].reason
+    assert out[no_bucket["id"]].kind == OutcomeKind.FAILED and "no-such-bucket-rtk" in out[no_bucket["id"]].reason
+
+    monkeypatch.setenv("SFTP_KNOWN_HOSTS", str(empty_known))
+    monkeypatch.setenv("SFTP_PASSWORD", sshd_server.users["rtkpass"].password)
+    unknown_host = archive_recordings()
+    assert "host key" in outcomes(unknown_host)[bad_pw["id"]].reason
+    assert empty_known.read_text() == ""
+
+    assert not (sshd_server.home("rtkpass") / d).exists() or not any((sshd_server.home("rtkpass") / d).iterdir())
+    assert set(s3_objects(moto_s3_server, s3_env)) == {good["output_file_name"], good["output_file_name"] + ".metadata.json"}
+
+    captured = capsys.readouterr()
+    everything = caplog.text + captured.out + captured.err + json.dumps([r.model_dump(mode="json") for r in (report, unknown_host)])
+    for secret in (secret_pw, wrong_key.splitlines()[1], sshd_server.users["rtkpass"].password, env.token, "test-secret-rtk-archiver-s3"):
+        assert secret not in everything
