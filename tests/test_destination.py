@@ -61,3 +61,21 @@ def test_secrets_in_storage_config_are_hidden():
     sc = StorageConfig.model_validate({"type": "aws", "bucket": "b", "access_key": "AKIA123", "secret": "s3cr3t"})
     assert "s3cr3t" not in repr(sc) and "s3cr3t" not in str(sc.public_dict())
     assert "AKIA123" not in str(sc.public_dict())
+
+
+def test_block_names_and_digitalocean_endpoint():
+    from rtk_archiver.settings import Settings
+    from storage_backends.credentials import block_name_for
+    from storage_backends.s3 import endpoint_for
+
+    aws = destination_from_storage_config(StorageConfig(type="aws", bucket="Team.Recordings"))
+    assert block_name_for(aws) == "rtk-s3-team-recordings"
+    sftp = destination_from_storage_config(StorageConfig(type="sftp", host="sftp.example.com", username="archiver", auth_method="KEY"))
+    assert block_name_for(sftp) == "rtk-sftp-archiver-at-sftp-example-com"
+    do = destination_from_storage_config(StorageConfig(type="digitalocean", bucket="b", region="ams3"))
+    s = Settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b")
+    assert endpoint_for(do, s) == "https://ams3.digitaloceanspaces.com"
+    assert endpoint_for(aws, s) is None  # botocore's own chain (AWS_ENDPOINT_URL_S3 ...)
+    s2 = Settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b",
+                  ARCHIVE_DIGITALOCEAN_ENDPOINT_URL="http://127.0.0.1:9000", ARCHIVE_S3_ENDPOINT_URL="http://minio:9000")
+    assert endpoint_for(do, s2) == "http://127.0.0.1:9000" and endpoint_for(aws, s2) == "http://minio:9000"
