@@ -20,6 +20,7 @@ from rtk_archiver.naming import keys_for, redact_urls
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import InvalidDestination, UnsupportedDestination
 from tasks.archive import archive_recording, resolve_destination, why_not_archivable
+from tasks.limits import ensure_limits
 from tasks.listing import get_recording, list_recordings
 
 
@@ -41,7 +42,7 @@ def _failure_reason(exc: BaseException) -> str:
     return redact_urls(f"{exc}" if str(exc) else type(exc).__name__)
 
 
-def _archive_all(recordings: list[Recording], destination: str | None, dry_run: bool, settings: Settings) -> list[RecordingOutcome]:
+def archive_all(recordings: list[Recording], destination: str | None, dry_run: bool, settings: Settings) -> list[RecordingOutcome]:
     """Submit one task per recording (oldest first), bounded by the task runner; one
     recording's failure never stops the others."""
     logger = get_run_logger()
@@ -80,10 +81,11 @@ def _archive_all(recordings: list[Recording], destination: str | None, dry_run: 
                     recording_id=rec.id, output_file_name=rec.output_file_name, kind=OutcomeKind.FAILED, reason=reason
                 )
             )
-    return outcomes
+    when = {rec.id: rec.stopped_time or rec.invoked_time for rec in recordings}
+    return [o.model_copy(update={"reference_time": when.get(o.recording_id)}) for o in outcomes]
 
 
-def _finish(report: ArchiveReport) -> ArchiveReport:
+def finish_report(report: ArchiveReport) -> ArchiveReport:
     for outcome in report.outcomes:
         emit_outcome_event(outcome)
     publish_report(report)
@@ -104,24 +106,26 @@ def archive_recordings(
     destination, or ``destination`` if given."""
     settings = load_settings()
     since, until = resolve_window(since, until, settings)
+    ensure_limits(settings)
     listing = list_recordings(since, until)
     report = ArchiveReport(since=since, until=until, dry_run=dry_run)
-    report.outcomes.extend(_invalid_outcome(item) for item in listing.invalid)
-    report.outcomes.extend(_archive_all(listing.recordings, destination, dry_run, settings))
-    return _finish(report)
+    report.outcomes.extend(invalid_outcome(item) for item in listing.invalid)
+    report.outcomes.extend(archive_all(listing.recordings, destination, dry_run, settings))
+    return finish_report(report)
 
 
 @flow(name="archive-one", validate_parameters=True)
 def archive_one(recording_id: str, destination: str | None = None, dry_run: bool = False) -> ArchiveReport:
     """Archive a single recording by id."""
     settings = load_settings()
+    ensure_limits(settings)
     recording = get_recording(recording_id)
     report = ArchiveReport(dry_run=dry_run)
-    report.outcomes.extend(_archive_all([recording], destination, dry_run, settings))
-    return _finish(report)
+    report.outcomes.extend(archive_all([recording], destination, dry_run, settings))
+    return finish_report(report)
 
 
-def _invalid_outcome(item: InvalidRecording) -> RecordingOutcome:
+def invalid_outcome(item: InvalidRecording) -> RecordingOutcome:
     return RecordingOutcome(
         recording_id=item.id, output_file_name=item.output_file_name, kind=OutcomeKind.FAILED, reason=item.reason
     )

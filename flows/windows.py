@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, Field, model_validator
+
+DESTINATION_PATTERN = r"^(file|s3|gs|gcs|sftp)://"
+DESTINATION_HELP = (
+    "Archive everything here instead of each recording's storage_config: file:///path, "
+    "s3://bucket/prefix, gs://bucket/prefix or sftp://user@host:port/path."
+)
+#: a destination override as a flow parameter: the UI form shows it, the server validates it
+DestinationParam = Annotated[str | None, Field(pattern=DESTINATION_PATTERN, description=DESTINATION_HELP)]
 
 
 class Window(BaseModel):

@@ -8,7 +8,7 @@ per-item parsing into our own models, so one malformed recording never hides the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +54,7 @@ def _iso(dt: datetime) -> str:
 
 
 class RealtimeKitAPI:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, throttle: Callable[[], None] | None = None) -> None:
         self.account_id = settings.cloudflare_account_id
         self.app_id = settings.realtimekit_app_id
         self.page_size = settings.api_page_size
@@ -65,6 +65,7 @@ class RealtimeKitAPI:
             timeout=settings.api_timeout_seconds,
         )
         self._recordings = self._client.realtime_kit.recordings
+        self._throttle = throttle
 
     def close(self) -> None:
         self._client.close()
@@ -77,6 +78,8 @@ class RealtimeKitAPI:
 
     # -- calls --------------------------------------------------------------------------
     def _call(self, fn, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self._throttle is not None:
+            self._throttle()
         try:
             raw = fn(*args, account_id=self.account_id, **kwargs)
             body = raw.http_response.json()

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=40, help="recordings to generate")
     p.add_argument("--seed", type=int, default=1)
 
+    p = sub.add_parser("serve", help="serve every deployment (poll schedule, manual, backfill) from this process")
+    p.add_argument("--limit", type=int, default=None, help="flow runs at once (default: no limit)")
+
+    p = sub.add_parser("deploy", help="register the deployments on a work pool (workers run them)")
+    p.add_argument("--pool", default="rtk-archiver", help="process work pool name (created if missing)")
+
     p = sub.add_parser("demo", help="start the simulator and archive its recordings into a local directory")
     p.add_argument("--dir", type=Path, default=Path("demo-archive"), help="where to archive (default ./demo-archive)")
     p.add_argument("--count", type=int, default=24)
@@ -130,6 +136,52 @@ def _run_archive(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+def _run_deployments(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from prefect import serve
+
+    from deployments import load_flow, specs
+    from tasks.limits import ensure_limits
+
+    ensure_limits(settings)
+    if args.command == "serve":
+        deps = [
+            load_flow(s.entrypoint).to_deployment(
+                name=s.name, description=s.description, interval=s.interval,
+                concurrency_limit=s.concurrency_limit, parameters=s.parameters,
+            )
+            for s in specs(settings)
+        ]
+        serve(*deps, limit=args.limit)
+        return EXIT_OK
+    _ensure_pool(args.pool)
+    root = Path(__file__).resolve().parent.parent
+    for s in specs(settings):
+        load_flow(s.entrypoint).from_source(source=str(root), entrypoint=s.entrypoint).deploy(
+            name=s.name, work_pool_name=args.pool, description=s.description, interval=s.interval,
+            concurrency_limit=s.concurrency_limit, parameters=s.parameters, print_next_steps=False,
+        )
+        print(f"deployed {s.full_name} on work pool {args.pool!r}")
+    print(f"start workers with: prefect worker start --pool {args.pool}")
+    return EXIT_OK
+
+
+def _ensure_pool(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from rtk_archiver.simulator import SimulatorServer
 
@@ -165,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         serve(host=args.host, port=args.port, count=args.count, seed=args.seed)
         return EXIT_OK
+    if args.command in ("serve", "deploy"):
+        return _run_deployments(args)
     if args.command == "demo":
         return _run_demo(args)
     return EXIT_USAGE

@@ -176,6 +176,8 @@ class RecordingOutcome(BaseModel):
     bytes_transferred: int = 0
     bytes_total: int = 0
     seconds: float = 0.0
+    #: when the recording stopped (or was invoked, if it has not stopped yet)
+    reference_time: datetime | None = None
 
 
 class ArchiveReport(BaseModel):

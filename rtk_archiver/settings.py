@@ -40,10 +40,18 @@ class Settings(BaseSettings):
     )
     # RealtimeKit keeps files ~7 days; look back that far plus a margin by default.
     archive_lookback_days: float = Field(default=8.0, gt=0, le=3650)
+    archive_poll_interval_minutes: float = Field(default=15, gt=0, le=24 * 60, description="Schedule of the poll deployment.")
+    archive_poll_overlap_minutes: int = Field(default=30, ge=0, le=24 * 60)
     archive_max_concurrent: int = Field(default=4, ge=1, le=64)
     archive_task_retries: int = Field(default=3, ge=0, le=20)
     archive_retry_delay_seconds: float = Field(default=10.0, ge=0)
     archive_download_timeout_seconds: float = Field(default=60.0, gt=0)
+    archive_api_requests_per_second: float = Field(
+        default=4.0, gt=0, le=1000, description="Shared rate limit on RealtimeKit API calls, across all runs and workers."
+    )
+    archive_max_transfers_per_backend: int = Field(
+        default=4, ge=1, le=256, description="Transfers at once per backend kind, across all runs and workers."
+    )
     archive_chunk_size: int = Field(default=1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
 
     # --- Object stores ---------------------------------------------------------------------

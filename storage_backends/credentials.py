@@ -13,7 +13,6 @@ backend falls back to the standard chains / environment settings.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import TypeVar
 
@@ -32,13 +31,15 @@ def block_name_for(destination: Destination) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")
 
 
-def _prefect_api_available() -> bool:
-    if os.environ.get("PREFECT_API_URL"):
-        return True
+def prefect_api_available() -> bool:
+    """True inside a flow or task run, or when a Prefect API is configured."""
     try:
         from prefect.context import FlowRunContext, TaskRunContext
+        from prefect.settings import get_current_settings
 
-        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+        if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+            return True
+        return bool(get_current_settings().api.url)
     except Exception:  # pragma: no cover - prefect always importable in this project
         return False
 
@@ -46,7 +47,7 @@ def _prefect_api_available() -> bool:
 def load_block(block_cls: type[B], destination: Destination, enabled: bool = True) -> B | None:
     """The credentials block for this destination, or None when there is none (or no Prefect
     API to ask). Only a missing block is treated as 'none'; other errors propagate."""
-    if not enabled or not _prefect_api_available():
+    if not enabled or not prefect_api_available():
         return None
     name = block_name_for(destination)
     try:

@@ -30,6 +30,7 @@ from storage_backends import (
     open_backend,
     parse_destination_url,
 )
+from tasks.limits import api_throttle, archiving_slot
 from tasks.retry import retry_transient
 from tasks.transfer import DownloadError, stream_file
 
@@ -138,7 +139,7 @@ def archive_recording(
         logger.info("Skipping %s: %s", recording.label(), exc)
         return base.model_copy(update={"reason": str(exc)})
 
-    with open_backend(target, settings) as backend:
+    with archiving_slot(recording.id, target.kind), open_backend(target, settings) as backend:
         keys = keys_for(recording, disambiguate)
         existing = read_sidecar(backend, keys.sidecar)
         if existing is not None and existing.recording_id != recording.id:
@@ -216,7 +217,7 @@ def _transfer(recording: Recording, backend: StorageBackend, keys: RecordingKeys
 
 def _refresh(recording_id: str, settings: Settings) -> Recording:
     try:
-        with RealtimeKitAPI(settings) as api:
+        with RealtimeKitAPI(settings, throttle=api_throttle) as api:
             return api.get_recording(recording_id)
     except ApiError as exc:
         raise DownloadError(f"could not refresh the download URLs: {exc}") from None

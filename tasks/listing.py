@@ -12,6 +12,7 @@ from rtk_archiver.api import InvalidRecording, RealtimeKitAPI
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import Recording
 from rtk_archiver.settings import load_settings
+from tasks.limits import api_throttle
 from tasks.retry import retry_transient
 
 #: RealtimeKit recordings last at most 24 h (max_seconds <= 86400): a recording that stopped
@@ -37,7 +38,7 @@ def list_recordings(since: datetime, until: datetime) -> Listing:
     logger = run_logger()
     recordings: list[Recording] = []
     invalid: list[InvalidRecording] = []
-    with RealtimeKitAPI(settings) as api:
+    with RealtimeKitAPI(settings, throttle=api_throttle) as api:
         for item in api.iter_recordings(start_time=since - MAX_RECORDING_LENGTH, end_time=until):
             if isinstance(item, InvalidRecording):
                 invalid.append(item)
@@ -53,5 +54,18 @@ def list_recordings(since: datetime, until: datetime) -> Listing:
 
 @task(name="get-recording", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], cache_policy=NO_CACHE, persist_result=False)
 def get_recording(recording_id: str) -> Recording:
-    with RealtimeKitAPI(load_settings()) as api:
+    with RealtimeKitAPI(load_settings(), throttle=api_throttle) as api:
         return api.get_recording(recording_id)
+
+
+@task(name="list-meeting-recordings", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], cache_policy=NO_CACHE, persist_result=False)
+def list_meeting_recordings(meeting_id: str) -> Listing:
+    """Every recording of one meeting, whatever its time."""
+    settings = load_settings()
+    recordings: list[Recording] = []
+    invalid: list[InvalidRecording] = []
+    with RealtimeKitAPI(settings, throttle=api_throttle) as api:
+        for item in api.iter_recordings(meeting_id=meeting_id):
+            (invalid if isinstance(item, InvalidRecording) else recordings).append(item)
+    run_logger().info("Meeting %s has %d recording(s)", meeting_id, len(recordings))
+    return Listing(recordings=recordings, invalid=invalid)

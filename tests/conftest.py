@@ -8,6 +8,8 @@ from rtk_archiver.settings import apply_project_defaults
 
 apply_project_defaults()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# The shared API rate limit defaults to Cloudflare's 4 requests/s; the simulator needs none.
+os.environ.setdefault("ARCHIVE_API_REQUESTS_PER_SECOND", "200")
 
 import pytest  # noqa: E402
 

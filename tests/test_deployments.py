@@ -1,0 +1,147 @@
+"""Deployments: schedule and concurrency definitions, the manual form's schema and its
+server-side validation, the poll's high-water mark, backfills and the shared limits."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+from prefect.utilities.callables import parameter_schema
+from prefect.variables import Variable
+
+from deployments import specs
+from flows.backfill import backfill
+from flows.manual import ManualRequest, archive_manual
+from flows.poll import POLL_MARK, poll_recordings
+from rtk_archiver.models import OutcomeKind
+from rtk_archiver.settings import Settings
+from tasks.limits import API_RATE_LIMIT, RECORDING_LOCKS, ensure_limits, recording_lock_name
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime.now(timezone.utc)
+
+
+def settings(**kw) -> Settings:
+    return Settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b", **kw)
+
+
+def test_schedule_and_concurrency_definitions_match_prefect_yaml():
+    by_name = {s.name: s for s in specs(settings())}
+    poll = by_name["scheduled-poll"]
+    assert poll.interval == timedelta(minutes=15)
+    assert poll.concurrency_limit.limit == 1
+    assert poll.concurrency_limit.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    assert by_name["scheduled-poll"].interval != specs(settings(archive_poll_interval_minutes=5))[0].interval
+
+    doc = yaml.safe_load((ROOT / "deployments/prefect.yaml").read_text())
+    yaml_deps = {d["name"]: d for d in doc["deployments"]}
+    assert set(yaml_deps) == set(by_name)
+    for name, spec in by_name.items():
+        assert yaml_deps[name]["entrypoint"] == spec.entrypoint
+        assert (ROOT / spec.entrypoint.split(":")[0]).exists()
+    ydoc = yaml_deps["scheduled-poll"]
+    assert ydoc["schedules"][0]["interval"] == poll.interval.total_seconds()
+    assert ydoc["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert ydoc["parameters"] == poll.parameters
+
+
+def test_manual_form_schema():
+    schema = parameter_schema(archive_manual.fn).model_dump_for_openapi()
+    request = schema["definitions"]["ManualRequest"]
+    props = request["properties"]
+    assert set(props) == {"recording_ids", "meeting_id", "destination", "dry_run"}
+    assert all(p.get("description") for p in props.values())
+    assert props["destination"]["anyOf"][0]["pattern"].startswith("^(file|s3|gs")
+    with pytest.raises(ValueError, match="recording_ids, a meeting_id"):
+        ManualRequest()
+    backfill_props = parameter_schema(backfill.fn).model_dump_for_openapi()["properties"]
+    assert backfill_props["window_hours"]["exclusiveMinimum"] == 0 and backfill_props["parallelism"]["minimum"] == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_server_rejects_bad_parameters():
+    deployment_id = archive_manual.to_deployment(name="manual-validation").apply()
+    with get_client(sync_client=True) as client:
+        with pytest.raises(Exception) as info:
+            client.create_flow_run_from_deployment(
+                deployment_id, parameters={"request": {"recording_ids": ["../etc"], "destination": "ftp://nope"}}
+            )
+        assert "422" in str(info.value) or "409" in str(info.value) or "validation" in str(info.value).lower()
+        ok = client.create_flow_run_from_deployment(deployment_id, parameters={"request": {"recording_ids": ["abc-123"]}})
+        assert ok.id
+
+
+@pytest.fixture
+def env(simulator, tmp_path, monkeypatch):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for k, v in {
+        "CLOUDFLARE_API_TOKEN": simulator.token, "CLOUDFLARE_ACCOUNT_ID": simulator.account_id,
+        "REALTIMEKIT_APP_ID": simulator.app_id, "CLOUDFLARE_BASE_URL": simulator.base_url,
+        "ARCHIVE_DEFAULT_DESTINATION": f"file://{archive}", "ARCHIVE_RETRY_DELAY_SECONDS": "0",
+    }.items():
+        monkeypatch.setenv(k, v)
+    simulator.archive = archive
+    return simulator
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_poll_moves_its_mark_but_not_past_unfinished_recordings(env):
+    Variable.set(POLL_MARK, (NOW - timedelta(hours=3)).isoformat(), overwrite=True)
+    done = env.state.add_recording(file_size=1000, stopped_time=NOW - timedelta(hours=2))
+    uploading = env.state.add_recording(status="UPLOADING", stopped_time=NOW - timedelta(hours=1))
+    old = env.state.add_recording(file_size=1000, stopped_time=NOW - timedelta(hours=5))
+    report = poll_recordings(overlap_minutes=30)
+    kinds = {o.recording_id: o.kind for o in report.outcomes}
+    assert kinds[done["id"]] == OutcomeKind.ARCHIVED and kinds[uploading["id"]] == OutcomeKind.PENDING
+    assert old["id"] not in kinds  # before the last mark minus the overlap
+    mark = datetime.fromisoformat(Variable.get(POLL_MARK))
+    assert abs((mark - (NOW - timedelta(hours=1))).total_seconds()) < 2  # held back by the upload
+
+    env.state.recordings[uploading["id"]].status = "UPLOADED"
+    again = poll_recordings(overlap_minutes=30)
+    kinds = {o.recording_id: o.kind for o in again.outcomes}
+    assert kinds[uploading["id"]] == OutcomeKind.ARCHIVED and done["id"] not in kinds
+    assert datetime.fromisoformat(Variable.get(POLL_MARK)) > NOW
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_backfill_in_windows_is_resumable(env):
+    recs = [env.state.add_recording(file_size=2000 + i, stopped_time=NOW - timedelta(days=3, hours=i * 7)) for i in range(6)]
+    results = backfill(start=NOW - timedelta(days=5), end=NOW - timedelta(days=1), window_hours=24, parallelism=2)
+    assert len(results) == 4 and all(r["ok"] for r in results)
+    for r in recs:
+        assert (env.archive / r["output_file_name"]).stat().st_size == r["file_size"]
+    # an overlapping re-run transfers nothing and changes nothing
+    before = {p: p.stat().st_mtime_ns for p in env.archive.iterdir()}
+    backfill(start=NOW - timedelta(days=4, hours=12), end=NOW - timedelta(days=2), window_hours=12)
+    assert {p: p.stat().st_mtime_ns for p in env.archive.iterdir()} == before
+    with pytest.raises(Exception, match="future"):
+        backfill(start=NOW, end=NOW + timedelta(days=2))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_manual_run_by_ids_and_meeting(env):
+    a = env.state.add_recording(file_size=1000, meeting_id="meet-1")
+    b = env.state.add_recording(file_size=1100, meeting_id="meet-1")
+    c = env.state.add_recording(file_size=1200, meeting_id="meet-2")
+    report = archive_manual(ManualRequest(recording_ids=[c["id"], "0000-unknown"], meeting_id="meet-1"))
+    kinds = {o.recording_id: o.kind for o in report.outcomes}
+    assert kinds[a["id"]] == kinds[b["id"]] == kinds[c["id"]] == OutcomeKind.ARCHIVED
+    assert kinds["0000-unknown"] == OutcomeKind.FAILED
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_shared_limits_are_created():
+    ensure_limits(settings(archive_api_requests_per_second=3, archive_max_transfers_per_backend=2))
+    with get_client(sync_client=True) as client:
+        api = client.read_global_concurrency_limit_by_name(API_RATE_LIMIT)
+        assert api.limit == 3 and api.slot_decay_per_second == 3
+        assert client.read_global_concurrency_limit_by_name("rtk-transfers-sftp").limit == 2
+        lock = client.read_global_concurrency_limit_by_name(recording_lock_name("some-recording"))
+        assert lock.limit == 1
+    assert len({recording_lock_name(str(i)) for i in range(1000)}) == RECORDING_LOCKS
