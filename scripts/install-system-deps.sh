@@ -3,6 +3,7 @@
 set -euo pipefail
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "install-system-deps: not root; missing ${need[*]} (the tests that need them will be skipped)" >&2
@@ -12,4 +13,4 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts the service on install where it can; the tests run their own sshd.
-systemctl stop ssh 2>/dev/null || service ssh stop 2>/dev/null || true
+for svc in ssh postgresql; do systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null || true; done

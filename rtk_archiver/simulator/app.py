@@ -185,6 +185,9 @@ def create_app(state: SimulatorState) -> Starlette:
         headers["Content-Length"] = str(end - start)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
+        if start == 0:
+            with state.lock:
+                state.downloads[(rid, kind)] += 1
         return StreamingResponse(iter_media(rid, kind, start, end), status_code=status, headers=headers)
 
     return Starlette(

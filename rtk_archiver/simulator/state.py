@@ -9,6 +9,7 @@ import re
 import secrets
 import threading
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -87,6 +88,8 @@ class SimulatorState:
         self.faults = Faults()
         self.public_url = "http://127.0.0.1"  # set by the server to where it listens
         self.recordings: dict[str, SimRecording] = {}
+        #: (recording id, kind) -> downloads that started at byte 0 (tests count transfers)
+        self.downloads: Counter[tuple[str, str]] = Counter()
         self.lock = threading.RLock()
         self._key = secrets.token_bytes(32)
         self._counter = 0
