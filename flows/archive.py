@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.reporting import emit_outcome_event, publish_report
+from flows.reporting import Progress, emit_outcome_event, publish_report
 from rtk_archiver.api import InvalidRecording
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.naming import keys_for, redact_urls
@@ -69,8 +69,10 @@ def archive_all(recordings: list[Recording], destination: str | None, dry_run: b
         planned[slot] += 1
         future = task.submit(rec, destination=destination, dry_run=dry_run, disambiguate=planned[slot] > 1)
         submitted.append((rec, future))
+    progress = Progress(len(submitted))
     for rec, future in submitted:
         result = future.result(raise_on_failure=False)
+        progress.advance()
         if isinstance(result, RecordingOutcome):
             outcomes.append(result)
         else:

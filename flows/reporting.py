@@ -3,10 +3,33 @@ and one event per archived or failed recording (for automations / notifications)
 
 from __future__ import annotations
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+import time
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.events import emit_event
 
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
+
+class Progress:
+    """A progress artifact for long runs, updated at most every ``every`` seconds."""
+
+    def __init__(self, total: int, every: float = 2.0) -> None:
+        self.total, self.done, self.every = total, 0, every
+        self.last = time.monotonic()
+        self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive") if total else None
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.artifact_id and (now - self.last >= self.every or self.done == self.total):
+            self.last = now
+            update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+
 
 EVENT_FOR = {OutcomeKind.ARCHIVED: "rtk.recording.archived", OutcomeKind.FAILED: "rtk.recording.failed"}
 

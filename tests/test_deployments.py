@@ -145,3 +145,27 @@ def test_shared_limits_are_created():
         lock = client.read_global_concurrency_limit_by_name(recording_lock_name("some-recording"))
         assert lock.limit == 1
     assert len({recording_lock_name(str(i)) for i in range(1000)}) == RECORDING_LOCKS
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_publishes_table_summary_and_progress_artifacts(env):
+    import json
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.archive import archive_recordings
+
+    ok = env.state.add_recording(file_size=1000, output_file_name="shown.mp4")
+    bad = env.state.add_recording(storage_config={"type": "sftp", "username": "u", "auth_method": "KEY"})
+    state = archive_recordings(return_state=True)
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    by_type = {a.type: a for a in arts}
+    table = by_type["table"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    outcomes = {r["recording"]: r["outcome"] for r in rows}
+    assert outcomes[ok["id"]] == "archived" and outcomes[bad["id"]] == "failed"
+    assert "Failures" in by_type["markdown"].data and bad["id"] in by_type["markdown"].data
+    assert by_type["progress"].data == 100.0
