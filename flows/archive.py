@@ -34,6 +34,11 @@ def resolve_window(since: datetime | None, until: datetime | None, settings: Set
     return since, until
 
 
+def retry_delays(settings: Settings) -> list[float]:
+    """Task retry delays: ARCHIVE_RETRY_DELAY_SECONDS, tripled at each retry."""
+    return [settings.archive_retry_delay_seconds * 3**i for i in range(max(1, settings.archive_task_retries))]
+
+
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
@@ -48,7 +53,7 @@ def archive_all(recordings: list[Recording], destination: str | None, dry_run: b
     logger = get_run_logger()
     task = archive_recording.with_options(
         retries=settings.archive_task_retries,
-        retry_delay_seconds=[settings.archive_retry_delay_seconds * 3**i for i in range(settings.archive_task_retries)],
+        retry_delay_seconds=retry_delays(settings),
     )
     # Two recordings that want the same name in one run: the later one takes its id in the name.
     planned: Counter[tuple[str, str]] = Counter()
@@ -109,7 +114,7 @@ def archive_recordings(
     settings = load_settings()
     since, until = resolve_window(since, until, settings)
     ensure_limits(settings)
-    listing = list_recordings(since, until)
+    listing = list_recordings.with_options(retry_delay_seconds=retry_delays(settings))(since, until)
     report = ArchiveReport(since=since, until=until, dry_run=dry_run)
     report.outcomes.extend(invalid_outcome(item) for item in listing.invalid)
     report.outcomes.extend(archive_all(listing.recordings, destination, dry_run, settings))

@@ -121,7 +121,8 @@ class RealtimeKitAPI:
         statuses: list[str] | None = None,
         meeting_id: str | None = None,
     ) -> Iterator[Recording | InvalidRecording]:
-        """Every recording matching the filters, once each, whatever the server's paging does."""
+        """Every recording matching the filters, once each, whatever the server's paging does:
+        pages are read until an empty one, items are de-duplicated by id."""
         query: dict[str, Any] = {"per_page": self.page_size, "sort_by": "invokedTime", "sort_order": "ASC"}
         if start_time:
             query["start_time"] = _iso(start_time)
@@ -151,16 +152,15 @@ class RealtimeKitAPI:
                 seen.add(parsed.id)
                 new += 1
                 yield parsed
-            if total is not None and len(seen) >= total:
-                break
             if not items:
-                # An empty page ends the listing; a server whose first page is 0 gets one look.
+                # Only an empty page ends the listing (total_count can be wrong, pages can be
+                # short); a server whose first page is 0 gets one look if items are missing.
                 if not tried_page_zero and total is not None and len(seen) < total:
                     tried_page_zero, page_no = True, 0
                     continue
                 break
             pages_without_news = pages_without_news + 1 if new == 0 else 0
-            if pages_without_news >= 3:  # a server that ignores page_no: stop rather than loop
+            if pages_without_news >= 2:  # a server that ignores page_no: stop rather than loop
                 break
             if page_no == 0:  # page 0 was the last resort
                 break

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     archive_max_concurrent: int = Field(default=4, ge=1, le=64)
     archive_task_retries: int = Field(default=3, ge=0, le=20)
     archive_retry_delay_seconds: float = Field(default=10.0, ge=0)
-    archive_download_timeout_seconds: float = Field(default=60.0, gt=0)
+    archive_download_timeout_seconds: float = Field(default=60.0, gt=0, description="A stalled download is resumed after this long.")
+    archive_download_resumes: int = Field(default=5, ge=0, le=100, description="Resumes (Range requests) per file and attempt.")
     archive_api_requests_per_second: float = Field(
         default=4.0, gt=0, le=1000, description="Shared rate limit on RealtimeKit API calls, across all runs and workers."
     )

@@ -1,11 +1,13 @@
 """``file://`` backend: a local (or mounted) directory.
 
 Writes go to a hidden temp file in the target directory, are fsynced, then renamed into
-place, so the final name only ever holds a complete file.
+place, so the final name only ever holds a complete file. Temp files of the same name left
+by a killed run are removed by the next write (runs hold the recording's lock meanwhile).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import uuid
 from pathlib import Path
@@ -44,7 +46,10 @@ class LocalBackend(StorageBackend):
             final.parent.mkdir(parents=True, exist_ok=True)
         except PermissionError as exc:
             raise PermanentStorageError(f"cannot create directory {final.parent}: permission denied") from exc
-        tmp = final.parent / f".{final.name[:120]}{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
+        prefix = f".{final.name[:120]}{TEMP_MARKER}"
+        for stale in final.parent.glob(f"{glob.escape(prefix)}*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        tmp = final.parent / f"{prefix}{uuid.uuid4().hex[:12]}"
         written = 0
         try:
             with open(tmp, "xb") as out:

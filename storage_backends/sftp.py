@@ -272,7 +272,9 @@ class SFTPBackend(StorageBackend):
         sftp = self._connect()
         directory, name = posixpath.split(final)
         self._makedirs(sftp, directory)
-        tmp = posixpath.join(directory, f".{name[:120]}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+        prefix = f".{name[:120]}{TEMP_MARKER}"
+        self._remove_stale(sftp, directory, prefix)
+        tmp = posixpath.join(directory, f"{prefix}{uuid.uuid4().hex[:12]}")
         try:
             with sftp.open(tmp, "wb") as remote:
                 remote.set_pipelined(True)
@@ -291,6 +293,15 @@ class SFTPBackend(StorageBackend):
                 raise StorageError(f"SFTP connection to {self.where} lost during upload of {final}") from None
             raise
         return ObjectInfo(size=size)
+
+    def _remove_stale(self, sftp: paramiko.SFTPClient, directory: str, prefix: str) -> None:
+        """Temp files of this name left by a killed or disconnected run."""
+        try:
+            names = [n for n in sftp.listdir(directory) if n.startswith(prefix)]
+        except OSError:
+            return
+        for n in names:
+            self._remove_quietly(posixpath.join(directory, n))
 
     def _remove_quietly(self, path: str) -> None:
         try:

@@ -20,7 +20,7 @@ from rtk_archiver import __version__
 from rtk_archiver.api import ApiError, RealtimeKitAPI
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import FileEntry, OutcomeKind, Recording, RecordingOutcome, Sidecar
-from rtk_archiver.naming import RecordingKeys, keys_for
+from rtk_archiver.naming import RecordingKeys, keys_for, redact_urls
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import (
     Destination,
@@ -32,7 +32,7 @@ from storage_backends import (
 )
 from tasks.limits import api_throttle, archiving_slot
 from tasks.retry import retry_transient
-from tasks.transfer import DownloadError, stream_file
+from tasks.transfer import Download, DownloadError, stream_file
 
 def resolve_destination(recording: Recording, override: str | None, default: str | None) -> Destination:
     """The one place a recording's destination is chosen: the run's override, else its
@@ -180,38 +180,38 @@ def archive_recording(
 
 
 def _transfer(recording: Recording, backend: StorageBackend, keys: RecordingKeys, settings: Settings, logger) -> list[FileEntry]:
-    """Video then audio; an expired presigned URL is refreshed once by fetching the recording again."""
+    """Video then audio, each streamed straight into the backend."""
     timeout = httpx.Timeout(settings.archive_download_timeout_seconds, connect=15.0)
     files: list[FileEntry] = []
     current = recording
+
+    def fresh_url(kind: str) -> str | None:
+        nonlocal current
+        current = _refresh(recording.id, settings)
+        return current.download_url if kind == "video" else current.audio_download_url
+
     with httpx.Client(timeout=timeout, follow_redirects=True) as http:
         for kind, key in (("video", keys.video), ("audio", keys.audio)):
             if key is None:
                 continue
-            for attempt in (1, 2):
-                url = current.download_url if kind == "video" else current.audio_download_url
-                if not url:
-                    raise DownloadError(f"the recording no longer has a {kind} download URL", expired=True)
-                try:
-                    files.append(
-                        stream_file(
-                            http,
-                            url,
-                            kind=kind,
-                            backend=backend,
-                            key=key,
-                            expected_size=current.file_size if kind == "video" else None,
-                            url_expiry=current.download_url_expiry,
-                            chunk_size=settings.archive_chunk_size,
-                            logger=logger,
-                        )
-                    )
-                    break
-                except DownloadError as exc:
-                    if not exc.expired or attempt == 2:
-                        raise
-                    logger.info("%s URL of %s refused or expired: fetching fresh URLs", kind, recording.id)
-                    current = _refresh(recording.id, settings)
+            url = current.download_url if kind == "video" else current.audio_download_url
+            if not url:
+                raise DownloadError(f"the recording no longer has a {kind} download URL", expired=True)
+            try:
+                download = Download(
+                    http,
+                    url,
+                    kind=kind,
+                    expected_size=current.file_size if kind == "video" else None,
+                    url_expiry=current.download_url_expiry,
+                    refresh=lambda kind=kind: fresh_url(kind),
+                    chunk_size=settings.archive_chunk_size,
+                    max_resumes=settings.archive_download_resumes,
+                    logger=logger,
+                )
+            except httpx.HTTPError as exc:
+                raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
+            files.append(stream_file(download, backend=backend, key=key, logger=logger))
     return files
 
 

@@ -8,7 +8,10 @@
   archive the same recording at the same time (the second one then finds it archived).
 
 ``ensure_limits`` creates or updates them (each flow calls it at start; one API read when
-they already exist). Outside a Prefect run there is nothing to share, and nothing is limited.
+they already exist). They apply when runs share a Prefect server (``PREFECT_API_URL`` set:
+``serve``, workers, tests). With Prefect's embedded, per-process API (a plain CLI run) there
+is nothing to share, and its lease reaper does not run, so a killed run's slot would never be
+freed: nothing is limited there (uploads are atomic all the same).
 """
 
 from __future__ import annotations
@@ -21,15 +24,21 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import get_current_settings
 
 from rtk_archiver.settings import Settings
-from storage_backends.credentials import prefect_api_available
 
 API_RATE_LIMIT = "rtk-realtimekit-api"
 TRANSFER_LIMIT = "rtk-transfers-{kind}"
 RECORDING_LOCK = "rtk-recording-lock-{n}"
 RECORDING_LOCKS = 64
 BACKEND_KINDS = ("file", "s3", "gcs", "sftp")
+LEASE_SECONDS = 60  # the server's minimum
+
+
+def shared_limits_available() -> bool:
+    """True when runs share a Prefect server (not the embedded, per-process one)."""
+    return bool(get_current_settings().api.url)
 
 
 def wanted_limits(settings: Settings) -> dict[str, tuple[int, float | None]]:
@@ -44,7 +53,7 @@ def wanted_limits(settings: Settings) -> dict[str, tuple[int, float | None]]:
 
 
 def ensure_limits(settings: Settings) -> None:
-    if not prefect_api_available():
+    if not shared_limits_available():
         return
     wanted = wanted_limits(settings)
     with get_client(sync_client=True) as client:
@@ -73,7 +82,7 @@ def ensure_limits(settings: Settings) -> None:
 
 def api_throttle() -> None:
     """Take one slot of the shared API rate limit (waits while the rate is exceeded)."""
-    if prefect_api_available():
+    if shared_limits_available():
         rate_limit(API_RATE_LIMIT, occupy=1, strict=False)
 
 
@@ -85,10 +94,11 @@ def recording_lock_name(recording_id: str) -> str:
 @contextmanager
 def archiving_slot(recording_id: str, backend_kind: str) -> Iterator[None]:
     """Hold the recording's lock, then a transfer slot of its backend, while archiving it."""
-    if not prefect_api_available():
+    if not shared_limits_available():
         yield
         return
-    with concurrency(recording_lock_name(recording_id), occupy=1, strict=False):
-        with concurrency(TRANSFER_LIMIT.format(kind=backend_kind), occupy=1, strict=False):
+    # short leases (renewed while held): a killed run's slots free up within LEASE_SECONDS
+    with concurrency(recording_lock_name(recording_id), occupy=1, strict=False, lease_duration=LEASE_SECONDS):
+        with concurrency(TRANSFER_LIMIT.format(kind=backend_kind), occupy=1, strict=False, lease_duration=LEASE_SECONDS):
             yield
 

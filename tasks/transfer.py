@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import httpx
@@ -54,52 +55,137 @@ def _expired(expiry: datetime | None) -> bool:
     return expiry is not None and expiry <= datetime.now(timezone.utc)
 
 
+class Download:
+    """The body of a presigned URL as a stream of chunks that survives a broken connection.
+
+    A connection reset, a stall (read timeout) or a body cut short is resumed from the byte
+    where it stopped with an HTTP ``Range`` request; a server that ignores ``Range`` answers
+    200 with the whole file, and the bytes already streamed are skipped (a restart of the
+    download, invisible to the upload). A refused or expired URL (401/403/404) is replaced by
+    a fresh one from ``refresh`` (a new GET of the recording), once per request.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        url: str,
+        *,
+        kind: str,
+        expected_size: int | None,
+        url_expiry: datetime | None,
+        refresh: Callable[[], str | None] | None,
+        chunk_size: int,
+        max_resumes: int,
+        logger: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self.http, self.url, self.kind = http, url, kind
+        self.expected_size, self.url_expiry, self.refresh = expected_size, url_expiry, refresh
+        self.chunk_size, self.max_resumes, self.logger = chunk_size, max_resumes, logger
+        self.resumes = 0
+        self.response = self._request(0)
+        length = self.response.headers.get("content-length")
+        size = int(length) if length and length.isdigit() else expected_size
+        if size is None:
+            self.close()
+            raise DownloadError(f"{kind} download has no Content-Length and the API gave no file_size")
+        if expected_size is not None and size != expected_size:
+            self.close()
+            raise DownloadError(f"{kind} download announces {size} bytes but the API says file_size={expected_size}")
+        self.size = size
+
+    def _request(self, start: int) -> httpx.Response:
+        headers = {"Accept-Encoding": "identity"}  # the stored bytes are the file's bytes
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        for attempt in (1, 2):
+            response = self.http.send(self.http.build_request("GET", self.url, headers=headers), stream=True)
+            status = response.status_code
+            if status in (200, 206):
+                return response
+            response.close()
+            if status in (401, 403, 404) and attempt == 1 and self.refresh is not None:
+                self.logger.info("%s URL refused (%d): fetching a fresh one", self.kind, status)
+                fresh = self.refresh()
+                if not fresh:
+                    raise DownloadError(f"the recording no longer has a {self.kind} download URL", expired=True)
+                self.url = fresh
+                continue
+            if status in (401, 403):
+                expired = "; the presigned URL has expired" if _expired(self.url_expiry) else ""
+                raise DownloadError(f"{self.kind} download refused ({status}){expired}", expired=True)
+            if status == 404:
+                raise DownloadError(f"{self.kind} file not found on RealtimeKit's bucket (404)", expired=True)
+            raise DownloadError(f"{self.kind} download failed with HTTP {status}")
+        raise AssertionError("unreachable")
+
+    def chunks(self) -> Iterator[bytes]:
+        pos, skip = 0, 0
+        while True:
+            try:
+                for chunk in self.response.iter_raw(self.chunk_size):
+                    if skip:  # a server that ignored Range sent the whole file again
+                        drop = min(skip, len(chunk))
+                        chunk, skip = chunk[drop:], skip - drop
+                        if not chunk:
+                            continue
+                    pos += len(chunk)
+                    yield chunk
+                if pos >= self.size:
+                    return
+                raise httpx.RemoteProtocolError(f"body ended after {pos} of {self.size} bytes")
+            except httpx.TransportError as exc:
+                self.response.close()
+                self.resumes += 1
+                if self.resumes > self.max_resumes:
+                    raise DownloadError(
+                        f"{self.kind} download broke {self.resumes} times; last: {type(exc).__name__}"
+                    ) from None
+                self.logger.warning(
+                    "%s download interrupted at byte %d of %d (%s): resuming", self.kind, pos, self.size, type(exc).__name__
+                )
+                time.sleep(min(0.2 * 2**self.resumes, 5.0))
+                self.response = self._request(pos)
+                if self.response.status_code == 206:
+                    first = _range_start(self.response.headers.get("content-range"))
+                    if first != pos:
+                        raise DownloadError(f"{self.kind} resume asked for byte {pos}, server sent {first}")
+                else:
+                    skip = pos
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _range_start(content_range: str | None) -> int | None:
+    try:
+        return int(content_range.split(" ", 1)[1].split("-", 1)[0]) if content_range else None
+    except (IndexError, ValueError):
+        return None
+
+
 def stream_file(
-    http: httpx.Client,
-    url: str,
+    download: Download,
     *,
-    kind: str,
     backend: StorageBackend,
     key: str,
-    expected_size: int | None,
-    url_expiry: datetime | None,
-    chunk_size: int,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> FileEntry:
-    """Download ``url`` straight into ``backend`` at ``key``. Returns the verified entry."""
+    """Stream an opened download straight into ``backend`` at ``key``; returns the verified entry."""
+    kind, size = download.kind, download.size
     stored = None
     try:
-        with http.stream("GET", url) as response:
-            if response.status_code in (401, 403):
-                raise DownloadError(
-                    f"{kind} download refused ({response.status_code})"
-                    + ("; the presigned URL has expired" if _expired(url_expiry) else ""),
-                    expired=True,
-                )
-            if response.status_code == 404:
-                raise DownloadError(f"{kind} file not found on RealtimeKit's bucket (404)", expired=True)
-            if response.status_code != 200:
-                raise DownloadError(f"{kind} download failed with HTTP {response.status_code}")
-            length = response.headers.get("content-length")
-            size = int(length) if length and length.isdigit() else expected_size
-            if size is None:
-                raise DownloadError(f"{kind} download has no Content-Length and the API gave no file_size")
-            if expected_size is not None and size != expected_size:
-                raise DownloadError(
-                    f"{kind} download announces {size} bytes but the API says file_size={expected_size}"
-                )
-            progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
-            reader = VerifyingReader(
-                response.iter_bytes(chunk_size), size, backend.hash_types, on_progress=progress
-            )
-            stored = backend.put(key, reader, size)
-            reader.verify_end()
+        progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
+        reader = VerifyingReader(download.chunks(), size, backend.hash_types, on_progress=progress)
+        stored = backend.put(key, reader, size)
+        reader.verify_end()
     except SizeMismatch as exc:
         if stored is not None:  # a body that turned out too long after the backend committed
             backend.delete(key)
         raise DownloadError(f"{kind} download was incomplete or corrupt: {exc}") from None
     except httpx.HTTPError as exc:
         raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
+    finally:
+        download.close()
 
     digests = reader.hexdigests()
     if stored.size != size:
@@ -115,5 +201,5 @@ def stream_file(
         size=size,
         sha256=digests["sha256"],
         hashes={k: v for k, v in digests.items() if k != "sha256"},
-        source_url_host=httpx.URL(url).host,
+        source_url_host=httpx.URL(download.url).host,
     )

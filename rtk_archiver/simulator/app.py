@@ -11,7 +11,9 @@ defaults to 25 and is capped at 100. ``paging.start_offset`` / ``end_offset`` ar
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,13 +33,25 @@ def _error(status: int, message: str, code: int | None = None) -> JSONResponse:
 
 
 def create_app(state: SimulatorState) -> Starlette:
-    def guard(request: Request) -> JSONResponse | None:
-        if state.faults.api_errors:
-            status = state.faults.api_errors.pop(0)
+    async def guard(request: Request) -> Response | None:
+        faults = state.faults
+        if faults.api_delay:
+            await asyncio.sleep(faults.api_delay)
+        with state.lock:
+            status = faults.api_errors.pop(0) if faults.api_errors else None
+            reset = faults.api_resets > 0
+            faults.api_resets -= int(reset)
+            malformed = not reset and faults.api_malformed > 0
+            faults.api_malformed -= int(malformed)
+        if status is not None:
             resp = _error(status, "injected fault")
-            if status == 429:
-                resp.headers["Retry-After"] = "1"
+            if status in (429, 503):
+                resp.headers["Retry-After"] = str(faults.retry_after)
             return resp
+        if reset:
+            return StreamingResponse(_broken(), media_type="application/json", headers={"Content-Length": "4096"})
+        if malformed:
+            return Response('{"success": true, "data": [{"id": ', media_type="application/json")
         if request.headers.get("authorization") != f"Bearer {state.token}":
             return _error(401, "Unauthorized: invalid or missing API token", 10000)
         p = request.path_params
@@ -53,7 +67,7 @@ def create_app(state: SimulatorState) -> Starlette:
             return state.recordings.get(request.path_params["recording_id"])
 
     async def list_recordings(request: Request) -> Response:
-        if (err := guard(request)) is not None:
+        if (err := await guard(request)) is not None:
             return err
         q = request.query_params
         try:
@@ -86,6 +100,11 @@ def create_app(state: SimulatorState) -> Starlette:
             want = q["expired"].lower() == "true"
             recs = [r for r in recs if r.expired == want]
         recs.sort(key=lambda r: (r.invoked_time, r.id), reverse=q.get("sort_order", "DESC").upper() != "ASC")
+        if state.faults.on_list_page is not None:
+            state.faults.on_list_page(page_no)
+            with state.lock:  # the hook may have changed the data: list again, as a live server would
+                recs = [r for r in state.recordings.values() if r.id in {x.id for x in recs} or _matches(r, q)]
+            recs.sort(key=lambda r: (r.invoked_time, r.id), reverse=q.get("sort_order", "DESC").upper() != "ASC")
         first = (page_no - 1) * per_page
         page = recs[first : first + per_page]
         base = base_url(request)
@@ -94,7 +113,7 @@ def create_app(state: SimulatorState) -> Starlette:
                 "success": True,
                 "data": [state.view(r, base_url=base) for r in page],
                 "paging": {
-                    "total_count": len(recs),
+                    "total_count": len(recs) + state.faults.total_count_offset,
                     "start_offset": first + 1 if page else 0,
                     "end_offset": first + len(page) if page else 0,
                 },
@@ -102,7 +121,7 @@ def create_app(state: SimulatorState) -> Starlette:
         )
 
     async def one_recording(request: Request) -> Response:
-        if (err := guard(request)) is not None:
+        if (err := await guard(request)) is not None:
             return err
         rec = find(request)
         if rec is None:
@@ -120,7 +139,7 @@ def create_app(state: SimulatorState) -> Starlette:
         return JSONResponse({"success": True, "data": state.view(rec, base_url=base_url(request), detailed=True)})
 
     async def active_recording(request: Request) -> Response:
-        if (err := guard(request)) is not None:
+        if (err := await guard(request)) is not None:
             return err
         meeting_id = request.path_params["meeting_id"]
         with state.lock:
@@ -133,7 +152,7 @@ def create_app(state: SimulatorState) -> Starlette:
         return JSONResponse({"success": True, "data": state.view(active[-1], base_url=base_url(request), detailed=True)})
 
     async def start_recording(request: Request) -> Response:
-        if (err := guard(request)) is not None:
+        if (err := await guard(request)) is not None:
             return err
         try:
             body: dict[str, Any] = await request.json()
@@ -174,7 +193,7 @@ def create_app(state: SimulatorState) -> Starlette:
         start, end = 0, size  # [start, end)
         status = 200
         headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4" if kind == "video" else "audio/mp4"}
-        rng = request.headers.get("range")
+        rng = None if state.faults.ignore_range else request.headers.get("range")
         if rng:
             parsed = _parse_range(rng, size)
             if parsed is None:
@@ -185,10 +204,18 @@ def create_app(state: SimulatorState) -> Starlette:
         headers["Content-Length"] = str(end - start)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        if start == 0:
-            with state.lock:
+        faults = state.faults
+        with state.lock:
+            if start == 0:
                 state.downloads[(rid, kind)] += 1
-        return StreamingResponse(iter_media(rid, kind, start, end), status_code=status, headers=headers)
+            reset = faults.download_resets > 0
+            faults.download_resets -= int(reset)
+            stall = not reset and faults.download_stalls > 0
+            faults.download_stalls -= int(stall)
+        body = iter_media(rid, kind, start, end, chunk=64 * 1024)
+        if reset or stall:
+            body = _faulty(body, faults.reset_after, None if reset else faults.stall_seconds)
+        return StreamingResponse(body, status_code=status, headers=headers)
 
     return Starlette(
         routes=[
@@ -199,6 +226,38 @@ def create_app(state: SimulatorState) -> Starlette:
             Route("/rtk-bucket/{recording_id}/{kind}.{ext}", media, methods=["GET", "HEAD"]),
         ]
     )
+
+
+def _broken() -> Iterator[bytes]:
+    """A body that breaks off: the client sees the connection drop mid-answer."""
+    yield b'{"success": true, "data": ['
+    raise ConnectionResetError("injected connection reset")
+
+
+def _faulty(body: Iterator[bytes], after: int, stall: float | None) -> Iterator[bytes]:
+    """Pass ``after`` bytes, then drop the connection (stall None) or stall that long."""
+    sent, tripped = 0, False
+    for chunk in body:
+        if not tripped and sent + len(chunk) > after:
+            tripped = True
+            head, chunk = chunk[: after - sent], chunk[after - sent :]
+            if head:
+                yield head
+            if stall is None:
+                raise ConnectionResetError("injected connection reset")
+            time.sleep(stall)
+        sent += len(chunk)
+        yield chunk
+
+
+def _matches(rec: SimRecording, q: Any) -> bool:
+    """Whether a recording added mid-listing matches the listing's status/time filters."""
+    statuses = {s for v in q.getlist("status") for s in v.split(",") if s}
+    if statuses and rec.status not in statuses:
+        return False
+    if "start_time" in q and rec.invoked_time < _utc(q["start_time"]):
+        return False
+    return not ("end_time" in q and rec.invoked_time > _utc(q["end_time"]))
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

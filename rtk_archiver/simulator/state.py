@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
 from typing import Any
 
 STATUSES = ("INVOKED", "RECORDING", "UPLOADING", "UPLOADED", "ERRORED", "PAUSED")
@@ -50,7 +51,7 @@ class SimRecording:
     session_id: str | None
     storage_config: dict[str, Any] | None  # as given, secrets included: never served
     bucket_enabled: bool = True
-    recording_duration: int | None = None
+    recording_duration: Any = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, served as-is
 
     @property
@@ -61,9 +62,25 @@ class SimRecording:
 
 @dataclass
 class Faults:
-    """Hook for fault injection (filled in by the fault-injection work): counters the app consults."""
+    """Faults the simulator injects, set per test (``state.faults``). Counters are consumed
+    one per request."""
 
+    # --- API ---
     api_errors: list[int] = field(default_factory=list)  # statuses to answer next, one per API request
+    retry_after: int = 1  # Retry-After (seconds) sent with an injected 429 / 503
+    api_delay: float = 0.0  # seconds before every API answer
+    api_resets: int = 0  # next N API answers: headers, then the connection drops
+    api_malformed: int = 0  # next N API answers: 200 with a body that is not JSON
+    total_count_offset: int = 0  # paging.total_count off by this much
+    on_list_page: Callable[[int], None] | None = None  # run before serving page N (change data mid-listing)
+    leak_secrets: bool = False  # serve storage_config secrets (a misbehaving API)
+    # --- downloads ---
+    download_resets: int = 0  # next N downloads drop the connection after ``reset_after`` bytes
+    reset_after: int = 64 * 1024
+    download_stalls: int = 0  # next N downloads stall ``stall_seconds`` after ``reset_after`` bytes
+    stall_seconds: float = 5.0
+    ignore_range: bool = False  # answer Range requests with 200 and the whole file
+    size_skew: int = 0  # serve file_size + size_skew bytes (longer or shorter than the API says)
 
 
 class SimulatorState:
@@ -107,7 +124,8 @@ class SimulatorState:
         now = datetime.now(timezone.utc)
         status = fields.pop("status", "UPLOADED")
         finished = status in ("UPLOADING", "UPLOADED", "ERRORED")
-        duration = int(fields.pop("recording_duration", 600 + n))
+        raw_duration = fields.pop("recording_duration", 600 + n)  # any value: tests send bad ones
+        duration = raw_duration if isinstance(raw_duration, int) else 600 + n
         stopped = _utc(fields.pop("stopped_time", now - timedelta(minutes=30 + n) if finished else None))
         started = _utc(fields.pop("started_time", (stopped or now) - timedelta(seconds=duration)))
         invoked = _utc(fields.pop("invoked_time", started - timedelta(seconds=3)))
@@ -130,7 +148,7 @@ class SimulatorState:
             session_id=fields.pop("session_id", str(uuid.uuid5(uuid.NAMESPACE_OID, rid))),
             storage_config=fields.pop("storage_config", None),
             bucket_enabled=fields.pop("bucket_enabled", True),
-            recording_duration=duration if finished else None,
+            recording_duration=raw_duration if finished else None,
             extra=fields,
         )
         with self.lock:
@@ -147,8 +165,8 @@ class SimulatorState:
 
     # -- API views -----------------------------------------------------------------------------
     def public_storage_config(self, rec: SimRecording) -> dict[str, Any] | None:
-        if rec.storage_config is None:
-            return None
+        if rec.storage_config is None or self.faults.leak_secrets:
+            return rec.storage_config
         return {k: v for k, v in rec.storage_config.items() if k not in SECRET_FIELDS}
 
     def view(self, rec: SimRecording, *, base_url: str | None = None, detailed: bool = False) -> dict[str, Any]:
@@ -201,7 +219,8 @@ class SimulatorState:
         return data
 
     def media_size(self, rec: SimRecording, kind: str) -> int | None:
-        return {"video": rec.file_size, "audio": rec.audio_size}.get(kind)
+        size = {"video": rec.file_size, "audio": rec.audio_size}.get(kind)
+        return size + self.faults.size_skew if size is not None else None
 
     # -- transitions ---------------------------------------------------------------------------
     def apply_action(self, rec: SimRecording, action: str) -> str | None:
