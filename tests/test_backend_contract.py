@@ -78,3 +78,31 @@ def test_overwrite_replaces_whole_object(backend):
     backend.put_bytes("same.json", b"first version, longer")
     backend.put_bytes("same.json", b"second")
     assert backend.read_bytes("same.json") == b"second"
+
+
+def test_s3_server_error_mid_upload_aborts_the_multipart_upload(s3_env):
+    """UploadPart answers 500 for the second part (every attempt): boto3 gives up, the
+    multipart upload is aborted on the server, nothing appears at the key."""
+    from botocore.awsrequest import AWSResponse
+
+    from storage_backends import PermanentStorageError, StorageError
+
+    b = open_backend(parse_destination_url(f"s3://{s3_env}/x"), settings())
+
+    class Raw:
+        def stream(self, **kw):
+            yield b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+
+    def fail_second_part(request, **kw):
+        if "partNumber=2" in request.url:
+            return AWSResponse(request.url, 500, {}, Raw())
+        return None
+
+    b.client.meta.events.register("before-send.s3.UploadPart", fail_second_part)
+    reader = VerifyingReader(media(SIZE), SIZE, b.hash_types)
+    with pytest.raises(StorageError) as info:
+        b.put("video.mp4", reader, SIZE)
+    assert not isinstance(info.value, PermanentStorageError)  # transient: the task retries it
+    assert b.stat("video.mp4") is None
+    assert not b.client.list_multipart_uploads(Bucket=s3_env).get("Uploads")
+    b.close()
