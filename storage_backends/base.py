@@ -60,6 +60,15 @@ class StorageBackend(ABC):
         """Remove key if present."""
 
     # -- helpers with defaults -------------------------------------------------------------
+    def confirm_stored(self, key: str, size: int) -> ObjectInfo:
+        """After an upload: the server's view of key, which must hold ``size`` bytes (else the
+        object is removed and StorageError raised)."""
+        info = self.stat(key)
+        if info is None or info.size != size:
+            self.delete(key)
+            raise StorageError(f"{self.url(key)} holds {info.size if info else 0} bytes after upload, expected {size}")
+        return info
+
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self.put(key, io.BytesIO(data), len(data))
 

@@ -103,11 +103,7 @@ class GCSBackend(StorageBackend):
             blob.upload_from_file(source, size=size, rewind=False, checksum=None)
         except gexc.GoogleAPIError as exc:
             raise self._fail(exc, "upload", key) from None
-        info = self.stat(key)
-        if info is None or info.size != size:
-            self.delete(key)
-            raise StorageError(f"gs://{self.destination.bucket}/{self._key(key)} holds {info.size if info else 0} bytes, expected {size}")
-        return info
+        return self.confirm_stored(key, size)
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
         try:

@@ -104,16 +104,20 @@ class S3Backend(StorageBackend):
             return StorageError(f"S3 {action} of {where} failed: {code or type(exc).__name__}")
         return StorageError(f"S3 {action} of {where} failed: {type(exc).__name__}")
 
-    def stat(self, key: str) -> ObjectInfo | None:
+    def _call(self, action: str, key: str, fn, **kwargs):
+        """One S3 call on key; None when the object does not exist, errors mapped."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return fn(Bucket=self.bucket, Key=self._key(key), **kwargs)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise self._fail(exc, "stat", key) from None
+            raise self._fail(exc, action, key) from None
         except BotoCoreError as exc:
-            raise self._fail(exc, "stat", key) from None
-        return ObjectInfo(size=int(head["ContentLength"]))
+            raise self._fail(exc, action, key) from None
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        head = self._call("stat", key, self.client.head_object)
+        return None if head is None else ObjectInfo(size=int(head["ContentLength"]))
 
     def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
         try:
@@ -126,29 +130,17 @@ class S3Backend(StorageBackend):
             if type(exc).__module__.startswith("s3transfer") and cause is not None:
                 raise cause from None
             raise
-        info = self.stat(key)
-        if info is None or info.size != size:
-            self.delete(key)
-            raise StorageError(f"s3://{self.bucket}/{self._key(key)} holds {info.size if info else 0} bytes, expected {size}")
-        return info
+        return self.confirm_stored(key, size)
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{limit - 1}")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise self._fail(exc, "read", key) from None
-        except BotoCoreError as exc:
-            raise self._fail(exc, "read", key) from None
+        obj = self._call("read", key, self.client.get_object, Range=f"bytes=0-{limit - 1}")
+        if obj is None:
+            return None
         with obj["Body"] as body:
             return body.read(limit)
 
     def delete(self, key: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail(exc, "delete", key) from None
+        self._call("delete", key, self.client.delete_object)
 
     def close(self) -> None:
         self.client.close()

@@ -76,17 +76,8 @@ def test_server_rejects_bad_parameters():
 
 
 @pytest.fixture
-def env(simulator, tmp_path, monkeypatch):
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    for k, v in {
-        "CLOUDFLARE_API_TOKEN": simulator.token, "CLOUDFLARE_ACCOUNT_ID": simulator.account_id,
-        "REALTIMEKIT_APP_ID": simulator.app_id, "CLOUDFLARE_BASE_URL": simulator.base_url,
-        "ARCHIVE_DEFAULT_DESTINATION": f"file://{archive}", "ARCHIVE_RETRY_DELAY_SECONDS": "0",
-    }.items():
-        monkeypatch.setenv(k, v)
-    simulator.archive = archive
-    return simulator
+def env(archiver_env):
+    return archiver_env
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -30,18 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def env(simulator, tmp_path, monkeypatch):
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    for k, v in {
-        "CLOUDFLARE_API_TOKEN": simulator.token, "CLOUDFLARE_ACCOUNT_ID": simulator.account_id,
-        "REALTIMEKIT_APP_ID": simulator.app_id, "CLOUDFLARE_BASE_URL": simulator.base_url,
-        "ARCHIVE_DEFAULT_DESTINATION": f"file://{archive}", "ARCHIVE_RETRY_DELAY_SECONDS": "0",
-        "ARCHIVE_TASK_RETRIES": "1", "ARCHIVE_DOWNLOAD_TIMEOUT_SECONDS": "1", "ARCHIVE_API_PAGE_SIZE": "3",
-    }.items():
-        monkeypatch.setenv(k, v)
-    simulator.archive = archive
-    return simulator
+def env(archiver_env, monkeypatch):
+    monkeypatch.setenv("ARCHIVE_DOWNLOAD_TIMEOUT_SECONDS", "1")  # stalls are resumed quickly
+    monkeypatch.setenv("ARCHIVE_API_PAGE_SIZE", "3")  # several pages even for a handful
+    return archiver_env
 
 
 def kinds(report):

@@ -19,23 +19,14 @@ NOW = datetime.now(timezone.utc)
 
 
 @pytest.fixture
-def archive_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "archive"
-    d.mkdir()
-    return d
+def env(archiver_env, monkeypatch):
+    monkeypatch.setenv("ARCHIVE_API_PAGE_SIZE", "2")  # several pages even for a handful
+    return archiver_env
 
 
 @pytest.fixture
-def env(simulator, archive_dir, monkeypatch):
-    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", simulator.token)
-    monkeypatch.setenv("CLOUDFLARE_ACCOUNT_ID", simulator.account_id)
-    monkeypatch.setenv("REALTIMEKIT_APP_ID", simulator.app_id)
-    monkeypatch.setenv("CLOUDFLARE_BASE_URL", simulator.base_url)
-    monkeypatch.setenv("ARCHIVE_DEFAULT_DESTINATION", f"file://{archive_dir}")
-    monkeypatch.setenv("ARCHIVE_RETRY_DELAY_SECONDS", "0")
-    monkeypatch.setenv("ARCHIVE_TASK_RETRIES", "1")
-    monkeypatch.setenv("ARCHIVE_API_PAGE_SIZE", "2")  # several pages even for a handful
-    return simulator
+def archive_dir(env) -> Path:
+    return env.archive
 
 
 def add(sim, **fields):

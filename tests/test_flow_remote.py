@@ -23,16 +23,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture
-def env(simulator, monkeypatch, tmp_path):
-    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", simulator.token)
-    monkeypatch.setenv("CLOUDFLARE_ACCOUNT_ID", simulator.account_id)
-    monkeypatch.setenv("REALTIMEKIT_APP_ID", simulator.app_id)
-    monkeypatch.setenv("CLOUDFLARE_BASE_URL", simulator.base_url)
-    monkeypatch.setenv("ARCHIVE_RETRY_DELAY_SECONDS", "0")
-    monkeypatch.setenv("ARCHIVE_TASK_RETRIES", "1")
-    for var in ("SFTP_PASSWORD", "SFTP_PRIVATE_KEY", "SFTP_PRIVATE_KEY_FILE", "SFTP_TRUST_UNKNOWN_HOSTS", "ARCHIVE_DEFAULT_DESTINATION"):
-        monkeypatch.delenv(var, raising=False)
-    return simulator
+def env(archiver_env, monkeypatch):
+    monkeypatch.delenv("ARCHIVE_DEFAULT_DESTINATION")  # every recording here names its storage
+    return archiver_env
 
 
 def outcomes(report):
