@@ -287,7 +287,7 @@ class SFTPBackend(StorageBackend):
             sftp.posix_rename(tmp, final)
         except BaseException as exc:
             self._remove_quietly(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, (StorageError, socket.timeout)):
+            if isinstance(exc, OSError):  # permission denied, disk full, timeouts
                 raise self._os_error(exc, "upload", final) from None
             if isinstance(exc, (paramiko.SSHException, EOFError)):
                 raise StorageError(f"SFTP connection to {self.where} lost during upload of {final}") from None
