@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install system-deps demo test clean
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+.PHONY: install system-deps demo test bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,22 @@ demo: install
 
 test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks (BENCHMARKS.md): scripts that print figures and write bench/results/*.json and
+# the plot. Needs root for sshd and Debian's rclone / openssh-server (installed when missing).
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+bench-deps: $(BENCH_STAMP)
+	@BENCH=1 scripts/install-system-deps.sh
+
+BENCH_ARGS ?=
+bench: bench-deps
+	$(BIN)/python -m bench.listing
+	$(BIN)/python -m bench.small
+	$(BIN)/python -m bench.large $(BENCH_ARGS)
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) demo-archive .pytest_cache

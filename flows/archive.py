@@ -7,40 +7,27 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.windows import resolve_window
 from flows.reporting import Progress, emit_outcome_event, publish_report
 from rtk_archiver.api import InvalidRecording
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.naming import keys_for, redact_urls
 from rtk_archiver.settings import Settings, load_settings
-from storage_backends import InvalidDestination, UnsupportedDestination
+from storage_backends import InvalidDestination, UnsupportedDestination, preload_backends
 from tasks.archive import archive_recording, resolve_destination, why_not_archivable
 from tasks.limits import ensure_limits
 from tasks.listing import get_recording, list_recordings
 
 
-def resolve_window(since: datetime | None, until: datetime | None, settings: Settings) -> tuple[datetime, datetime]:
-    """Default window: as far back as RealtimeKit keeps files plus a margin, up to now."""
-    now = datetime.now(timezone.utc)
-    until = _aware(until) if until else now
-    since = _aware(since) if since else until - timedelta(days=settings.archive_lookback_days)
-    if since >= until:
-        raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
-    return since, until
-
-
 def retry_delays(settings: Settings) -> list[float]:
     """Task retry delays: ARCHIVE_RETRY_DELAY_SECONDS, tripled at each retry."""
     return [settings.archive_retry_delay_seconds * 3**i for i in range(max(1, settings.archive_task_retries))]
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -67,7 +54,9 @@ def archive_all(recordings: list[Recording], destination: str | None, dry_run: b
             )
             continue
         try:
-            target = resolve_destination(rec, destination, settings.archive_default_destination).display_url()
+            resolved = resolve_destination(rec, destination, settings.archive_default_destination)
+            target = resolved.display_url()
+            preload_backends([resolved.kind])
         except (InvalidDestination, UnsupportedDestination):
             target = "?"  # the task reports it
         slot = (target, keys_for(rec).video)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
+
+from rtk_archiver.settings import Settings
 
 DESTINATION_PATTERN = r"^(file|s3|gs|gcs|sftp)://"
 DESTINATION_HELP = (
@@ -41,3 +43,17 @@ def split_range(start: datetime, end: datetime, size: timedelta) -> list[Window]
         windows.append(Window(since=since, until=until))
         since = until
     return windows
+
+
+def resolve_window(since: datetime | None, until: datetime | None, settings: Settings) -> tuple[datetime, datetime]:
+    """Default window: as far back as RealtimeKit keeps files plus a margin, up to now."""
+    now = datetime.now(timezone.utc)
+    until = _aware(until) if until else now
+    since = _aware(since) if since else until - timedelta(days=settings.archive_lookback_days)
+    if since >= until:
+        raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
+    return since, until
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from rtk_archiver.memory import tune_malloc
 from rtk_archiver.settings import apply_project_defaults
 
 apply_project_defaults()  # before prefect is imported anywhere
+tune_malloc()  # before any thread starts
 
 from pydantic import TypeAdapter, ValidationError  # noqa: E402
 
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--destination", type=_destination, help="archive every recording here instead (a URL)")
     p.add_argument("--dry-run", action="store_true", help="report what would be archived, transfer nothing")
+    p.add_argument("--report", type=Path, metavar="FILE", help="also write the run's report (every outcome) as JSON to FILE")
 
 
 def print_report(report: ArchiveReport, stream=None) -> None:
@@ -110,13 +113,32 @@ def _run_archive(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         if args.command == "archive":
-            from flows.archive import resolve_window
+            from flows.windows import resolve_window  # no prefect import before its API is chosen
 
             resolve_window(args.since, args.until, settings)
     except (SettingsError, ValueError) as exc:
         print(f"rtk-archiver: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    from rtk_archiver.prefect_api import PrefectAPIError, private_prefect_api
+
+    try:
+        with private_prefect_api():
+            result, message = _run_flow(args, settings)
+    except PrefectAPIError as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not isinstance(result, ArchiveReport):
+        print(f"rtk-archiver: the run failed: {message or result}", file=sys.stderr)
+        return EXIT_FAILED
+    print_report(result)
+    if getattr(args, "report", None):
+        args.report.write_text(result.model_dump_json(indent=2))
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
+    """Run the flow the command names (Prefect is imported here, once its API is known)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.archive import archive_one, archive_recordings
@@ -128,12 +150,7 @@ def _run_archive(args: argparse.Namespace) -> int:
     else:
         flow = archive_one.with_options(task_runner=runner)
         state = flow(recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if not isinstance(result, ArchiveReport):
-        print(f"rtk-archiver: the run failed: {state.message or result}", file=sys.stderr)
-        return EXIT_FAILED
-    print_report(result)
-    return EXIT_FAILED if result.failed else EXIT_OK
+    return state.result(raise_on_failure=False), state.message
 
 
 def _run_deployments(args: argparse.Namespace) -> int:

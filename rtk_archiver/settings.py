@@ -53,7 +53,13 @@ class Settings(BaseSettings):
     archive_max_transfers_per_backend: int = Field(
         default=4, ge=1, le=256, description="Transfers at once per backend kind, across all runs and workers."
     )
-    archive_chunk_size: int = Field(default=1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
+    archive_chunk_size: int = Field(
+        default=1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024, description="Bytes read from a download at a time."
+    )
+    archive_read_ahead_chunks: int = Field(
+        default=8, ge=0, le=256,
+        description="Chunks the download may run ahead of the upload, in a thread (0: none; memory: this x chunk size).",
+    )
 
     # --- Object stores ---------------------------------------------------------------------
     # boto3 and google-cloud-storage read their own credential chains (AWS_*, GOOGLE_*,

@@ -3,13 +3,17 @@
 The transfer hands a ``VerifyingReader`` to a backend's ``put``: the backend reads from it
 as from a file; the reader pulls chunks from the HTTP download, feeds the hashes, and
 raises ``SizeMismatch`` the moment the body turns out longer or shorter than expected, so
-the backend aborts instead of committing a bad object.
+the backend aborts instead of committing a bad object. With read-ahead, a background thread
+downloads and hashes while the backend uploads (bounded: a few chunks).
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 
@@ -49,8 +53,69 @@ def new_hasher(name: str):
     return hashlib.new(name)
 
 
+class ReadAhead:
+    """Iterates ``chunks`` in a background thread, up to ``depth`` chunks ahead of the consumer,
+    so the download (and the hashing done as chunks arrive) overlaps the upload. An exception
+    of the producer is raised to the consumer, in order. ``close`` stops the producer."""
+
+    _END = object()
+
+    def __init__(self, chunks: Iterable[bytes], depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, args=(iter(chunks),), name="rtk-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _offer(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, chunks: Iterator[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                if not self._offer(chunk):
+                    return
+            self._offer(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._offer(exc)
+
+    def __iter__(self) -> "ReadAhead":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout)
+
+
 class VerifyingReader:
-    """Non-seekable, read-only file-like over an iterator of byte chunks."""
+    """Non-seekable, read-only file-like over an iterator of byte chunks.
+
+    Every chunk is counted and hashed as it arrives (``SizeMismatch`` as soon as the body is
+    longer than expected, or at its end if shorter). With ``read_ahead`` > 0 that happens in
+    a background thread up to ``read_ahead`` chunks ahead of ``read``: call ``close``."""
 
     def __init__(
         self,
@@ -58,14 +123,34 @@ class VerifyingReader:
         expected_size: int,
         hash_names: Iterable[str] = ("sha256",),
         on_progress: Callable[[int], None] | None = None,
+        read_ahead: int = 0,
     ) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
         self.expected_size = expected_size
         self.hashers = {name: new_hasher(name) for name in dict.fromkeys(["sha256", *hash_names])}
-        self.bytes_read = 0
-        self._buffer = bytearray()
-        self._eof = False
+        self.received = 0  # bytes that arrived (counted and hashed)
+        self.bytes_read = 0  # bytes handed out by read()
         self._on_progress = on_progress
+        checked = self._checked(chunks)
+        self._ahead = ReadAhead(checked, read_ahead) if read_ahead > 0 else None
+        self._chunks: Iterator[bytes] = self._ahead if self._ahead is not None else checked
+        self._pending: deque[bytes] = deque()  # received, not yet read
+        self._pending_size = 0
+        self._eof = False
+
+    def _checked(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            self.received += len(chunk)
+            if self.received > self.expected_size:
+                raise SizeMismatch(f"body is longer than the expected {self.expected_size} bytes")
+            for h in self.hashers.values():
+                h.update(chunk)
+            if self._on_progress is not None:
+                self._on_progress(len(chunk))
+            yield bytes(chunk)
+        if self.received != self.expected_size:
+            raise SizeMismatch(f"body ended after {self.received} bytes, expected {self.expected_size}")
 
     # file-like protocol used by boto3, google-cloud-storage, paramiko code and shutil
     def readable(self) -> bool:
@@ -77,42 +162,36 @@ class VerifyingReader:
     def tell(self) -> int:
         return self.bytes_read
 
-    def _take(self, data: bytes) -> bytes:
-        self.bytes_read += len(data)
-        if self.bytes_read > self.expected_size:
-            raise SizeMismatch(f"body is longer than the expected {self.expected_size} bytes")
-        for h in self.hashers.values():
-            h.update(data)
-        if self._on_progress is not None:
-            self._on_progress(len(data))
-        return data
-
-    def _next_chunk(self) -> bytes:
-        for chunk in self._chunks:
-            if chunk:
-                return bytes(chunk)
-        self._eof = True
-        if self.bytes_read + len(self._buffer) != self.expected_size:
-            raise SizeMismatch(
-                f"body ended after {self.bytes_read + len(self._buffer)} bytes, expected {self.expected_size}"
-            )
-        return b""
+    def _fill(self, size: int | None) -> None:
+        while not self._eof and (size is None or self._pending_size < size):
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self._eof = True
+                break
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            while not self._eof:
-                self._buffer += self._next_chunk()
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            return self._take(data)
-        while len(self._buffer) < size and not self._eof:
-            chunk = self._next_chunk()
-            if not self._buffer and len(chunk) == size:
-                return self._take(chunk)  # fast path: no copy
-            self._buffer += chunk
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return self._take(data)
+        want = None if size is None or size < 0 else size
+        self._fill(want)
+        if want is None or want >= self._pending_size:
+            parts = list(self._pending)
+            self._pending.clear()
+        else:
+            parts, taken = [], 0
+            while taken < want:
+                chunk = self._pending.popleft()
+                if taken + len(chunk) > want:
+                    cut = want - taken
+                    self._pending.appendleft(chunk[cut:])
+                    chunk = chunk[:cut]
+                parts.append(chunk)
+                taken += len(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)  # one copy at most
+        self._pending_size -= len(data)
+        self.bytes_read += len(data)
+        return data
 
     def hexdigests(self) -> dict[str, str]:
         return {name: h.hexdigest() for name, h in self.hashers.items()}
@@ -126,3 +205,8 @@ class VerifyingReader:
         ``expected_size`` without asking for EOF)."""
         if self.read(1):
             raise SizeMismatch(f"body is longer than the expected {self.expected_size} bytes")
+
+    def close(self) -> None:
+        """Stop reading ahead (after a failed upload); idempotent."""
+        if self._ahead is not None:
+            self._ahead.close()

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages whose servers the tests start on loopback, when missing.
+# Installs the Debian packages whose servers the tests (and benchmarks) start on loopback, when missing.
 set -euo pipefail
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+# the benchmarks (BENCH=1, from `make bench`) compare against rclone and OpenSSH's sftp client
+if [ "${BENCH:-}" = 1 ]; then
+  command -v rclone >/dev/null || need+=(rclone)
+  command -v sftp >/dev/null || need+=(openssh-client)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "install-system-deps: not root; missing ${need[*]} (the tests that need them will be skipped)" >&2

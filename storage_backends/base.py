@@ -32,6 +32,9 @@ class StorageBackend(ABC):
     #: hash names (hashlib names, or "crc32c") that ``stat``/``put`` report and that the
     #: transfer computes while streaming, for an end-to-end check beyond sha256.
     hash_types: ClassVar[tuple[str, ...]] = ()
+    #: bytes the download should be able to run ahead of ``put``: a backend that uploads in
+    #: chunks asks for one chunk, so the next is downloaded while the current one is sent
+    read_ahead_bytes: ClassVar[int] = 0
 
     def __init__(self, destination: Destination) -> None:
         self.destination = destination

@@ -32,7 +32,7 @@ from storage_backends import (
 )
 from tasks.limits import api_throttle, archiving_slot
 from tasks.retry import retry_transient
-from tasks.transfer import Download, DownloadError, stream_file
+from tasks.transfer import Download, DownloadError, download_client, stream_file
 
 def resolve_destination(recording: Recording, override: str | None, default: str | None) -> Destination:
     """The one place a recording's destination is chosen: the run's override, else its
@@ -190,7 +190,7 @@ def _transfer(recording: Recording, backend: StorageBackend, keys: RecordingKeys
         current = _refresh(recording.id, settings)
         return current.download_url if kind == "video" else current.audio_download_url
 
-    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
+    with download_client(timeout) as http:
         for kind, key in (("video", keys.video), ("audio", keys.audio)):
             if key is None:
                 continue
@@ -211,7 +211,9 @@ def _transfer(recording: Recording, backend: StorageBackend, keys: RecordingKeys
                 )
             except httpx.HTTPError as exc:
                 raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
-            files.append(stream_file(download, backend=backend, key=key, logger=logger))
+            files.append(
+                stream_file(download, backend=backend, key=key, logger=logger, read_ahead=settings.archive_read_ahead_chunks)
+            )
     return files
 
 

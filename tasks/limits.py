@@ -11,7 +11,8 @@
 they already exist). They apply when runs share a Prefect server (``PREFECT_API_URL`` set:
 ``serve``, workers, tests). With Prefect's embedded, per-process API (a plain CLI run) there
 is nothing to share, and its lease reaper does not run, so a killed run's slot would never be
-freed: nothing is limited there (uploads are atomic all the same).
+freed: nothing is limited there (uploads are atomic all the same). The same holds for the
+private API server ``rtk-archiver archive`` starts for itself (``rtk_archiver.prefect_api``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import get_current_settings
 
+from rtk_archiver.prefect_api import private_api_active
 from rtk_archiver.settings import Settings
 
 API_RATE_LIMIT = "rtk-realtimekit-api"
@@ -37,8 +39,9 @@ LEASE_SECONDS = 60  # the server's minimum
 
 
 def shared_limits_available() -> bool:
-    """True when runs share a Prefect server (not the embedded, per-process one)."""
-    return bool(get_current_settings().api.url)
+    """True when runs share a Prefect server (not the embedded, per-process one, nor the
+    private one the CLI starts for a single run)."""
+    return bool(get_current_settings().api.url) and not private_api_active()
 
 
 def wanted_limits(settings: Settings) -> dict[str, tuple[int, float | None]]:

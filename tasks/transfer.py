@@ -1,14 +1,17 @@
 """Streaming one file from a presigned download URL into a storage backend.
 
-Download and upload run as one stream (httpx -> VerifyingReader -> backend.put): memory
-stays bounded by a few chunks whatever the file size. Size is checked against
+Download and upload run as one stream (httpx -> VerifyingReader -> backend.put), the download
+(and hashing) in a read-ahead thread a few chunks ahead of the upload, so both run at once:
+memory stays bounded by a few chunks whatever the file size. Size is checked against
 ``Content-Length`` and the API's ``file_size``; sha256 (and any hash the backend reports)
 is computed on the way and compared with what the backend says it stored.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -49,6 +52,17 @@ class _Progress:
             rate = self.done / max(now - self.started, 1e-6) / 1e6
             pct = 100.0 * self.done / self.total if self.total else 100.0
             self.logger.info("%s: %.0f%% (%d / %d bytes, %.1f MB/s)", self.label, pct, self.done, self.total, rate)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every download of the process: building one (loading the CA
+    bundle) took ~20 ms of CPU, paid per recording when each transfer made its own client."""
+    return httpx.create_ssl_context()
+
+
+def download_client(timeout: httpx.Timeout) -> httpx.Client:
+    return httpx.Client(timeout=timeout, follow_redirects=True, verify=tls_context())
 
 
 def _expired(expiry: datetime | None) -> bool:
@@ -119,10 +133,25 @@ class Download:
         raise AssertionError("unreachable")
 
     def chunks(self) -> Iterator[bytes]:
+        """The body in chunks of ``chunk_size`` bytes (the last one shorter)."""
+        pending: list[bytes] = []
+        pending_size = 0
+        for piece in self._pieces():
+            pending.append(piece)
+            pending_size += len(piece)
+            if pending_size >= self.chunk_size:
+                yield b"".join(pending)
+                pending, pending_size = [], 0
+        if pending:
+            yield b"".join(pending)
+
+    def _pieces(self) -> Iterator[bytes]:
+        # httpx's own regrouping (iter_raw(chunk_size)) cost 2.4x the CPU of the raw reads
+        # (0.70 s vs 0.29 s per 512 MiB here): the pieces as read, grouped by ``chunks``.
         pos, skip = 0, 0
         while True:
             try:
-                for chunk in self.response.iter_raw(self.chunk_size):
+                for chunk in self.response.iter_raw():
                     if skip:  # a server that ignored Range sent the whole file again
                         drop = min(skip, len(chunk))
                         chunk, skip = chunk[drop:], skip - drop
@@ -169,13 +198,17 @@ def stream_file(
     backend: StorageBackend,
     key: str,
     logger: logging.Logger | logging.LoggerAdapter,
+    read_ahead: int = 0,
 ) -> FileEntry:
-    """Stream an opened download straight into ``backend`` at ``key``; returns the verified entry."""
+    """Stream an opened download straight into ``backend`` at ``key``; returns the verified entry.
+    ``read_ahead``: chunks the download may run ahead of the upload (in a thread)."""
     kind, size = download.kind, download.size
     stored = None
+    progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
+    if read_ahead:  # at least what the backend sends at once (GCS: one resumable-upload chunk)
+        read_ahead = max(read_ahead, -(-backend.read_ahead_bytes // download.chunk_size))
+    reader = VerifyingReader(download.chunks(), size, backend.hash_types, on_progress=progress, read_ahead=read_ahead)
     try:
-        progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
-        reader = VerifyingReader(download.chunks(), size, backend.hash_types, on_progress=progress)
         stored = backend.put(key, reader, size)
         reader.verify_end()
     except SizeMismatch as exc:
@@ -185,6 +218,7 @@ def stream_file(
     except httpx.HTTPError as exc:
         raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
     finally:
+        reader.close()
         download.close()
 
     digests = reader.hexdigests()

@@ -21,6 +21,10 @@ class SimulatorServer:
         self.host = host
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this: without it, a response under one TCP segment that
+        # uvicorn writes as headers + body waited ~40 ms for the client's delayed ACK (Nagle),
+        # which made every page and small download 10x slower than a real API would be.
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind((host, port))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"

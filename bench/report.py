@@ -1,0 +1,100 @@
+"""Turns bench/results/*.json into the tables of BENCHMARKS.md (printed as Markdown) and the
+plot ``bench/results/large.png`` (median time per size and backend, archiver vs rclone vs the
+backend's own upload).
+
+    python -m bench.report [--large large] [--plot bench/results/large.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.common import RESULTS, size_label
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def large_table(data: dict) -> str:
+    targets = data["targets"]["ratio"]
+    lines = [
+        "| size | backend | rtk-archiver | rclone copyurl | native upload | archiver / rclone | target | archiver peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        a, c, n = r["archiver"], r["rclone"], r["native"]
+        ok = "met" if r["ratio_vs_rclone"] <= targets[r["backend"]] else "**missed**"
+        lines.append(
+            f"| {size_label(r['size'])} | {r['backend']} | {a['median']:.2f} s ({a['mb_per_s']:.0f} MB/s) "
+            f"| {c['median']:.2f} s ({c['mb_per_s']:.0f} MB/s) | {n['median']:.2f} s ({n['mb_per_s']:.0f} MB/s) "
+            f"| {r['ratio_vs_rclone']:.2f}x | <= {targets[r['backend']]}x, {ok} | {a['max_rss_mib']:.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def plot(data: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    sizes = sorted({r["size"] for r in rows})
+    tools = [("archiver", "rtk-archiver", "#2b6cb0"), ("rclone", "rclone copyurl", "#dd6b20"), ("native", "native upload (local file)", "#718096")]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        subset = [r for r in rows if r["size"] == size]
+        xs = range(len(subset))
+        width = 0.26
+        for i, (key, label, color) in enumerate(tools):
+            values = [r[key]["median"] for r in subset]
+            bars = ax.bar([x + (i - 1) * width for x in xs], values, width, label=label, color=color)
+            for bar, r in zip(bars, subset):
+                ax.annotate(f"{size / r[key]['median'] / 1e6:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(list(xs), [r["backend"].upper() for r in subset])
+        ax.set_title(f"{size_label(size)} recording (labels: MB/s)")
+        ax.set_ylabel("seconds, median (lower is better)")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Archiving one large recording, median of {data['runs']} alternating runs", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"plot written to {out}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large", default="large", help="results file of bench.large")
+    parser.add_argument("--plot", type=Path, default=RESULTS / "large.png")
+    args = parser.parse_args()
+
+    large = load(args.large)
+    if large:
+        print(f"## Large recordings (median of {large['runs']} runs)\n")
+        print(large_table(large))
+        print()
+        plot(large, args.plot)
+    small = load("small")
+    if small:
+        f, r = small["first"], small["rerun"]
+        print(f"\n## {small['count']} recordings of {size_label(small['size'])}\n")
+        print("| run | wall time | peak RSS | bytes transferred | target |\n|---|---|---|---|---|")
+        print(f"| first | {f['seconds']:.1f} s | {f['max_rss_mib']:.0f} MiB | {f['bytes_transferred']} | < {small['targets']['first_seconds']:.0f} s |")
+        print(f"| rerun | {r['seconds']:.1f} s | {r['max_rss_mib']:.0f} MiB | {r['bytes_transferred']} | < {small['targets']['rerun_seconds']:.0f} s, 0 bytes |")
+    listing = load("listing")
+    if listing:
+        print(f"\n## Listing {listing['count']} recordings\n")
+        print("| page size | median | runs |\n|---|---|---|")
+        for row in listing["runs"]:
+            print(f"| {row['page_size']} | {row['median']:.2f} s | {', '.join(f'{t:.2f}' for t in row['seconds'])} |")
+    if not (large or small or listing):
+        print("no results yet: run `make bench`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""A RealtimeKit simulator in its own process, loaded for one benchmark.
+
+    python -m bench.sim --sizes 268435456 1073741824   # one UPLOADED recording per size
+    python -m bench.sim --count 1000 --size 65536      # many recordings of one size
+
+Prints one JSON line (URL, credentials, recording ids), then serves until stdin closes, so
+the benchmark's process owns it and the archiver's process measures only the archiver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from rtk_archiver.simulator import SimulatorServer
+from rtk_archiver.simulator.state import SimulatorState
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="*", default=[], help="one recording per size (bytes)")
+    parser.add_argument("--count", type=int, default=0, help="this many recordings of --size bytes")
+    parser.add_argument("--size", type=int, default=64 * 1024)
+    parser.add_argument("--max-per-page", type=int, default=100)
+    args = parser.parse_args()
+
+    state = SimulatorState(url_ttl_seconds=6 * 3600, max_per_page=args.max_per_page)
+    now = datetime.now(timezone.utc)
+    ids: list[str] = []
+    sizes = list(args.sizes) + [args.size] * args.count
+    for n, size in enumerate(sizes):
+        rid = str(uuid.uuid5(uuid.NAMESPACE_OID, f"bench-{n}-{size}"))
+        stopped = now - timedelta(hours=2) - timedelta(seconds=n)  # all inside the last day, distinct
+        state.add_recording(
+            id=rid, status="UPLOADED", file_size=size, audio=False, stopped_time=stopped,
+            meeting_title=f"Bench {n}", output_file_name=f"bench-{n:05d}-{size}.mp4",
+        )
+        ids.append(rid)
+    with SimulatorServer(state) as sim:
+        info = {
+            "base_url": sim.base_url, "token": sim.token, "account_id": sim.account_id,
+            "app_id": sim.app_id, "ids": ids, "sizes": sizes,
+        }
+        print(json.dumps(info), flush=True)
+        sys.stdin.read()  # until the benchmark closes our stdin (or exits)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Prefect's API for a plain CLI run (no ``PREFECT_API_URL``), in a child process.
+
+Prefect's own ephemeral mode starts exactly this server (uvicorn on
+``prefect.server.api.server:create_app``, UI and background services off) but imports the
+whole server (FastAPI app, database models, ~80 MiB) into the calling process just to launch
+it. Launching it here keeps the archiving process small (see BENCHMARKS.md: peak RSS).
+
+The server is this run's alone, like the ephemeral one: ``tasks.limits`` does not take shared
+concurrency slots on it (``private_api_active``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PRIVATE_API_ENV = "RTK_ARCHIVER_PRIVATE_PREFECT_API"
+STARTUP_TIMEOUT_SECONDS = 120.0  # the first start on a new PREFECT_HOME migrates its database
+
+
+class PrefectAPIError(RuntimeError):
+    """The private Prefect API server did not start."""
+
+
+def private_api_active() -> bool:
+    return os.environ.get(PRIVATE_API_ENV) == "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def private_prefect_api() -> Iterator[str | None]:
+    """Start a private Prefect API unless ``PREFECT_API_URL`` names one; yields its URL (None
+    when a server is configured). Must run before ``prefect`` is imported."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield None
+        return
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    app_dir = str(Path(spec.origin).parent.parent)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    cmd = [
+        sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
+    ]
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            _wait_healthy(proc, url, errors)
+            os.environ["PREFECT_API_URL"] = url
+            os.environ[PRIVATE_API_ENV] = "1"
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            os.environ.pop(PRIVATE_API_ENV, None)
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Terminate a child process, kill it if it does not exit within ``timeout``, reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, errors) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                errors.seek(0)
+                tail = errors.read().decode(errors="replace")[-2000:]
+                raise PrefectAPIError(f"the Prefect API server exited with {proc.returncode}: {tail}")
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    raise PrefectAPIError(f"the Prefect API server did not answer within {STARTUP_TIMEOUT_SECONDS:.0f} s")
