@@ -124,7 +124,10 @@ def _run_archive(args: argparse.Namespace) -> int:
 
     try:
         with private_prefect_api():
-            result, message = _run_flow(args, settings)
+            try:
+                result, message = _run_flow(args, settings)
+            finally:
+                _drain_prefect_workers()
     except PrefectAPIError as exc:
         print(f"rtk-archiver: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -151,6 +154,19 @@ def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
         flow = archive_one.with_options(task_runner=runner)
         state = flow(recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run, return_state=True)
     return state.result(raise_on_failure=False), state.message
+
+
+def _drain_prefect_workers() -> None:
+    """Send the run's last logs and events while its API server is still up (else Prefect
+    retries them at exit against a stopped server, for a minute, and prints an error)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=15)
+        except Exception:  # noqa: BLE001 - best effort: the report is already complete
+            pass
 
 
 def _run_deployments(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -55,3 +56,18 @@ def test_malloc_bounds_are_left_to_explicit_settings(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert tune_malloc() is False
+
+
+def test_the_demo_on_its_private_api_exits_promptly_with_every_log_sent(tmp_path):
+    """`make demo` path: the run's logs are sent before its API server stops (they were
+    retried against the stopped server for a minute, with an error on the console)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "ARCHIVE_", "CLOUDFLARE_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    cli = Path(sys.executable).parent / "rtk-archiver"
+    started = time.monotonic()
+    proc = subprocess.run([str(cli), "demo", "--dir", str(tmp_path / "archive"), "--count", "4"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Error logging to API" not in proc.stdout + proc.stderr
+    assert took < 60, f"the demo took {took:.0f} s"
