@@ -2,4 +2,4 @@
 
 from rtk_archiver.memory import tune_malloc
 
-tune_malloc()  # flow runs started by a worker or `serve` get the CLI's memory bound too
+tune_malloc()  # before any flow runs (the CLI imports flows before it starts threads)

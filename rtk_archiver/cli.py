@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from rtk_archiver.memory import tune_malloc
 from rtk_archiver.settings import apply_project_defaults
 
 apply_project_defaults()  # before prefect is imported anywhere
-tune_malloc()  # before any thread starts
 
 from pydantic import TypeAdapter, ValidationError  # noqa: E402
 
