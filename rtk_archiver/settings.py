@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     archive_task_retries: int = Field(default=3, ge=0, le=20)
     archive_retry_delay_seconds: float = Field(default=10.0, ge=0)
     archive_download_timeout_seconds: float = Field(default=60.0, gt=0, description="A stalled download is resumed after this long.")
+    archive_download_stall_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="A download that receives less than 64 KiB in this long is stalled: resumed like a reset.",
+    )
+    archive_upload_stall_seconds: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="An upload that makes no progress for this long fails (SFTP channel, S3 and GCS timeouts).",
+    )
     archive_download_resumes: int = Field(default=5, ge=0, le=100, description="Resumes (Range requests) per file and attempt.")
     archive_api_requests_per_second: float = Field(
         default=4.0, gt=0, le=1000, description="Shared rate limit on RealtimeKit API calls, across all runs and workers."

@@ -28,6 +28,11 @@ class PermanentStorageError(StorageError):
     """Retrying will not help (bad credentials, missing bucket, refused host key, bad config)."""
 
 
+class KeyTaken(PermanentStorageError):
+    """``put(..., replace=False)`` found something already at the key: nothing was written
+    there (the archiver never overwrites what it cannot prove it wrote)."""
+
+
 class StorageBackend(ABC):
     #: hash names (hashlib names, or "crc32c") that ``stat``/``put`` report and that the
     #: transfer computes while streaming, for an end-to-end check beyond sha256.
@@ -45,13 +50,19 @@ class StorageBackend(ABC):
         """Size (and hashes where the backend has them) of the object at key; None if absent."""
 
     @abstractmethod
-    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
-        """Stream exactly ``size`` bytes from ``source`` to key, with bounded memory.
+    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
+        """Stream exactly ``size`` bytes (``None``: unknown, until ``source`` ends) from
+        ``source`` to key, with bounded memory; returns what the server stored.
 
         Atomic: nothing is visible at key until the whole object is there. If ``source.read``
         raises (short or long body, checksum trouble, network) or the upload fails, nothing
         partial is left behind (temp file removed, multipart upload aborted, resumable upload
         not finalized) and the exception propagates.
+
+        No-clobber unless ``replace``: with ``replace=False`` an object already at key (put
+        there by anyone, at any time before the commit) makes the put fail with ``KeyTaken``
+        and leaves that object untouched. ``replace=True`` is only for keys the caller has
+        proven are its own (see ``tasks/archive.py``).
         """
 
     @abstractmethod
@@ -63,17 +74,17 @@ class StorageBackend(ABC):
         """Remove key if present."""
 
     # -- helpers with defaults -------------------------------------------------------------
-    def confirm_stored(self, key: str, size: int) -> ObjectInfo:
+    def confirm_stored(self, key: str, size: int | None) -> ObjectInfo:
         """After an upload: the server's view of key, which must hold ``size`` bytes (else the
-        object is removed and StorageError raised)."""
+        object is removed and StorageError raised). ``size=None``: whatever was stored."""
         info = self.stat(key)
-        if info is None or info.size != size:
+        if info is None or (size is not None and info.size != size):
             self.delete(key)
             raise StorageError(f"{self.url(key)} holds {info.size if info else 0} bytes after upload, expected {size}")
         return info
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        return self.put(key, io.BytesIO(data), len(data))
+    def put_bytes(self, key: str, data: bytes, *, replace: bool = False) -> ObjectInfo:
+        return self.put(key, io.BytesIO(data), len(data), replace=replace)
 
     def url(self, key: str = "") -> str:
         """Where key is, for people: no secrets."""

@@ -28,7 +28,7 @@ from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
-from .base import PermanentStorageError, Readable, StorageBackend, StorageError
+from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
 
@@ -101,8 +101,10 @@ class GCSBackend(StorageBackend):
             raise self._fail(exc, "stat", key) from None
         return None if blob is None else self._info(blob)
 
-    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
+    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
         blob = self.bucket.blob(self._key(key), chunk_size=CHUNK_SIZE)
+        if not replace and self.stat(key) is not None:
+            raise KeyTaken(f"gs://{self.destination.bucket}/{self._key(key)} already exists and was not written by this recording's archive: left untouched")
         try:
             blob.upload_from_file(source, size=size, rewind=False, checksum=None)
         except gexc.GoogleAPIError as exc:

@@ -1,88 +1,183 @@
 """``file://`` backend: a local (or mounted) directory.
 
-Writes go to a hidden temp file in the target directory, are fsynced, then renamed into
-place, so the final name only ever holds a complete file. Temp files of the same name left
-by a killed run are removed by the next write (runs hold the recording's lock meanwhile).
+Writes go to a hidden temp file in the target directory, are fsynced, then moved into place
+without clobbering (``link`` + ``unlink``: fails if anything is at the final name) or, for
+keys the archiver proved are its own, replacing (``rename``). The final name only ever holds
+a complete file.
+
+Temp files are ``.<name>.<digest of the full name>.rtkpart-<random>``, and their writer holds
+an exclusive ``flock`` on them from the moment they exist until they are gone. Cleanup only
+removes a temp file of the same final name whose lock it can take and which is older than a
+few seconds: its writer is dead (a killed run), never a live upload of another run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import os
+import time
 import uuid
 from pathlib import Path
 
 from rtk_archiver.models import ObjectInfo
 
-from .base import PermanentStorageError, Readable, StorageBackend, StorageError
+from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .destination import Destination
+from .tempnames import temp_prefix
 
 COPY_CHUNK = 1024 * 1024
-TEMP_MARKER = ".rtkpart-"
+#: a temp file whose lock is free is abandoned once it is this old (a live writer takes its
+#: lock microseconds after creating it)
+ABANDONED_AFTER_SECONDS = 10.0
+
+#: OS errors that no retry can fix: named, failed at once
+PERMANENT_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a path component is a file, not a directory",
+    errno.EISDIR: "is a directory",
+    errno.ENAMETOOLONG: "name too long for the file system",
+    errno.ELOOP: "too many symbolic links",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EINVAL: "invalid name for the file system",
+}
+
+
+def os_error(exc: OSError, action: str, path: object) -> StorageError:
+    """Map an OSError to a clear StorageError: permanent for what retrying cannot fix."""
+    code = exc.errno
+    if code in PERMANENT_ERRNOS:
+        return PermanentStorageError(f"cannot {action} {path}: {PERMANENT_ERRNOS[code]}")
+    if code == errno.ENOSPC:
+        return StorageError(f"cannot {action} {path}: no space left on device")
+    return StorageError(f"cannot {action} {path}: {exc.strerror or type(exc).__name__}")
 
 
 class LocalBackend(StorageBackend):
-    def __init__(self, destination: Destination) -> None:
+    def __init__(self, destination: Destination, settings: object | None = None) -> None:
         super().__init__(destination)
         self.root = Path(destination.root)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        root = self.root.resolve()
+        try:
+            path = (self.root / key).resolve()
+            root = self.root.resolve()
+        except OSError as exc:
+            raise os_error(exc, "resolve", self.root / key) from None
         if path != root and root not in path.parents:
             raise PermanentStorageError(f"refusing to write outside {self.root}: {key!r}")
         return path
 
     def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
         try:
-            st = self._path(key).stat()
+            st = path.stat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                return None  # a parent is a file: nothing can be at key
+            raise os_error(exc, "stat", path) from None
         return ObjectInfo(size=st.st_size)
 
-    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
+    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
         final = self._path(key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-        except PermissionError as exc:
-            raise PermanentStorageError(f"cannot create directory {final.parent}: permission denied") from exc
-        prefix = f".{final.name[:120]}{TEMP_MARKER}"
-        for stale in final.parent.glob(f"{glob.escape(prefix)}*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
+        except FileExistsError:
+            raise PermanentStorageError(f"cannot create directory {final.parent}: a file is in the way") from None
+        except OSError as exc:
+            raise os_error(exc, "create directory", final.parent) from None
+        if not replace and final.exists():
+            raise KeyTaken(f"{final} already exists and was not written by this recording's archive: left untouched")
+        prefix = temp_prefix(final.name)
+        self._remove_abandoned(final.parent, prefix)
         tmp = final.parent / f"{prefix}{uuid.uuid4().hex[:12]}"
         written = 0
+        fd = -1
+        reading = False
         try:
-            with open(tmp, "xb") as out:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours until the temp file is gone
+            with os.fdopen(os.dup(fd), "wb") as out:
                 while True:
+                    reading = True  # the source's own errors propagate as they are
                     chunk = source.read(COPY_CHUNK)
+                    reading = False
                     if not chunk:
                         break
                     out.write(chunk)
                     written += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            if written != size:
+            if size is not None and written != size:
                 raise StorageError(f"wrote {written} bytes for {key!r}, expected {size}")
-            os.replace(tmp, final)
+            if replace:
+                os.replace(tmp, final)
+            else:
+                try:
+                    os.link(tmp, final)  # fails if anything is there: never clobbers
+                except FileExistsError:
+                    raise KeyTaken(
+                        f"{final} appeared while uploading and was not written by this recording's archive: left untouched"
+                    ) from None
+                os.unlink(tmp)
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, PermissionError):
-                raise PermanentStorageError(f"cannot write {final}: permission denied") from exc
-            if isinstance(exc, OSError) and exc.errno == 28:
-                raise StorageError(f"cannot write {final}: no space left on device") from exc
+            _unlink_quietly(tmp)
+            if isinstance(exc, OSError) and not reading and not isinstance(exc, FileExistsError):
+                raise os_error(exc, "write", final) from None
             raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
         _fsync_dir(final.parent)
         return ObjectInfo(size=written)
 
+    def _remove_abandoned(self, directory: Path, prefix: str) -> None:
+        """Temp files of this final name whose writer is gone (a killed run): lock free, and
+        older than ``ABANDONED_AFTER_SECONDS``. A live upload holds its lock: never touched."""
+        for stale in directory.glob(f"{glob.escape(prefix)}*"):
+            try:
+                fd = os.open(stale, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # gone meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live upload
+                if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER_SECONDS:
+                    continue  # just created: its writer may not hold its lock yet
+                _unlink_quietly(stale)
+            finally:
+                os.close(fd)
+
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
+        path = self._path(key)
         try:
-            with open(self._path(key), "rb") as fh:
+            with open(path, "rb") as fh:
                 return fh.read(limit)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise os_error(exc, "read", path) from None
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise os_error(exc, "delete", path) from None
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

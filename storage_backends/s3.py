@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
-from .base import PermanentStorageError, Readable, StorageBackend, StorageError
+from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
 
@@ -119,7 +119,9 @@ class S3Backend(StorageBackend):
         head = self._call("stat", key, self.client.head_object)
         return None if head is None else ObjectInfo(size=int(head["ContentLength"]))
 
-    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
+    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
+        if not replace and self.stat(key) is not None:
+            raise KeyTaken(f"s3://{self.bucket}/{self._key(key)} already exists and was not written by this recording's archive: left untouched")
         try:
             self.client.upload_fileobj(source, self.bucket, self._key(key), Config=self.transfer_config)
         except (ClientError, BotoCoreError) as exc:

@@ -28,7 +28,7 @@ from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
-from .base import PermanentStorageError, Readable, StorageBackend, StorageError
+from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
 
@@ -267,11 +267,13 @@ class SFTPBackend(StorageBackend):
             raise self._os_error(exc, "stat", path) from None
         return ObjectInfo(size=int(attrs.st_size or 0))
 
-    def put(self, key: str, source: Readable, size: int) -> ObjectInfo:
+    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
         final = self._path(key)
         sftp = self._connect()
         directory, name = posixpath.split(final)
         self._makedirs(sftp, directory)
+        if not replace and self.stat(key) is not None:
+            raise KeyTaken(f"{final} on {self.where} already exists and was not written by this recording's archive: left untouched")
         prefix = f".{name[:120]}{TEMP_MARKER}"
         self._remove_stale(sftp, directory, prefix)
         tmp = posixpath.join(directory, f"{prefix}{uuid.uuid4().hex[:12]}")
@@ -282,7 +284,7 @@ class SFTPBackend(StorageBackend):
                 while chunk := source.read(WRITE_CHUNK):
                     remote.write(chunk)
             written = sftp.stat(tmp).st_size
-            if written != size:
+            if size is not None and written != size:
                 raise StorageError(f"{tmp} on {self.where} holds {written} bytes after upload, expected {size}")
             sftp.posix_rename(tmp, final)
         except BaseException as exc:
@@ -292,7 +294,7 @@ class SFTPBackend(StorageBackend):
             if isinstance(exc, (paramiko.SSHException, EOFError)):
                 raise StorageError(f"SFTP connection to {self.where} lost during upload of {final}") from None
             raise
-        return ObjectInfo(size=size)
+        return ObjectInfo(size=written)
 
     def _remove_stale(self, sftp: paramiko.SFTPClient, directory: str, prefix: str) -> None:
         """Temp files of this name left by a killed or disconnected run."""

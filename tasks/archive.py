@@ -160,7 +160,7 @@ def archive_recording(
 
         files = _transfer(recording, backend, keys, settings, logger)
         sidecar = _sidecar(recording, files)
-        backend.put_bytes(keys.sidecar, json.dumps(sidecar.model_dump(mode="json"), indent=2).encode())
+        backend.put_bytes(keys.sidecar, json.dumps(sidecar.model_dump(mode="json"), indent=2).encode(), replace=True)
 
     moved = sum(f.size for f in files)
     seconds = time.monotonic() - started
@@ -212,7 +212,10 @@ def _transfer(recording: Recording, backend: StorageBackend, keys: RecordingKeys
             except httpx.HTTPError as exc:
                 raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
             files.append(
-                stream_file(download, backend=backend, key=key, logger=logger, read_ahead=settings.archive_read_ahead_chunks)
+                stream_file(
+                    download, backend=backend, key=key, logger=logger,
+                    read_ahead=settings.archive_read_ahead_chunks, replace=True,
+                )
             )
     return files
 

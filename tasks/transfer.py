@@ -199,6 +199,7 @@ def stream_file(
     key: str,
     logger: logging.Logger | logging.LoggerAdapter,
     read_ahead: int = 0,
+    replace: bool = False,
 ) -> FileEntry:
     """Stream an opened download straight into ``backend`` at ``key``; returns the verified entry.
     ``read_ahead``: chunks the download may run ahead of the upload (in a thread)."""
@@ -209,7 +210,7 @@ def stream_file(
         read_ahead = max(read_ahead, -(-backend.read_ahead_bytes // download.chunk_size))
     reader = VerifyingReader(download.chunks(), size, backend.hash_types, on_progress=progress, read_ahead=read_ahead)
     try:
-        stored = backend.put(key, reader, size)
+        stored = backend.put(key, reader, size, replace=replace)
         reader.verify_end()
     except SizeMismatch as exc:
         if stored is not None:  # a body that turned out too long after the backend committed

@@ -74,10 +74,21 @@ def test_a_failing_source_leaves_nothing(backend):
     assert backend.leftovers() == []
 
 
-def test_overwrite_replaces_whole_object(backend):
+def test_replace_overwrites_the_whole_object(backend):
     backend.put_bytes("same.json", b"first version, longer")
-    backend.put_bytes("same.json", b"second")
+    backend.put_bytes("same.json", b"second", replace=True)
     assert backend.read_bytes("same.json") == b"second"
+
+
+def test_no_clobber_by_default_leaves_what_is_there(backend):
+    """Without replace, an object already at the key is never overwritten (nor deleted)."""
+    from storage_backends.base import KeyTaken
+
+    backend.put_bytes("theirs.mp4", b"not written by the archiver")
+    with pytest.raises(KeyTaken):
+        backend.put("theirs.mp4", VerifyingReader(media(SIZE), SIZE, backend.hash_types), SIZE)
+    assert backend.read_bytes("theirs.mp4") == b"not written by the archiver"
+    assert len(backend.leftovers()) == 1  # theirs, and no temp file, part or pending upload
 
 
 def test_s3_server_error_mid_upload_aborts_the_multipart_upload(s3_env):

@@ -50,7 +50,7 @@ def test_failed_overwrite_keeps_the_old_file(backend, tmp_path):
             raise ConnectionResetError("reset")
 
     with pytest.raises(ConnectionResetError):
-        backend.put("x.bin", Boom(), 10)
+        backend.put("x.bin", Boom(), 10, replace=True)
     assert backend.read_bytes("x.bin") == b"old"
     assert [p.name for p in (tmp_path / "root").iterdir()] == ["x.bin"]
 
