@@ -11,58 +11,92 @@ from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.states import Failed, State
 
+from flows.runtime import ArchiveTaskRunner, retrying
 from flows.windows import resolve_window
 from flows.reporting import Progress, emit_outcome_event, publish_report
 from rtk_archiver.api import InvalidRecording
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
-from rtk_archiver.naming import keys_for, redact_urls
+from rtk_archiver.naming import redact_urls
+from rtk_archiver.plan import Action, Observed, RecordingPlan, Target, plan_run, targets_for
 from rtk_archiver.settings import Settings, load_settings
-from storage_backends import InvalidDestination, UnsupportedDestination, preload_backends
-from tasks.archive import archive_recording, resolve_destination, why_not_archivable
+from storage_backends import preload_backends
+from tasks.archive import archive_recording
 from tasks.limits import ensure_limits
 from tasks.listing import get_recording, list_recordings
-
-
-def retry_delays(settings: Settings) -> list[float]:
-    """Task retry delays: ARCHIVE_RETRY_DELAY_SECONDS, tripled at each retry."""
-    return [settings.archive_retry_delay_seconds * 3**i for i in range(max(1, settings.archive_task_retries))]
+from tasks.survey import survey_destination
 
 
 def _failure_reason(exc: BaseException) -> str:
     return redact_urls(f"{exc}" if str(exc) else type(exc).__name__)
 
 
-def archive_all(recordings: list[Recording], destination: str | None, dry_run: bool, settings: Settings) -> list[RecordingOutcome]:
-    """Submit one task per recording (oldest first), bounded by the task runner; one
-    recording's failure never stops the others."""
-    logger = get_run_logger()
-    task = archive_recording.with_options(
-        retries=settings.archive_task_retries,
-        retry_delay_seconds=retry_delays(settings),
+def _outcome(plan: RecordingPlan, dry_run: bool) -> RecordingOutcome:
+    """The outcome of a recording that needs no transfer task (or would, in a dry run)."""
+    rec = plan.recording
+    where = plan.destination.display_url(plan.layout.video) if plan.destination and plan.layout else None
+    kind = plan.verdict
+    if plan.action == Action.ALREADY_ARCHIVED:
+        kind = OutcomeKind.ALREADY_ARCHIVED
+    elif plan.action == Action.ARCHIVE:
+        kind = OutcomeKind.WOULD_ARCHIVE
+    assert kind is not None
+    return RecordingOutcome(
+        recording_id=rec.id, output_file_name=rec.output_file_name, kind=kind, reason=plan.reason,
+        destination=where if kind != OutcomeKind.FAILED else None, bytes_total=plan.bytes_total,
     )
-    # Two recordings that want the same name in one run: the later one takes its id in the name.
-    planned: Counter[tuple[str, str]] = Counter()
+
+
+def survey(targets: list[Target], settings: Settings) -> dict[str, Observed]:
+    """Step 2 of the plan: one survey task per destination, all at once."""
+    groups: dict[str, list[Target]] = {}
+    for t in targets:
+        if t.destination is not None and t.verdict is None:
+            groups.setdefault(t.place_id, []).append(t)
+    task = retrying(survey_destination, settings)
+    futures = [(group, task.submit(group[0].destination, group)) for group in groups.values()]
+    observed: dict[str, Observed] = {}
+    for group, future in futures:
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, dict):
+            observed.update(result)
+        else:
+            reason = _failure_reason(result) if isinstance(result, BaseException) else "the destination could not be read"
+            observed.update({t.recording.id: Observed(error=f"cannot look at the destination: {reason}") for t in group})
+    return observed
+
+
+def archive_all(
+    recordings: list[Recording],
+    destination: str | None,
+    dry_run: bool,
+    settings: Settings,
+    force_ids: frozenset[str] = frozenset(),
+) -> list[RecordingOutcome]:
+    """Plan the run once (``rtk_archiver.plan``: verdicts, destinations, keys), then one
+    archive task per recording that needs a transfer, bounded by the task runner; one
+    recording's failure never stops the others. ``force_ids``: archive these again over their
+    own files even if they look archived (the scrub found them damaged)."""
+    logger = get_run_logger()
+    targets = targets_for(recordings, destination, settings.archive_default_destination)
+    preload_backends({t.destination.kind for t in targets if t.destination is not None})
+    plans = plan_run(targets, survey(targets, settings), force_ids)
+    task = retrying(archive_recording, settings)
     submitted: list[tuple[Recording, PrefectFuture]] = []
     outcomes: list[RecordingOutcome] = []
-    for rec in sorted(recordings, key=lambda r: (r.stopped_time or r.invoked_time, r.id)):
-        verdict = why_not_archivable(rec)
-        if verdict is not None:  # left for a later run, or nothing to archive: no task needed
-            outcomes.append(
-                RecordingOutcome(recording_id=rec.id, output_file_name=rec.output_file_name, kind=verdict[0], reason=verdict[1])
+    for target, plan in zip(targets, plans):
+        if plan.layout is not None and target.candidates and plan.layout.video != target.candidates[0].video:
+            logger.info(
+                "%s: %s is taken at the destination: using %s", plan.recording.label(),
+                target.candidates[0].video, plan.layout.video,
             )
-            continue
-        try:
-            resolved = resolve_destination(rec, destination, settings.archive_default_destination)
-            target = resolved.display_url()
-            preload_backends([resolved.kind])
-        except (InvalidDestination, UnsupportedDestination):
-            target = "?"  # the task reports it
-        slot = (target, keys_for(rec).video)
-        planned[slot] += 1
-        future = task.submit(rec, destination=destination, dry_run=dry_run, disambiguate=planned[slot] > 1)
-        submitted.append((rec, future))
+        if plan.action == Action.ARCHIVE and not dry_run:
+            submitted.append((plan.recording, task.submit(plan)))
+        else:
+            outcomes.append(_outcome(plan, dry_run))
+    counts = Counter(p.action.value if p.action != Action.NONE else (p.verdict.value if p.verdict else "?") for p in plans)
+    logger.info("Plan: %s", ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do")
     progress = Progress(len(submitted))
     for rec, future in submitted:
         result = future.result(raise_on_failure=False)
@@ -81,16 +115,55 @@ def archive_all(recordings: list[Recording], destination: str | None, dry_run: b
     return [o.model_copy(update={"reference_time": when.get(o.recording_id)}) for o in outcomes]
 
 
-def finish_report(report: ArchiveReport) -> ArchiveReport:
+class RecordingsFailed(Exception):
+    """The data of a Failed run in which recordings failed: the report rides along, so callers
+    (the CLI, the poll, tests) still get every outcome (``report_of``)."""
+
+    def __init__(self, message: str, report: ArchiveReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def failure_message(report: ArchiveReport) -> str | None:
+    """None when nothing failed; else how many recordings failed and the first reason.
+    Pending, skipped and already archived recordings are not failures."""
+    failed = report.failed
+    if not failed:
+        return None
+    first = failed[0]
+    return f"{len(failed)} of {len(report.outcomes)} recording(s) failed; first: {first.recording_id}: {first.reason or 'failed'}"
+
+
+def run_state(report: ArchiveReport) -> ArchiveReport | State:
+    """What a flow returns: its report, or a Failed state carrying it when any recording failed
+    (so the run is red in the UI and "flow run failed" automations fire)."""
+    message = failure_message(report)
+    if message is None:
+        return report
+    return Failed(message=message[:1000], data=RecordingsFailed(message, report))
+
+
+def report_of(state: State) -> ArchiveReport | None:
+    """The report of a finished run of one of the archive flows, failed or not."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, ArchiveReport):
+        return result
+    if isinstance(result, RecordingsFailed):
+        return result.report
+    return None
+
+
+def finish_report(report: ArchiveReport) -> ArchiveReport | State:
+    """Events, artifacts and the summary line, then the run's final state."""
     for outcome in report.outcomes:
         emit_outcome_event(outcome)
     publish_report(report)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
     get_run_logger().info("Summary: %s; %d bytes transferred", counts or "nothing to do", report.bytes_transferred)
-    return report
+    return run_state(report)
 
 
-@flow(name="archive-recordings", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True)
+@flow(name="archive-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def archive_recordings(
     since: datetime | None = None,
     until: datetime | None = None,
@@ -103,19 +176,19 @@ def archive_recordings(
     settings = load_settings()
     since, until = resolve_window(since, until, settings)
     ensure_limits(settings)
-    listing = list_recordings.with_options(retry_delay_seconds=retry_delays(settings))(since, until)
+    listing = retrying(list_recordings, settings)(since, until)
     report = ArchiveReport(since=since, until=until, dry_run=dry_run)
     report.outcomes.extend(invalid_outcome(item) for item in listing.invalid)
     report.outcomes.extend(archive_all(listing.recordings, destination, dry_run, settings))
     return finish_report(report)
 
 
-@flow(name="archive-one", validate_parameters=True)
+@flow(name="archive-one", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def archive_one(recording_id: str, destination: str | None = None, dry_run: bool = False) -> ArchiveReport:
     """Archive a single recording by id."""
     settings = load_settings()
     ensure_limits(settings)
-    recording = get_recording(recording_id)
+    recording = retrying(get_recording, settings)(recording_id)
     report = ArchiveReport(dry_run=dry_run)
     report.outcomes.extend(archive_all([recording], destination, dry_run, settings))
     return finish_report(report)
@@ -123,5 +196,6 @@ def archive_one(recording_id: str, destination: str | None = None, dry_run: bool
 
 def invalid_outcome(item: InvalidRecording) -> RecordingOutcome:
     return RecordingOutcome(
-        recording_id=item.id, output_file_name=item.output_file_name, kind=OutcomeKind.FAILED, reason=item.reason
+        recording_id=item.id, output_file_name=item.output_file_name, kind=OutcomeKind.FAILED, reason=item.reason,
+        reference_time=item.reference_time,
     )

@@ -12,6 +12,7 @@ from prefect import flow
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from flows.archive import archive_all, finish_report, invalid_outcome
+from flows.runtime import ArchiveTaskRunner, retrying
 from flows.windows import DestinationParam
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.settings import load_settings
@@ -38,7 +39,7 @@ class ManualRequest(BaseModel):
         return self
 
 
-@flow(name="archive-manual", validate_parameters=True)
+@flow(name="archive-manual", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def archive_manual(request: ManualRequest) -> ArchiveReport:
     """Archive the given recordings and/or every finished recording of a meeting."""
     settings = load_settings()
@@ -46,13 +47,13 @@ def archive_manual(request: ManualRequest) -> ArchiveReport:
     report = ArchiveReport(dry_run=request.dry_run)
     recordings: dict[str, Recording] = {}
     if request.meeting_id:
-        listing = list_meeting_recordings(request.meeting_id)
+        listing = retrying(list_meeting_recordings, settings)(request.meeting_id)
         recordings.update({r.id: r for r in listing.recordings})
         report.outcomes.extend(invalid_outcome(i) for i in listing.invalid)
     for rid in request.recording_ids:
         if rid in recordings:
             continue
-        state = get_recording(rid, return_state=True)
+        state = retrying(get_recording, settings)(rid, return_state=True)
         found = state.result(raise_on_failure=False)
         if isinstance(found, Recording):
             recordings[rid] = found

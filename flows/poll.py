@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from flows.archive import archive_recordings
+from flows.archive import archive_recordings, report_of, run_state
 from flows.windows import DESTINATION_HELP, DestinationParam
 from rtk_archiver.models import ArchiveReport, OutcomeKind
 from rtk_archiver.settings import load_settings
@@ -23,13 +23,19 @@ from rtk_archiver.settings import load_settings
 POLL_MARK = "rtk_archiver_poll_mark"
 
 
-def next_mark(report: ArchiveReport, started: datetime, stopped_times: dict[str, datetime]) -> datetime:
-    """Where the next poll starts: ``started``, or earlier for what is not done yet."""
+def next_mark(report: ArchiveReport, previous: datetime, started: datetime) -> datetime:
+    """Where the next poll starts: ``started``, or earlier for what is not done yet.
+
+    Never past a recording that failed, for any reason, or is still pending: the mark stays
+    at or before its reference time (stopped, else invoked). One whose time is unknown (a
+    malformed answer) keeps the mark where it was (``previous``), so the next window still
+    reaches it."""
     mark = started
     for o in report.outcomes:
-        if o.kind in (OutcomeKind.FAILED, OutcomeKind.PENDING) and o.recording_id in stopped_times:
-            mark = min(mark, stopped_times[o.recording_id])
-    return mark
+        if o.kind not in (OutcomeKind.FAILED, OutcomeKind.PENDING):
+            continue
+        mark = min(mark, o.reference_time if o.reference_time is not None else previous)
+    return min(mark, started)
 
 
 @flow(name="poll-recordings", validate_parameters=True)
@@ -43,14 +49,13 @@ def poll_recordings(
     settings = load_settings()
     now = datetime.now(timezone.utc)
     stored = Variable.get(POLL_MARK, default=None)
-    since = (
-        datetime.fromisoformat(stored) - timedelta(minutes=overlap_minutes)
-        if stored
-        else now - timedelta(days=settings.archive_lookback_days)
-    )
-    report = archive_recordings(since=since, until=now, destination=destination)
-    times = {o.recording_id: o.reference_time for o in report.outcomes if o.reference_time}
-    mark = next_mark(report, now, times)
+    previous = datetime.fromisoformat(stored) if stored else now - timedelta(days=settings.archive_lookback_days)
+    since = previous - timedelta(minutes=overlap_minutes) if stored else previous
+    state = archive_recordings(since=since, until=now, destination=destination, return_state=True)
+    report = report_of(state)
+    if report is None:  # the window itself failed (listing, settings): the mark stays
+        raise RuntimeError(f"the archive run failed: {state.message}")
+    mark = next_mark(report, previous, now)
     Variable.set(POLL_MARK, mark.isoformat(), overwrite=True)
     get_run_logger().info("Next poll starts from %s (minus %d min overlap)", mark.isoformat(), overlap_minutes)
-    return report
+    return run_state(report)

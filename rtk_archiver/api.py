@@ -9,11 +9,11 @@ per-item parsing into our own models, so one malformed recording never hides the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import cloudflare
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from rtk_archiver.models import Paging, Recording
 from rtk_archiver.naming import redact_urls
@@ -39,6 +39,8 @@ class InvalidRecording(BaseModel):
     id: str
     output_file_name: str | None = None
     reason: str
+    #: its stopped (else invoked) time when that much of it parses, for the poll's mark
+    reference_time: datetime | None = None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -47,6 +49,19 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "; ".join(parts)
+
+
+def _lenient_time(item: Any) -> datetime | None:
+    """The stopped (else invoked) time of a raw item, if it parses; None otherwise."""
+    if not isinstance(item, dict):
+        return None
+    for field in ("stopped_time", "invoked_time"):
+        try:
+            value = TypeAdapter(datetime).validate_python(item.get(field))
+        except ValidationError:
+            continue
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return None
 
 
 def _iso(dt: datetime) -> str:
@@ -177,4 +192,5 @@ class RealtimeKitAPI:
                 id=rid,
                 output_file_name=name if isinstance(name, str) else None,
                 reason=f"malformed recording from the API: {describe_validation_error(exc)}",
+                reference_time=_lenient_time(item),
             )

@@ -142,7 +142,7 @@ def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
     """Run the flow the command names (Prefect is imported here, once its API is known)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.archive import archive_one, archive_recordings
+    from flows.archive import archive_one, archive_recordings, report_of
 
     runner = ThreadPoolTaskRunner(max_workers=settings.archive_max_concurrent)
     if args.command == "archive":
@@ -151,7 +151,8 @@ def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
     else:
         flow = archive_one.with_options(task_runner=runner)
         state = flow(recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run, return_state=True)
-    return state.result(raise_on_failure=False), state.message
+    report = report_of(state)  # a run with failed recordings is Failed, and still has its report
+    return (report if report is not None else state.result(raise_on_failure=False)), state.message
 
 
 def _drain_prefect_workers() -> None:

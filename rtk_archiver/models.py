@@ -138,10 +138,30 @@ class FileEntry(BaseModel):
     source_url_host: str | None = None
 
 
-class Sidecar(BaseModel):
-    """The JSON metadata written beside an archived recording, last, as its commit marker."""
+#: free text from the API is cut to this many characters in a sidecar, so that a sidecar stays
+#: far below the size read back to check it (a 1.2 MB meeting title made it unreadable)
+SIDECAR_TEXT_LIMIT = 2048
 
-    schema_version: int = 1
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > SIDECAR_TEXT_LIMIT:
+        return value[:SIDECAR_TEXT_LIMIT] + "…[cut]"
+    if isinstance(value, dict):
+        return {_cut(k): _cut(v) for k, v in list(value.items())[:64]}
+    return value
+
+
+class Sidecar(BaseModel):
+    """The JSON metadata beside an archived recording (``<video>.metadata.json``).
+
+    Written twice: first as a claim (``state="claimed"``, ``claimed`` = the file names about
+    to be written) before any file, so the names belong to this recording even if the run is
+    killed half-way; last as the commit marker (``state="complete"``, ``files`` with sizes
+    and hashes). Only what a sidecar naming a recording lists or claims is ever replaced."""
+
+    schema_version: int = 2
+    state: Literal["claimed", "complete"] = "complete"  # sidecars of schema 1 were complete
+    claimed: list[str] = Field(default_factory=list)
     recording_id: str
     meeting_id: str | None = None
     meeting_title: str | None = None
@@ -153,9 +173,23 @@ class Sidecar(BaseModel):
     recording_duration: int | None = None
     output_file_name: str
     storage_config: dict[str, Any] | None = None
-    files: list[FileEntry]
+    files: list[FileEntry] = Field(default_factory=list)
     archived_at: datetime
     archiver_version: str
+
+    @field_validator("meeting_title", "output_file_name", "session_id", "meeting_id", mode="before")
+    @classmethod
+    def _bounded_text(cls, v: Any) -> Any:
+        return _cut(v)
+
+    @field_validator("storage_config", mode="before")
+    @classmethod
+    def _bounded_config(cls, v: Any) -> Any:
+        return _cut(v)
+
+    def names(self) -> set[str]:
+        """Every file name this sidecar lists or claims (in its own directory)."""
+        return {f.name for f in self.files} | set(self.claimed)
 
 
 class OutcomeKind(str, Enum):

@@ -56,6 +56,13 @@ def split_ext(name: str) -> tuple[str, str]:
     return name, ""
 
 
+#: what only sidecars end with
+SIDECAR_SUFFIX = ".metadata.json"
+#: what only audio files end with: ``.audio.<ext>``
+_AUDIO_SUFFIX = re.compile(r"\.audio(\.[A-Za-z0-9]{1,5})$", re.IGNORECASE)
+_ID_TAG_BYTES = 40
+
+
 class RecordingKeys(BaseModel):
     """Where a recording's files go, relative to the destination root."""
 
@@ -64,8 +71,15 @@ class RecordingKeys(BaseModel):
     audio: str | None
     sidecar: str
 
+    def all(self) -> list[str]:
+        return [k for k in (self.video, self.audio, self.sidecar) if k]
+
     def name_of(self, key: str) -> str:
         return posixpath.basename(key)
+
+    def beside(self, name: str) -> str:
+        """A file name in this recording's directory (names recorded in a sidecar)."""
+        return posixpath.join(self.directory, name) if self.directory else name
 
 
 def _audio_ext(url: str | None) -> str:
@@ -76,18 +90,57 @@ def _audio_ext(url: str | None) -> str:
     return ".m4a"
 
 
-def keys_for(recording: Recording, disambiguate: bool = False) -> RecordingKeys:
-    """``<storage_config.path>/<output_file_name>``, the audio and the sidecar beside it.
+def _bounded(name: str, original: str) -> str:
+    """``name`` cut to MAX_NAME_BYTES, keeping its extension and a digest of ``original``."""
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    _, ext = split_ext(name)
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    budget = MAX_NAME_BYTES - len(ext.encode()) - len(digest) - 1
+    head = name[: len(name) - len(ext)].encode()[:budget].decode("utf-8", "ignore")
+    return f"{head}~{digest}{ext}"
 
-    With ``disambiguate`` the recording id is added to the names (used when another
-    recording already owns the plain name)."""
-    directory = safe_relative_path(recording.storage_config.path if recording.storage_config else None)
-    video = safe_component(recording.output_file_name)
-    stem, ext = split_ext(video)
-    if disambiguate:
-        stem = f"{stem}__{safe_component(recording.id)}"
-        video = f"{stem}{ext}"
-    audio = f"{stem}.audio{_audio_ext(recording.audio_download_url)}" if recording.audio_download_url else None
+
+def id_tag(recording_id: str) -> str:
+    """The recording id as it appears in a disambiguated name (bounded)."""
+    tag = safe_component(recording_id, fallback="id")
+    if len(tag.encode()) > _ID_TAG_BYTES:
+        digest = hashlib.sha256(recording_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        tag = tag.encode()[:24].decode("utf-8", "ignore") + "~" + digest
+    return tag
+
+
+def video_name(output_file_name: str, recording_id: str | None = None) -> str:
+    """The video's file name: the API's name made safe, with the recording id when given.
+
+    Never ends like an audio file (``.audio.<ext>``) or a sidecar (``.metadata.json``): such
+    a name gets a ``_`` before its extension. So a video name can never be another
+    recording's audio or sidecar name, and every name stays within MAX_NAME_BYTES."""
+    name = safe_component(output_file_name)
+    if recording_id is not None:
+        stem, ext = split_ext(name)
+        name = _bounded(f"{stem}__{id_tag(recording_id)}{ext}", f"{output_file_name}\x00{recording_id}")
+    if name.lower().endswith(SIDECAR_SUFFIX):
+        name = name[: -len(".json")] + "_.json"
+    else:
+        m = _AUDIO_SUFFIX.search(name)
+        if m:
+            name = name[: m.start(1)] + "_" + m.group(1)
+    return _bounded(name, output_file_name if recording_id is None else f"{output_file_name}\x00{recording_id}")
+
+
+def keys_for(recording: Recording, disambiguate: bool = False, directory: str | None = None) -> RecordingKeys:
+    """``<directory>/<video>``, ``<video>.audio.<ext>`` and ``<video>.metadata.json`` beside it.
+
+    ``directory`` defaults to the recording's ``storage_config.path`` made relative and safe.
+    With ``disambiguate`` the recording id is added to the video name (when another recording
+    or a file the archiver did not write has the plain name). The three kinds of names end
+    differently (see ``video_name``) and audio and sidecar names extend the whole video name,
+    so the keys of two recordings with different video names never meet."""
+    if directory is None:
+        directory = safe_relative_path(recording.storage_config.path if recording.storage_config else None)
+    video = video_name(recording.output_file_name, recording.id if disambiguate else None)
+    audio = f"{video}.audio{_audio_ext(recording.audio_download_url)}" if recording.audio_download_url else None
 
     def join(name: str) -> str:
         return posixpath.join(directory, name) if directory else name
@@ -96,7 +149,7 @@ def keys_for(recording: Recording, disambiguate: bool = False) -> RecordingKeys:
         directory=directory,
         video=join(video),
         audio=join(audio) if audio else None,
-        sidecar=join(f"{video}.metadata.json"),
+        sidecar=join(f"{video}{SIDECAR_SUFFIX}"),
     )
 
 

@@ -14,9 +14,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import posixpath
 import socket
+import threading
 import stat as stat_mod
 import uuid
 from pathlib import Path
@@ -31,6 +34,7 @@ from rtk_archiver.models import ObjectInfo
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
+from .tempnames import temp_prefix
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
@@ -41,9 +45,51 @@ WRITE_CHUNK = 1024 * 1024  # paramiko splits each write into SFTP requests, pipe
 # OpenSSH's sftp-server takes messages up to 256 KiB; paramiko defaults to 32 KiB requests.
 MAX_SFTP_MESSAGE = 255 * 1024
 CONNECT_TIMEOUT = 20.0
-TEMP_MARKER = ".rtkpart-"
+#: a temp file written from another host is abandoned once untouched for this long (a live
+#: upload writes continuously, or fails within ARCHIVE_UPLOAD_STALL_SECONDS)
+CROSS_HOST_ABANDONED_SECONDS = 6 * 3600
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
 KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+
+
+def _host_tag() -> str:
+    """This machine (and boot), as it appears in temp names: pids are only meaningful on it."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{boot}".encode()).hexdigest()[:10]
+
+
+_HOST_TAG = _host_tag()
+_LIVE: set[str] = set()  # temp names of this process's uploads in progress
+_LIVE_LOCK = threading.Lock()
+
+
+def _writer_tag() -> str:
+    return f"{_HOST_TAG}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _abandoned(name: str, prefix: str, mtime: float, server_now: float) -> bool:
+    """A temp name is ``<prefix><host>-<pid>-<random>``."""
+    parts = name[len(prefix):].split("-")
+    if len(parts) == 3 and parts[0] == _HOST_TAG and parts[1].isdigit():
+        pid = int(parts[1])
+        if pid == os.getpid():
+            with _LIVE_LOCK:
+                return name not in _LIVE
+        return not _pid_alive(pid)
+    return server_now - mtime > CROSS_HOST_ABANDONED_SECONDS
 
 
 class SFTPCredentials(Block):
@@ -210,6 +256,8 @@ class SFTPBackend(StorageBackend):
             self.close()
             raise
         self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
+        # an upload (or any request) that makes no progress for this long fails
+        self._sftp.get_channel().settimeout(self.settings.archive_upload_stall_seconds)
         root = d.root
         self._root = root if root.startswith("/") else posixpath.join(self._sftp.normalize("."), root)
         return self._sftp
@@ -274,36 +322,70 @@ class SFTPBackend(StorageBackend):
         self._makedirs(sftp, directory)
         if not replace and self.stat(key) is not None:
             raise KeyTaken(f"{final} on {self.where} already exists and was not written by this recording's archive: left untouched")
-        prefix = f".{name[:120]}{TEMP_MARKER}"
-        self._remove_stale(sftp, directory, prefix)
-        tmp = posixpath.join(directory, f"{prefix}{uuid.uuid4().hex[:12]}")
+        prefix = temp_prefix(name)
+        tmp = posixpath.join(directory, f"{prefix}{_writer_tag()}-{uuid.uuid4().hex[:8]}")
+        reading = False
+        with _LIVE_LOCK:
+            _LIVE.add(posixpath.basename(tmp))
         try:
             with sftp.open(tmp, "wb") as remote:
+                server_now = remote.stat().st_mtime or 0
+                self._remove_abandoned(sftp, directory, prefix, server_now)
                 remote.set_pipelined(True)
                 remote.MAX_REQUEST_SIZE = _write_request_size(sftp)
-                while chunk := source.read(WRITE_CHUNK):
+                while True:
+                    reading = True  # the source's own errors propagate as they are
+                    chunk = source.read(WRITE_CHUNK)
+                    reading = False
+                    if not chunk:
+                        break
                     remote.write(chunk)
             written = sftp.stat(tmp).st_size
             if size is not None and written != size:
                 raise StorageError(f"{tmp} on {self.where} holds {written} bytes after upload, expected {size}")
-            sftp.posix_rename(tmp, final)
+            if replace:
+                sftp.posix_rename(tmp, final)
+            else:
+                self._rename_no_clobber(sftp, tmp, final)
         except BaseException as exc:
             self._remove_quietly(tmp)
-            if isinstance(exc, OSError):  # permission denied, disk full, timeouts
+            if isinstance(exc, OSError) and not reading:  # permission denied, disk full, timeouts
                 raise self._os_error(exc, "upload", final) from None
-            if isinstance(exc, (paramiko.SSHException, EOFError)):
+            if isinstance(exc, (paramiko.SSHException, EOFError)) and not reading:
                 raise StorageError(f"SFTP connection to {self.where} lost during upload of {final}") from None
             raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(posixpath.basename(tmp))
         return ObjectInfo(size=written)
 
-    def _remove_stale(self, sftp: paramiko.SFTPClient, directory: str, prefix: str) -> None:
-        """Temp files of this name left by a killed or disconnected run."""
+    def _rename_no_clobber(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> None:
+        """SSH_FXP_RENAME, which OpenSSH's sftp-server carries out as link + unlink: it fails
+        when anything is at ``final`` (unlike ``posix-rename``, which replaces)."""
         try:
-            names = [n for n in sftp.listdir(directory) if n.startswith(prefix)]
+            sftp.rename(tmp, final)
+        except OSError:
+            try:
+                sftp.stat(final)
+            except OSError:
+                raise  # not a clash: the original error
+            raise KeyTaken(
+                f"{final} on {self.where} appeared while uploading and was not written by this recording's archive: "
+                "left untouched"
+            ) from None
+
+    def _remove_abandoned(self, sftp: paramiko.SFTPClient, directory: str, prefix: str, server_now: float) -> None:
+        """Temp files of this final name whose writer is provably gone: written from this host
+        by a process that no longer exists (or by this process, in an upload that is over);
+        from another host, untouched for ``CROSS_HOST_ABANDONED_SECONDS`` of the server's time.
+        A live upload is never touched."""
+        try:
+            entries = [e for e in sftp.listdir_attr(directory) if e.filename.startswith(prefix)]
         except OSError:
             return
-        for n in names:
-            self._remove_quietly(posixpath.join(directory, n))
+        for entry in entries:
+            if _abandoned(entry.filename, prefix, entry.st_mtime or 0, server_now):
+                self._remove_quietly(posixpath.join(directory, entry.filename))
 
     def _remove_quietly(self, path: str) -> None:
         try:

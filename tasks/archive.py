@@ -1,9 +1,11 @@
 """The unit of work: archive one recording (video, audio, sidecar) to its destination.
 
-Order of writes: video, audio, then the sidecar, last, as the commit marker. "Already
-archived" is decided from the destination itself: the sidecar names this recording and
-every file it lists is there with the recorded size (and hashes where the backend has
-them), so it holds across machines and reruns.
+The plan (``rtk_archiver.plan``) has decided the keys and that the recording needs a
+transfer; this task carries it out. Order of writes: a claim sidecar naming the recording
+and the files it is about to write (no-clobber), video, audio, then the complete sidecar,
+last, as the commit marker. Only keys the recording's own sidecar lists or claims are ever
+replaced; every other write is no-clobber, so nothing the archiver did not write is
+overwritten.
 """
 
 from __future__ import annotations
@@ -20,66 +22,26 @@ from rtk_archiver import __version__
 from rtk_archiver.api import ApiError, RealtimeKitAPI
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import FileEntry, OutcomeKind, Recording, RecordingOutcome, Sidecar
-from rtk_archiver.naming import RecordingKeys, keys_for, redact_urls
+from rtk_archiver.naming import redact_urls
+from rtk_archiver.plan import Action, RecordingPlan, is_archived
 from rtk_archiver.settings import Settings, load_settings
-from storage_backends import (
-    Destination,
-    StorageBackend,
-    UnsupportedDestination,
-    destination_from_storage_config,
-    open_backend,
-    parse_destination_url,
-)
+from storage_backends import PermanentStorageError, StorageBackend, open_backend
+from storage_backends.base import KeyTaken
 from tasks.limits import api_throttle, archiving_slot
+from tasks.survey import read_sidecar_seen
 from tasks.retry import retry_transient
 from tasks.transfer import Download, DownloadError, download_client, stream_file
 
-def resolve_destination(recording: Recording, override: str | None, default: str | None) -> Destination:
-    """The one place a recording's destination is chosen: the run's override, else its
-    storage_config, else the default destination."""
-    if override:
-        return parse_destination_url(override)
-    sc = recording.storage_config
-    if sc is not None and sc.type:
-        return destination_from_storage_config(sc)
-    if default:
-        return parse_destination_url(default)
-    raise UnsupportedDestination(
-        "the recording has no storage_config and ARCHIVE_DEFAULT_DESTINATION is not set"
-    )
+class KeyConflict(PermanentStorageError):
+    """The destination changed between the survey and the claim: a name planned as free was
+    taken by something else. Nothing was written; the next run plans again."""
 
 
-def read_sidecar(backend: StorageBackend, key: str) -> Sidecar | None:
-    raw = backend.read_bytes(key)
-    if raw is None:
-        return None
-    try:
-        return Sidecar.model_validate_json(raw)
-    except ValueError:
-        return None  # unreadable sidecar: archive again, it will be replaced
-
-
-def verify_archived(backend: StorageBackend, keys: RecordingKeys, sidecar: Sidecar) -> bool:
-    """True when every file the sidecar lists is at the destination, complete."""
-    wanted = {"video": keys.video, "audio": keys.audio}
-    listed = {entry.kind: entry for entry in sidecar.files}
-    if set(listed) != {k for k, v in wanted.items() if v}:
-        return False
-    for kind, entry in listed.items():
-        key = wanted[kind]
-        info = backend.stat(key) if key else None
-        if info is None or info.size != entry.size:
-            return False
-        for name, value in info.hashes.items():
-            known = entry.sha256 if name == "sha256" else entry.hashes.get(name)
-            if known is not None and known != value:
-                return False
-    return True
-
-
-def _sidecar(recording: Recording, files: list[FileEntry]) -> Sidecar:
+def _sidecar(recording: Recording, files: list[FileEntry], *, claimed: list[str] | None = None) -> Sidecar:
     meeting = recording.meeting
     return Sidecar(
+        state="claimed" if claimed is not None else "complete",
+        claimed=claimed or [],
         recording_id=recording.id,
         meeting_id=recording.meeting_ref,
         meeting_title=meeting.title if meeting else None,
@@ -97,70 +59,73 @@ def _sidecar(recording: Recording, files: list[FileEntry]) -> Sidecar:
     )
 
 
-def why_not_archivable(recording: Recording) -> tuple[OutcomeKind, str] | None:
-    """None when the recording can be archived now; else what to report and why."""
-    if recording.status == "ERRORED":
-        return OutcomeKind.SKIPPED, "the recording ERRORED on RealtimeKit; there is no file to archive"
-    if recording.status != "UPLOADED" or recording.stopped_time is None:
-        return OutcomeKind.PENDING, f"not finished yet (status {recording.status}); a later run archives it"
-    if not recording.download_url:
-        return OutcomeKind.SKIPPED, "no download_url: the RealtimeKit bucket is disabled for it or its files expired"
-    return None
+def _encode(sidecar: Sidecar) -> bytes:
+    return json.dumps(sidecar.model_dump(mode="json"), indent=2).encode()
+
+
+def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None:
+    """Write the claim sidecar (no-clobber unless the sidecar there is this recording's own).
+    Returns the plan to carry on with, or None when another run has meanwhile archived the
+    recording completely (nothing to do)."""
+    keys = plan.layout
+    assert keys is not None
+    names = [keys.name_of(k) for k in (keys.video, keys.audio) if k]
+    claim = _encode(_sidecar(plan.recording, [], claimed=names))
+    try:
+        backend.put_bytes(keys.sidecar, claim, replace=plan.sidecar_is_own)
+        # the files themselves stay no-clobber unless an earlier sidecar of this recording
+        # lists them: a file that appeared since the survey is never overwritten
+        return plan.model_copy(update={"own": sorted(set(plan.own) | {keys.sidecar})})
+    except KeyTaken:
+        pass
+    # someone was quicker: fine if it is this recording (an overlapping run), else stop
+    seen = read_sidecar_seen(backend, keys.sidecar)
+    if seen.sidecar is None or seen.sidecar.recording_id != plan.recording.id:
+        raise KeyConflict(
+            f"{backend.url(keys.sidecar)} was taken by something else while this run was planning; nothing "
+            "was written for this recording and the next run picks another name"
+        ) from None
+    objects = {keys.beside(n): backend.stat(keys.beside(n)) for n in seen.sidecar.names()}
+    if is_archived(seen.sidecar, keys, objects):
+        return None
+    own = {keys.sidecar} | {keys.beside(n) for n in seen.sidecar.names()} | set(keys.all())
+    return plan.model_copy(update={"own": sorted(own), "sidecar_is_own": True})
 
 
 @task(
     name="archive-recording",
-    task_run_name="archive {recording.id}",
+    task_run_name="archive {plan.recording.id}",
     retries=3,
     retry_delay_seconds=[10, 30, 90],
     retry_condition_fn=retry_transient,
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def archive_recording(
-    recording: Recording,
-    destination: str | None = None,
-    dry_run: bool = False,
-    disambiguate: bool = False,
-) -> RecordingOutcome:
-    """Archive one recording; returns what happened. Raises on failure (Prefect retries
-    transient failures; permanent ones fail at once)."""
+def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
+    """Carry out one recording's plan (``rtk_archiver.plan``): claim its keys, stream video and
+    audio, write the sidecar last. Raises on failure (Prefect retries transient failures;
+    permanent ones fail at once)."""
     settings = load_settings()
     logger = run_logger()
     started = time.monotonic()
-    base = RecordingOutcome(recording_id=recording.id, output_file_name=recording.output_file_name, kind=OutcomeKind.SKIPPED)
-    verdict = why_not_archivable(recording)
-    if verdict is not None:
-        logger.info("Not archiving %s: %s", recording.label(), verdict[1])
-        return base.model_copy(update={"kind": verdict[0], "reason": verdict[1]})
-    try:
-        target = resolve_destination(recording, destination, settings.archive_default_destination)
-    except UnsupportedDestination as exc:
-        logger.info("Skipping %s: %s", recording.label(), exc)
-        return base.model_copy(update={"reason": str(exc)})
+    recording = plan.recording
+    assert plan.action == Action.ARCHIVE and plan.destination is not None and plan.layout is not None
+    base = RecordingOutcome(recording_id=recording.id, output_file_name=recording.output_file_name, kind=OutcomeKind.ARCHIVED)
 
-    with archiving_slot(recording.id, target.kind), open_backend(target, settings) as backend:
-        keys = keys_for(recording, disambiguate)
-        existing = read_sidecar(backend, keys.sidecar)
-        if existing is not None and existing.recording_id != recording.id:
-            logger.warning(
-                "%s is taken by recording %s: archiving %s under a name with its id",
-                backend.url(keys.video), existing.recording_id, recording.id,
-            )
-            keys = keys_for(recording, disambiguate=True)
-            existing = read_sidecar(backend, keys.sidecar)
-        where = backend.url(keys.video)
-        total = sum(f.size for f in existing.files) if existing else (recording.file_size or 0)
-        if existing is not None and verify_archived(backend, keys, existing):
-            logger.info("Already archived: %s at %s", recording.label(), where)
-            return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": total})
-        if dry_run:
-            logger.info("Would archive %s to %s", recording.label(), where)
-            return base.model_copy(update={"kind": OutcomeKind.WOULD_ARCHIVE, "destination": where, "bytes_total": total})
-
-        files = _transfer(recording, backend, keys, settings, logger)
-        sidecar = _sidecar(recording, files)
-        backend.put_bytes(keys.sidecar, json.dumps(sidecar.model_dump(mode="json"), indent=2).encode(), replace=True)
+    with archiving_slot(recording.id, plan.destination.kind), open_backend(plan.destination, settings) as backend:
+        where = backend.url(plan.layout.video)
+        current = _claim(backend, plan)
+        if current is None:
+            logger.info("Already archived (by an overlapping run): %s at %s", recording.label(), where)
+            return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": plan.bytes_total})
+        files: list[FileEntry] = []
+        try:
+            _transfer(recording, backend, current, settings, logger, files)
+        except BaseException:
+            if not files and not current.sidecar_is_own:
+                _release_claim(backend, current)
+            raise
+        backend.put_bytes(current.layout.sidecar, _encode(_sidecar(recording, files)), replace=True)
 
     moved = sum(f.size for f in files)
     seconds = time.monotonic() - started
@@ -170,7 +135,6 @@ def archive_recording(
     )
     return base.model_copy(
         update={
-            "kind": OutcomeKind.ARCHIVED,
             "destination": where,
             "bytes_transferred": moved,
             "bytes_total": moved,
@@ -179,10 +143,24 @@ def archive_recording(
     )
 
 
-def _transfer(recording: Recording, backend: StorageBackend, keys: RecordingKeys, settings: Settings, logger) -> list[FileEntry]:
-    """Video then audio, each streamed straight into the backend."""
+def _release_claim(backend: StorageBackend, plan: RecordingPlan) -> None:
+    """A first attempt that failed before any file was stored leaves nothing behind: its own
+    claim is removed (a later attempt or run claims again)."""
+    assert plan.layout is not None
+    try:
+        backend.delete(plan.layout.sidecar)
+    except Exception:  # noqa: BLE001 - the transfer's error is the one to report
+        pass
+
+
+def _transfer(
+    recording: Recording, backend: StorageBackend, plan: RecordingPlan, settings: Settings, logger, files: list[FileEntry]
+) -> list[FileEntry]:
+    """Video then audio, each streamed straight into the backend (appended to ``files`` as
+    each is stored); a key is replaced only if the plan proved it is this recording's own."""
+    keys = plan.layout
+    assert keys is not None
     timeout = httpx.Timeout(settings.archive_download_timeout_seconds, connect=15.0)
-    files: list[FileEntry] = []
     current = recording
 
     def fresh_url(kind: str) -> str | None:
@@ -214,7 +192,7 @@ def _transfer(recording: Recording, backend: StorageBackend, keys: RecordingKeys
             files.append(
                 stream_file(
                     download, backend=backend, key=key, logger=logger,
-                    read_ahead=settings.archive_read_ahead_chunks, replace=True,
+                    read_ahead=settings.archive_read_ahead_chunks, replace=plan.may_replace(key),
                 )
             )
     return files

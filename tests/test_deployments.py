@@ -20,6 +20,7 @@ from flows.poll import POLL_MARK, poll_recordings
 from rtk_archiver.models import OutcomeKind
 from rtk_archiver.settings import Settings
 from tasks.limits import API_RATE_LIMIT, RECORDING_LOCKS, ensure_limits, recording_lock_name
+from tests.fixtures import run_report
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.now(timezone.utc)
@@ -86,7 +87,7 @@ def test_poll_moves_its_mark_but_not_past_unfinished_recordings(env):
     done = env.state.add_recording(file_size=1000, stopped_time=NOW - timedelta(hours=2))
     uploading = env.state.add_recording(status="UPLOADING", stopped_time=NOW - timedelta(hours=1))
     old = env.state.add_recording(file_size=1000, stopped_time=NOW - timedelta(hours=5))
-    report = poll_recordings(overlap_minutes=30)
+    report = run_report(poll_recordings, overlap_minutes=30)
     kinds = {o.recording_id: o.kind for o in report.outcomes}
     assert kinds[done["id"]] == OutcomeKind.ARCHIVED and kinds[uploading["id"]] == OutcomeKind.PENDING
     assert old["id"] not in kinds  # before the last mark minus the overlap
@@ -94,7 +95,7 @@ def test_poll_moves_its_mark_but_not_past_unfinished_recordings(env):
     assert abs((mark - (NOW - timedelta(hours=1))).total_seconds()) < 2  # held back by the upload
 
     env.state.recordings[uploading["id"]].status = "UPLOADED"
-    again = poll_recordings(overlap_minutes=30)
+    again = run_report(poll_recordings, overlap_minutes=30)
     kinds = {o.recording_id: o.kind for o in again.outcomes}
     assert kinds[uploading["id"]] == OutcomeKind.ARCHIVED and done["id"] not in kinds
     assert datetime.fromisoformat(Variable.get(POLL_MARK)) > NOW
@@ -120,7 +121,7 @@ def test_manual_run_by_ids_and_meeting(env):
     a = env.state.add_recording(file_size=1000, meeting_id="meet-1")
     b = env.state.add_recording(file_size=1100, meeting_id="meet-1")
     c = env.state.add_recording(file_size=1200, meeting_id="meet-2")
-    report = archive_manual(ManualRequest(recording_ids=[c["id"], "0000-unknown"], meeting_id="meet-1"))
+    report = run_report(archive_manual, ManualRequest(recording_ids=[c["id"], "0000-unknown"], meeting_id="meet-1"))
     kinds = {o.recording_id: o.kind for o in report.outcomes}
     assert kinds[a["id"]] == kinds[b["id"]] == kinds[c["id"]] == OutcomeKind.ARCHIVED
     assert kinds["0000-unknown"] == OutcomeKind.FAILED
@@ -149,6 +150,11 @@ def test_run_publishes_table_summary_and_progress_artifacts(env):
     ok = env.state.add_recording(file_size=1000, output_file_name="shown.mp4")
     bad = env.state.add_recording(storage_config={"type": "sftp", "username": "u", "auth_method": "KEY"})
     state = archive_recordings(return_state=True)
+    # a run in which a recording failed is Failed, says how many and why, and keeps its report
+    assert state.is_failed() and "1 of 2 recording(s) failed" in state.message and bad["id"] in state.message
+    from flows.archive import report_of
+
+    assert {o.recording_id for o in report_of(state).outcomes} == {ok["id"], bad["id"]}
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))

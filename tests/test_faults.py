@@ -23,6 +23,7 @@ from rtk_archiver.models import OutcomeKind
 from rtk_archiver.settings import load_settings
 from rtk_archiver.simulator import SimulatorServer, media_bytes, media_sha256
 from tests.fixtures.sshd import sftp_settings
+from tests.fixtures import run_report
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 NOW = datetime.now(timezone.utc)
@@ -59,7 +60,7 @@ def test_api_429_and_5xx_bursts_are_retried_honouring_retry_after(env):
     env.state.faults.api_errors = [429, 503, 502, 500]
     env.state.faults.retry_after = 1
     started = time.monotonic()
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.ARCHIVED
     assert time.monotonic() - started >= 2  # two Retry-After: 1 answers were waited out
     assert env.state.faults.api_errors == []
@@ -71,7 +72,7 @@ def test_api_connection_resets_slow_answers_and_malformed_json(env):
     env.state.faults.api_resets = 2
     env.state.faults.api_malformed = 1
     env.state.faults.api_delay = 0.05
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert {kinds(report)[r["id"]] for r in recs} == {OutcomeKind.ARCHIVED}
     assert env.state.faults.api_resets == 0 and env.state.faults.api_malformed == 0
 
@@ -104,7 +105,7 @@ def test_reset_mid_body_resumes_with_range(env):
     rec = env.state.add_recording(file_size=3 * 1024 * 1024 + 5)
     env.state.faults.download_resets = 2
     env.state.faults.reset_after = 1024 * 1024
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.ARCHIVED
     assert_archived(env, rec)
     assert env.state.downloads[(rec["id"], "video")] == 1  # resumed, not restarted
@@ -114,7 +115,7 @@ def test_stall_is_resumed_after_the_read_timeout(env):
     rec = env.state.add_recording(file_size=2 * 1024 * 1024)
     env.state.faults.download_stalls = 1
     env.state.faults.stall_seconds = 3
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.ARCHIVED
     assert_archived(env, rec)
 
@@ -124,7 +125,7 @@ def test_server_ignoring_range_restarts_the_download(env):
     env.state.faults.ignore_range = True
     env.state.faults.download_resets = 1
     env.state.faults.reset_after = 700_000
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.ARCHIVED
     assert_archived(env, rec)
     assert env.state.downloads[(rec["id"], "video")] == 2  # whole file asked for again
@@ -134,12 +135,12 @@ def test_server_ignoring_range_restarts_the_download(env):
 def test_body_size_disagreeing_with_file_size_is_never_archived(env, skew):
     rec = env.state.add_recording(file_size=100_000)
     env.state.faults.size_skew = skew
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.FAILED
     assert "file_size" in reasons(report)[rec["id"]]
     assert not any(env.archive.iterdir())
     env.state.faults.size_skew = 0
-    assert kinds(archive_recordings())[rec["id"]] == OutcomeKind.ARCHIVED  # the next run completes it
+    assert kinds(run_report(archive_recordings))[rec["id"]] == OutcomeKind.ARCHIVED  # the next run completes it
 
 
 def test_endless_resets_fail_cleanly_and_the_next_run_completes(env, monkeypatch):
@@ -147,11 +148,11 @@ def test_endless_resets_fail_cleanly_and_the_next_run_completes(env, monkeypatch
     rec = env.state.add_recording(file_size=1024 * 1024)
     env.state.faults.download_resets = 100
     env.state.faults.reset_after = 100_000
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.FAILED and "broke" in reasons(report)[rec["id"]]
     assert not any(p.is_file() for p in env.archive.rglob("*"))
     env.state.faults.download_resets = 0
-    assert kinds(archive_recordings())[rec["id"]] == OutcomeKind.ARCHIVED
+    assert kinds(run_report(archive_recordings))[rec["id"]] == OutcomeKind.ARCHIVED
     assert_archived(env, rec)
 
 
@@ -160,11 +161,12 @@ def test_expired_url_mid_run_is_refreshed(env):
     env.state.url_ttl_seconds = -5  # every URL handed out is already expired ...
     env.state.faults.on_list_page = lambda page: None
     from tasks.archive import archive_recording
+    from tests.fixtures import fresh_plan
 
     with RealtimeKitAPI(load_settings()) as api:
         stale = api.get_recording(rec["id"])
     env.state.url_ttl_seconds = 3600  # ... until the archiver asks again
-    assert archive_recording.fn(stale).kind == OutcomeKind.ARCHIVED
+    assert archive_recording.fn(fresh_plan(stale, f"file://{env.archive}")).kind == OutcomeKind.ARCHIVED
     assert_archived(env, rec)
 
 
@@ -178,7 +180,7 @@ def test_destination_full_fails_cleanly(env, tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
     try:
         big = env.state.add_recording(file_size=3 * 1024 * 1024)
-        report = archive_recordings(destination=f"file://{small}")
+        report = run_report(archive_recordings, destination=f"file://{small}")
         assert kinds(report)[big["id"]] == OutcomeKind.FAILED
         assert "no space left" in reasons(report)[big["id"]]
         assert not any(small.rglob("*"))
@@ -219,7 +221,7 @@ def test_sftp_connection_dropped_mid_upload_then_completed(env, sshd_server, mon
 
     monkeypatch.setenv("SFTP_PASSWORD", user.password)
     monkeypatch.setenv("SFTP_KNOWN_HOSTS", str(sshd_server.known_hosts))
-    report = archive_recordings(destination=f"sftp://rtkpass@127.0.0.1:{sshd_server.port}/~/{d}")
+    report = run_report(archive_recordings, destination=f"sftp://rtkpass@127.0.0.1:{sshd_server.port}/~/{d}")
     assert kinds(report)[rec["id"]] == OutcomeKind.ARCHIVED
     assert (home / rec["output_file_name"]).read_bytes() == media_bytes(rec["id"], "video", 0, rec["file_size"])
     assert no_temp_files(home)  # the temp file the drop left behind is gone
@@ -283,7 +285,7 @@ def test_hostile_storage_configs_each_get_a_clear_answer(env, caplog):
         file_size=1000, storage_config={"type": "aws", "bucket": "b", "access_key": "AKIALEAKED123", "secret": "LEAKED-SECRET-XYZ"}
     )
     env.state.faults.leak_secrets = True
-    report = archive_recordings(destination=None)
+    report = run_report(archive_recordings, destination=None)
     out, why = kinds(report), reasons(report)
     for name, (_, kind, fragment) in cases.items():
         rid = recs[name]["id"]
@@ -300,7 +302,7 @@ def test_hostile_recording_fields(env):
     minimal = env.state.add_recording(file_size=1000, session_id=None, recording_duration=None)
     unicode_long = env.state.add_recording(file_size=1000, output_file_name="réunion-会议-" + "名" * 200 + ".mp4")
     nul = env.state.add_recording(file_size=1000, output_file_name="a\x00b\x1b[31m.mp4")
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     out, why = kinds(report), reasons(report)
     assert out[extra["id"]] == out[minimal["id"]] == out[unicode_long["id"]] == out[nul["id"]] == OutcomeKind.ARCHIVED
     assert out[unknown_status["id"]] == OutcomeKind.PENDING and "ARCHIVED_BY_MARS" in why[unknown_status["id"]]
@@ -316,6 +318,6 @@ def test_malformed_recording_in_a_page_fails_alone(env):
     with RealtimeKitAPI(load_settings()) as api:
         items = {i.id: i for i in api.iter_recordings()}
     assert isinstance(items[bad["id"]], InvalidRecording) and "recording_duration" in items[bad["id"]].reason
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert kinds(report)[good["id"]] == OutcomeKind.ARCHIVED
     assert kinds(report)[bad["id"]] == OutcomeKind.FAILED

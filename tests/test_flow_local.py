@@ -13,6 +13,7 @@ from flows.archive import archive_one, archive_recordings
 from rtk_archiver import cli
 from rtk_archiver.models import OutcomeKind
 from rtk_archiver.simulator.content import media_bytes
+from tests.fixtures import run_report
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 NOW = datetime.now(timezone.utc)
@@ -53,7 +54,7 @@ def test_archives_stopped_recordings_and_rerun_transfers_nothing(env, archive_di
     azure = add(env, output_file_name="az.mp4", storage_config={"type": "azure", "bucket": "b"})
 
     # destination override: the aws recording lands in the local dir too, under its path
-    report = archive_recordings(destination=f"file://{archive_dir}")
+    report = run_report(archive_recordings, destination=f"file://{archive_dir}")
     out = by_id(report)
     assert out[with_audio["id"]].kind == OutcomeKind.ARCHIVED
     assert out[no_audio["id"]].kind == OutcomeKind.ARCHIVED
@@ -66,11 +67,11 @@ def test_archives_stopped_recordings_and_rerun_transfers_nothing(env, archive_di
 
     video = archive_dir / "standup.mp4"
     assert video.read_bytes() == expected(with_audio["id"], "video", 300_000)
-    audio = next(archive_dir.glob("standup.audio.*"))
+    audio = next(archive_dir.glob("standup.mp4.audio.*"))
     audio_size = audio.stat().st_size
     assert audio_size > 0 and audio.read_bytes() == expected(with_audio["id"], "audio", audio_size)
     assert (archive_dir / "retro.mp4").read_bytes() == expected(no_audio["id"], "video", 70_000)
-    assert not list(archive_dir.glob("retro.audio.*"))
+    assert not list(archive_dir.glob("retro.mp4.audio.*"))
     assert (archive_dir / "team/2026/deep.mp4").stat().st_size == 5_000
 
     sidecar = json.loads((archive_dir / "standup.mp4.metadata.json").read_text())
@@ -84,7 +85,7 @@ def test_archives_stopped_recordings_and_rerun_transfers_nothing(env, archive_di
         assert key in sidecar
     assert not [p for p in archive_dir.rglob("*") if ".rtkpart-" in p.name]  # no temp leftovers
 
-    again = archive_recordings(destination=f"file://{archive_dir}")
+    again = run_report(archive_recordings, destination=f"file://{archive_dir}")
     assert again.bytes_transferred == 0
     assert {o.kind for o in again.outcomes if o.recording_id in (with_audio["id"], no_audio["id"], in_path["id"])} == {
         OutcomeKind.ALREADY_ARCHIVED
@@ -95,7 +96,7 @@ def test_storage_config_selects_backend_and_failures_do_not_stop_others(env, arc
     good = add(env, output_file_name="good.mp4", file_size=10_000)
     bad = add(env, output_file_name="bad.mp4", storage_config={"type": "sftp", "username": "u", "auth_method": "KEY"})
     azure = add(env, output_file_name="az.mp4", storage_config={"type": "azure", "bucket": "b"})
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     out = by_id(report)
     assert out[good["id"]].kind == OutcomeKind.ARCHIVED  # no storage_config -> default destination
     assert out[bad["id"]].kind == OutcomeKind.FAILED and "storage_config.host" in out[bad["id"]].reason
@@ -106,7 +107,7 @@ def test_storage_config_selects_backend_and_failures_do_not_stop_others(env, arc
 def test_traversal_names_stay_inside_the_destination(env, archive_dir, tmp_path):
     evil = add(env, output_file_name="../../../escape.mp4", file_size=1_000, storage_config={"type": "aws", "path": "../../up"})
     weird = add(env, output_file_name="a/b\\c\x00d\x07.mp4", file_size=1_000)
-    report = archive_recordings(destination=f"file://{archive_dir}")
+    report = run_report(archive_recordings, destination=f"file://{archive_dir}")
     assert {o.kind for o in report.outcomes if o.recording_id in (evil["id"], weird["id"])} == {OutcomeKind.ARCHIVED}
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written and all(archive_dir in p.parents for p in written)
@@ -116,7 +117,7 @@ def test_traversal_names_stay_inside_the_destination(env, archive_dir, tmp_path)
 def test_colliding_names_get_the_recording_id(env, archive_dir):
     first = add(env, output_file_name="same.mp4", file_size=2_000, stopped_time=NOW - timedelta(hours=2))
     second = add(env, output_file_name="same.mp4", file_size=3_000, stopped_time=NOW - timedelta(hours=1))
-    archive_recordings()
+    run_report(archive_recordings)
     assert (archive_dir / "same.mp4").read_bytes() == expected(first["id"], "video", 2_000)
     assert (archive_dir / f"same__{second['id']}.mp4").read_bytes() == expected(second["id"], "video", 3_000)
 
@@ -125,23 +126,23 @@ def test_window_filters_by_stopped_time(env, archive_dir):
     old = add(env, output_file_name="old.mp4", file_size=1_000, invoked_time=NOW - timedelta(days=20),
               started_time=NOW - timedelta(days=20), stopped_time=NOW - timedelta(days=19))
     recent = add(env, output_file_name="recent.mp4", file_size=1_000)
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     ids = {o.recording_id for o in report.outcomes}
     assert recent["id"] in ids and old["id"] not in ids
-    report = archive_recordings(since=NOW - timedelta(days=21), until=NOW - timedelta(days=18))
+    report = run_report(archive_recordings, since=NOW - timedelta(days=21), until=NOW - timedelta(days=18))
     assert {o.recording_id for o in report.outcomes} == {old["id"]}
 
 
 def test_dry_run_transfers_nothing(env, archive_dir):
     rec = add(env, output_file_name="dry.mp4", file_size=4_000)
-    report = archive_recordings(dry_run=True)
+    report = run_report(archive_recordings, dry_run=True)
     assert by_id(report)[rec["id"]].kind == OutcomeKind.WOULD_ARCHIVE
     assert not any(archive_dir.iterdir())
 
 
 def test_archive_one(env, archive_dir):
     rec = add(env, output_file_name="one.mp4", file_size=4_000, audio=True)
-    report = archive_one(rec["id"])
+    report = run_report(archive_one, rec["id"])
     assert by_id(report)[rec["id"]].kind == OutcomeKind.ARCHIVED
     assert (archive_dir / "one.mp4").stat().st_size == 4_000
 
@@ -152,11 +153,12 @@ def test_expired_url_is_refreshed(env, archive_dir):
     from rtk_archiver.api import RealtimeKitAPI
     from rtk_archiver.settings import load_settings
     from tasks.archive import archive_recording
+    from tests.fixtures import fresh_plan
 
     with RealtimeKitAPI(load_settings()) as api:
         listed = api.get_recording(rec["id"])
     env.state.url_ttl_seconds = 3600  # the refresh gets a working one
-    outcome = archive_recording.fn(listed)
+    outcome = archive_recording.fn(fresh_plan(listed, f"file://{env.archive}"))
     assert outcome.kind == OutcomeKind.ARCHIVED
     assert (archive_dir / "late.mp4").read_bytes() == expected(rec["id"], "video", 8_000)
 

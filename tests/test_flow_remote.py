@@ -18,6 +18,7 @@ from rtk_archiver.models import OutcomeKind
 from rtk_archiver.simulator import media_bytes
 from storage_backends.s3 import S3Credentials
 from storage_backends.sftp import SFTPCredentials
+from tests.fixtures import run_report
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -51,7 +52,7 @@ def test_s3_gcs_and_sftp_from_storage_config(env, s3_env, moto_s3_server, gcs_en
     to_sftp = env.state.add_recording(file_size=5 * 1024 * 1024 + 3, audio=True,
                                       storage_config={"type": "sftp", "host": "127.0.0.1", "port": sshd_server.port,
                                                       "username": "rtkpass", "auth_method": "PASSWORD", "path": sftp_dir})
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     out = outcomes(report)
     assert {out[r["id"]].kind for r in (to_s3, to_gcs, to_sftp)} == {OutcomeKind.ARCHIVED}, report.outcomes
 
@@ -73,7 +74,7 @@ def test_s3_gcs_and_sftp_from_storage_config(env, s3_env, moto_s3_server, gcs_en
     assert (home / f"{to_sftp['output_file_name']}.metadata.json").exists()
     assert not [p for p in home.iterdir() if ".rtkpart-" in p.name]
 
-    again = archive_recordings()
+    again = run_report(archive_recordings)
     assert again.bytes_transferred == 0
     assert {outcomes(again)[r["id"]].kind for r in (to_s3, to_gcs, to_sftp)} == {OutcomeKind.ALREADY_ARCHIVED}
 
@@ -93,7 +94,7 @@ def test_credentials_from_blocks(env, s3_env, moto_s3_server, sshd_server, monke
     a = env.state.add_recording(file_size=1000, storage_config={"type": "aws", "bucket": s3_env, "region": "us-east-1"})
     b = env.state.add_recording(file_size=2000, storage_config={"type": "sftp", "host": "127.0.0.1", "port": sshd_server.port,
                                                                 "username": "rtked25519", "auth_method": "KEY", "path": sftp_dir})
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     out = outcomes(report)
     assert out[a["id"]].kind == OutcomeKind.ARCHIVED and out[b["id"]].kind == OutcomeKind.ARCHIVED, report.outcomes
     assert (sshd_server.home("rtked25519") / sftp_dir / b["output_file_name"]).stat().st_size == 2000
@@ -116,7 +117,7 @@ def test_failures_are_clear_per_recording_and_leave_nothing(env, s3_env, moto_s3
     bad_key = env.state.add_recording(storage_config={**base, "username": rsa.name, "auth_method": "KEY", "path": d})
     no_bucket = env.state.add_recording(storage_config={"type": "aws", "bucket": "no-such-bucket-rtk", "region": "us-east-1"})
     good = env.state.add_recording(file_size=1234, storage_config={"type": "aws", "bucket": s3_env, "region": "us-east-1"})
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     out = outcomes(report)
     assert out[good["id"]].kind == OutcomeKind.ARCHIVED
     assert out[bad_pw["id"]].kind == OutcomeKind.FAILED and "authentication failed" in out[bad_pw["id"]].reason
@@ -125,7 +126,7 @@ def test_failures_are_clear_per_recording_and_leave_nothing(env, s3_env, moto_s3
 
     monkeypatch.setenv("SFTP_KNOWN_HOSTS", str(empty_known))
     monkeypatch.setenv("SFTP_PASSWORD", sshd_server.users["rtkpass"].password)
-    unknown_host = archive_recordings()
+    unknown_host = run_report(archive_recordings)
     assert "host key" in outcomes(unknown_host)[bad_pw["id"]].reason
     assert empty_known.read_text() == ""
 

@@ -53,7 +53,7 @@ def test_relative_path_is_made_relative_and_safe():
 def test_keys_layout_video_audio_sidecar_beside_each_other():
     keys = keys_for(rec("meeting.mp4", path="team/a", audio=True))
     assert keys.video == "team/a/meeting.mp4"
-    assert keys.audio == "team/a/meeting.audio.mp3"
+    assert keys.audio == "team/a/meeting.mp4.audio.mp3"
     assert keys.sidecar == "team/a/meeting.mp4.metadata.json"
     assert keys_for(rec("meeting.mp4")).audio is None
 

@@ -1,0 +1,285 @@
+"""Decide once what every recording of a run becomes: verdict, destination, keys.
+
+A run is planned in three steps; only the middle one does I/O:
+
+1. ``targets_for`` (pure): per recording, whether it can be archived now, its destination
+   (the run's override, else its ``storage_config``, else the default destination) and the
+   only names it may ever take there, in order: the plain name, then the name with its id
+   (``rtk_archiver.naming.keys_for``).
+2. ``tasks.survey`` (I/O): what the destination holds at those names (sidecars, sizes).
+3. ``plan_run`` (pure): the verdict and the keys of every recording, from 1 and 2.
+
+The rules of step 3, which make a key belong to exactly one recording:
+
+* A sidecar naming the recording (complete, or a claim left by a killed run) makes that
+  candidate its own: complete and every listed file there at its size (and hashes the
+  backend reports) -> already archived, nothing moves; else it is archived again there,
+  replacing only the files that sidecar lists or claims.
+* Otherwise the first candidate where nothing at all exists (no sidecar, no video, no audio)
+  and that no other recording of this run takes (oldest recording first; names compared
+  case-insensitively, for case-insensitive file systems) -> archived there, without ever
+  replacing anything (every write is no-clobber).
+* Otherwise -> failed: the names are taken by files the archiver did not write, which are
+  never overwritten nor deleted.
+
+The archive task carries a plan out: it claims the keys (a no-clobber write of a claim
+sidecar), writes the files, then the complete sidecar. If the destination changed between
+the survey and the claim (another run), the claim says so and the task stops rather than
+guess.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+from rtk_archiver.models import ObjectInfo, OutcomeKind, Recording, Sidecar
+from rtk_archiver.naming import RecordingKeys, keys_for, safe_relative_path
+from storage_backends.destination import (
+    Destination,
+    InvalidDestination,
+    UnsupportedDestination,
+    destination_from_storage_config,
+    parse_destination_url,
+)
+
+
+def why_not_archivable(recording: Recording) -> tuple[OutcomeKind, str] | None:
+    """None when the recording can be archived now; else what to report and why."""
+    if recording.status == "ERRORED":
+        return OutcomeKind.SKIPPED, "the recording ERRORED on RealtimeKit; there is no file to archive"
+    if recording.status != "UPLOADED" or recording.stopped_time is None:
+        return OutcomeKind.PENDING, f"not finished yet (status {recording.status}); a later run archives it"
+    if not recording.download_url:
+        return OutcomeKind.SKIPPED, "no download_url: the RealtimeKit bucket is disabled for it or its files expired"
+    return None
+
+
+def resolve_destination(recording: Recording, override: str | None, default: str | None) -> Destination:
+    """The one place a recording's destination is chosen: the run's override, else its
+    storage_config, else the default destination."""
+    if override:
+        return parse_destination_url(override)
+    sc = recording.storage_config
+    if sc is not None and sc.type:
+        return destination_from_storage_config(sc)
+    if default:
+        return parse_destination_url(default)
+    raise UnsupportedDestination("the recording has no storage_config and ARCHIVE_DEFAULT_DESTINATION is not set")
+
+
+def place(recording: Recording, destination: Destination, from_storage_config: bool) -> tuple[Destination, str]:
+    """The destination root and the recording's directory under it.
+
+    ``storage_config.path`` is the recording's directory. On an SFTP destination that comes
+    from the storage_config, a path starting with ``/`` is absolute on the server; anywhere
+    else (object stores, an override or default destination) it is relative to the root
+    (leading ``/`` dropped). Either way it is made safe (``..`` and the like never followed)."""
+    sc = recording.storage_config
+    raw = sc.path if sc is not None else None
+    directory = safe_relative_path(raw)
+    if from_storage_config and destination.kind == "sftp" and raw and raw.strip().startswith("/"):
+        return destination.model_copy(update={"root": "/"}), directory
+    return destination, directory
+
+
+class Target(BaseModel):
+    """Step 1: where one recording would go, decided without I/O."""
+
+    recording: Recording
+    verdict: OutcomeKind | None = None  # pending / skipped / failed before any I/O; None: archivable
+    reason: str | None = None
+    destination: Destination | None = None
+    candidates: list[RecordingKeys] = Field(default_factory=list)  # plain name first, then with the id
+    contested: bool = False  # another recording of the run wants one of its plain names
+
+    @property
+    def place_id(self) -> str:
+        """Identity of the destination (for comparing keys across recordings)."""
+        return self.destination.display_url() if self.destination else ""
+
+
+def targets_for(recordings: Iterable[Recording], override: str | None, default: str | None) -> list[Target]:
+    """Step 1 for a whole run, oldest recording first (that order decides who gets a name)."""
+    targets: list[Target] = []
+    for rec in sorted(recordings, key=lambda r: (r.stopped_time or r.invoked_time, r.id)):
+        verdict = why_not_archivable(rec)
+        if verdict is not None:
+            targets.append(Target(recording=rec, verdict=verdict[0], reason=verdict[1]))
+            continue
+        try:
+            dest = resolve_destination(rec, override, default)
+            dest, directory = place(rec, dest, from_storage_config=not override and bool(rec.storage_config and rec.storage_config.type))
+        except UnsupportedDestination as exc:
+            targets.append(Target(recording=rec, verdict=OutcomeKind.SKIPPED, reason=str(exc)))
+            continue
+        except InvalidDestination as exc:
+            targets.append(Target(recording=rec, verdict=OutcomeKind.FAILED, reason=str(exc)))
+            continue
+        candidates = [keys_for(rec, False, directory), keys_for(rec, True, directory)]
+        targets.append(Target(recording=rec, destination=dest, candidates=candidates))
+    wanted: dict[tuple[str, str], int] = {}
+    for t in targets:
+        if t.candidates:
+            for key in t.candidates[0].all():
+                wanted[(t.place_id, _fold(key))] = wanted.get((t.place_id, _fold(key)), 0) + 1
+    for t in targets:
+        if t.candidates:
+            t.contested = any(wanted[(t.place_id, _fold(k))] > 1 for k in t.candidates[0].all())
+    return targets
+
+
+def _fold(key: str) -> str:
+    return key.casefold()
+
+
+# -- step 2's answer ---------------------------------------------------------------------------
+class SidecarSeen(BaseModel):
+    """What is at a sidecar key: nothing, a sidecar (of some recording), or something else."""
+
+    present: bool = False
+    sidecar: Sidecar | None = None  # None while present: not a sidecar (a file the archiver did not write)
+
+
+class Observed(BaseModel):
+    """What the survey saw at a destination for one recording: key -> stat (None: absent)."""
+
+    objects: dict[str, ObjectInfo | None] = Field(default_factory=dict)
+    sidecars: dict[str, SidecarSeen] = Field(default_factory=dict)
+    error: str | None = None  # the destination could not be read (the recording fails with it)
+    permanent: bool = False
+
+
+# -- step 3 --------------------------------------------------------------------------------------
+class Action(str, Enum):
+    ARCHIVE = "archive"  # transfer (fresh names, or again over its own files)
+    ALREADY_ARCHIVED = "already archived"
+    NONE = "none"  # pending / skipped / failed: see verdict
+
+
+class RecordingPlan(BaseModel):
+    """What one recording becomes in this run; the archive task carries it out."""
+
+    recording: Recording
+    action: Action
+    verdict: OutcomeKind | None = None
+    reason: str | None = None
+    destination: Destination | None = None
+    layout: RecordingKeys | None = None
+    #: keys this recording's own sidecar lists or claims: the only ones a write may replace
+    own: list[str] = Field(default_factory=list)
+    #: the sidecar already at ``keys.sidecar`` names this recording
+    sidecar_is_own: bool = False
+    bytes_total: int = 0
+
+    def may_replace(self, key: str) -> bool:
+        return key in self.own
+
+
+def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, ObjectInfo | None]) -> bool:
+    """True when the complete sidecar's every file is at the destination, at its size and
+    with the hashes the backend reports."""
+    if sidecar.state != "complete" or not sidecar.files:
+        return False
+    kinds = {f.kind for f in sidecar.files}
+    if "video" not in kinds:
+        return False
+    for entry in sidecar.files:
+        info = objects.get(keys.beside(entry.name))
+        if info is None or info.size != entry.size:
+            return False
+        for name, value in info.hashes.items():
+            known = entry.sha256 if name == "sha256" else entry.hashes.get(name)
+            if known is not None and known != value:
+                return False
+    return True
+
+
+def _with_recorded_names(cand: RecordingKeys, sidecar: Sidecar) -> RecordingKeys:
+    """Keep the names an earlier run recorded for its files (older layouts stay as they are)."""
+    audio = next((f.name for f in sidecar.files if f.kind == "audio"), None)
+    if audio and cand.audio:
+        return cand.model_copy(update={"audio": cand.beside(audio)})
+    return cand
+
+
+def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: Iterable[str] = ()) -> list[RecordingPlan]:
+    """Step 3: the plan of every recording, in the order of ``targets`` (oldest first).
+
+    ``force_ids``: recordings to archive again over their own files even when they look
+    archived (the scrub found a file missing or changed)."""
+    force = set(force_ids)
+    plans: dict[str, RecordingPlan] = {}
+    taken: set[tuple[str, str]] = set()
+
+    def claim(t: Target, cand: RecordingKeys) -> None:
+        for key in cand.all():
+            taken.add((t.place_id, _fold(key)))
+
+    # pass 1: recordings that already own a candidate keep it
+    for t in targets:
+        rid = t.recording.id
+        if t.verdict is not None or not t.candidates:
+            plans[rid] = RecordingPlan(recording=t.recording, action=Action.NONE, verdict=t.verdict, reason=t.reason)
+            continue
+        seen = observed.get(rid) or Observed()
+        if seen.error is not None:
+            plans[rid] = RecordingPlan(
+                recording=t.recording, action=Action.NONE, verdict=OutcomeKind.FAILED, reason=seen.error,
+                destination=t.destination,
+            )
+            continue
+        for cand in t.candidates:
+            sc = seen.sidecars.get(cand.sidecar, SidecarSeen()).sidecar
+            if sc is None or sc.recording_id != rid:
+                continue
+            keys = _with_recorded_names(cand, sc)
+            claim(t, keys)
+            own = [keys.sidecar] + [keys.beside(n) for n in sorted(sc.names())]
+            total = sum(f.size for f in sc.files)
+            if rid not in force and is_archived(sc, keys, seen.objects):
+                plans[rid] = RecordingPlan(
+                    recording=t.recording, action=Action.ALREADY_ARCHIVED, destination=t.destination, layout=keys,
+                    own=own, sidecar_is_own=True, bytes_total=total,
+                )
+            else:
+                plans[rid] = RecordingPlan(
+                    recording=t.recording, action=Action.ARCHIVE, destination=t.destination, layout=keys, own=own,
+                    sidecar_is_own=True, bytes_total=total or (t.recording.file_size or 0),
+                )
+            break
+    # pass 2: the others take the first free name nobody else in the run takes
+    for t in targets:
+        rid = t.recording.id
+        if rid in plans:
+            continue
+        seen = observed.get(rid) or Observed()
+        for cand in t.candidates:
+            sidecar_there = seen.sidecars.get(cand.sidecar)
+            free = (
+                sidecar_there is not None
+                and not sidecar_there.present
+                and all(k in seen.objects and seen.objects[k] is None for k in cand.all() if k != cand.sidecar)
+                and not any((t.place_id, _fold(k)) in taken for k in cand.all())
+            )
+            if free:
+                claim(t, cand)
+                plans[rid] = RecordingPlan(
+                    recording=t.recording, action=Action.ARCHIVE, destination=t.destination, layout=cand,
+                    bytes_total=t.recording.file_size or 0,
+                )
+                break
+        else:
+            names = " and ".join(posixpath.basename(c.video) for c in t.candidates)
+            plans[rid] = RecordingPlan(
+                recording=t.recording, action=Action.NONE, verdict=OutcomeKind.FAILED, destination=t.destination,
+                reason=(
+                    f"{names} (or their audio / sidecar names) are taken at {t.place_id or 'the destination'} by files "
+                    "this recording's archive did not write; they are left untouched. Move them away, or archive "
+                    "this recording with --destination elsewhere"
+                ),
+            )
+    return [plans[t.recording.id] for t in targets]
