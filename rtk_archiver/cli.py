@@ -83,8 +83,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def print_report(report: ArchiveReport, stream=None) -> None:
+    """The run's summary table. Every cell is plain text (never rich markup: a '[/b]' in a
+    file name neither styles nor crashes it), with control and bidi characters from the API
+    escaped (an ESC sequence, '\\r' or U+202E cannot rewrite the terminal)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from rtk_archiver.display import printable
 
     console = Console(file=stream or sys.stdout, width=160)
     table = Table(title="rtk-archiver summary", show_lines=False)
@@ -93,10 +99,11 @@ def print_report(report: ArchiveReport, stream=None) -> None:
     order = list(OutcomeKind)
     for o in sorted(report.outcomes, key=lambda o: (order.index(o.kind), o.recording_id)):
         detail = o.destination if o.kind in (OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED, OutcomeKind.WOULD_ARCHIVE) else o.reason
-        table.add_row(o.kind.value, o.recording_id, o.output_file_name or "", _size(o.bytes_total), detail or "")
+        cells = (o.kind.value, o.recording_id, o.output_file_name or "", _size(o.bytes_total), detail or "")
+        table.add_row(*(Text(printable(c)) for c in cells))
     console.print(table)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n) or "no recordings"
-    console.print(f"{counts}; {_size(report.bytes_transferred)} transferred")
+    console.print(Text(f"{counts}; {_size(report.bytes_transferred)} transferred"))
 
 
 def _size(n: int) -> str:

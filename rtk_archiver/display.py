@@ -7,6 +7,7 @@ characters are shown escaped (``\\x1b``, ``\\r``, ``\\u202e``), never raw.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 #: control (Cc), format (Cf: bidi overrides, zero-width), line / paragraph separators, and
@@ -30,3 +31,12 @@ def printable(text: object, limit: int | None = None) -> str:
     if limit is not None and len(result) > limit:
         result = result[: max(0, limit - 1)] + "…"
     return result
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
+
+
+def markdown_text(text: object, limit: int | None = None) -> str:
+    """``printable(text)`` with Markdown's punctuation backslash-escaped: shown literally in a
+    Markdown artifact (no links, code spans, tables or HTML made from API data)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", printable(text, limit))

@@ -86,3 +86,61 @@ def test_success_false_without_messages_says_so(monkeypatch):
 def test_a_body_that_is_not_an_object_is_named(monkeypatch, body):
     text = str(api_error(api_answering(monkeypatch, 200, body), "get"))
     assert "malformed" in text
+
+
+# --- 5. control characters from the API are shown escaped -----------------------------------
+
+HOSTILE = {
+    "esc": "\x1b[2J\x1b]0;pwned\x07\x1b[31m",
+    "cr": "fine\rEVIL",
+    "nul": "a\x00b",
+    "bidi": "report\u202egnp.exe",
+    "line-sep": "a\u2028b\u0085c",
+    "markup": "[/b] [bold red]x[/] [link=https://evil.example]y",
+}
+RAW = ("\x1b", "\r", "\x00", "\x07", "\u202e", "\u2028", "\x85")
+
+
+def hostile_report():
+    from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
+
+    outcomes = []
+    for name, text in HOSTILE.items():
+        outcomes.append(RecordingOutcome(recording_id=f"id-{name}-{text}", output_file_name=f"{text}.mp4",
+                                         kind=OutcomeKind.FAILED, reason=f"bad: {text}"))
+        outcomes.append(RecordingOutcome(recording_id=f"ok-{name}", output_file_name=f"{text}.mp4",
+                                         kind=OutcomeKind.ARCHIVED, destination=f"file:///a/{text}.mp4", bytes_total=1))
+    return ArchiveReport(outcomes=outcomes)
+
+
+def test_the_summary_table_escapes_api_text():
+    """The summary used to print ESC sequences, CR, NUL and bidi overrides raw, and a '[/b]'
+    in a name raised rich.errors.MarkupError after the whole run."""
+    import io
+
+    from rtk_archiver.cli import print_report
+
+    out = io.StringIO()
+    print_report(hostile_report(), stream=out)
+    text = out.getvalue()
+    for raw in RAW:
+        assert raw not in text, repr(raw)
+    for shown in ("\\x1b[2J", "\\x1b]0;pwned\\x07", "fine\\rEVIL", "a\\x00b", "report\\u202egnp.exe", "a\\u2028b\\x85c"):
+        assert shown in text.replace("\n", ""), shown
+    assert "[/b] [bold red]x[/]" in text  # shown literally, not as markup
+
+
+def test_the_artifacts_escape_api_text(monkeypatch):
+    from flows import reporting
+
+    made = {}
+    monkeypatch.setattr(reporting, "create_table_artifact", lambda table, **kw: made.update(table=table))
+    monkeypatch.setattr(reporting, "create_markdown_artifact", lambda markdown, **kw: made.update(markdown=markdown))
+    reporting.publish_report(hostile_report())
+    cells = json.dumps(made["table"], ensure_ascii=False)
+    for raw in RAW:
+        assert raw not in cells and raw not in made["markdown"], repr(raw)
+    assert "report\\\\u202egnp.exe" in cells  # (json-escaped backslash)
+    failures = made["markdown"].split("## Failures", 1)[1]
+    assert "[link=https://evil.example]" not in failures  # escaped: \[link=...
+    assert failures.count("\n- ") == len(HOSTILE)  # one list item each: no injected lines
