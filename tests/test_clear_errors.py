@@ -144,3 +144,84 @@ def test_the_artifacts_escape_api_text(monkeypatch):
     failures = made["markdown"].split("## Failures", 1)[1]
     assert "[link=https://evil.example]" not in failures  # escaped: \[link=...
     assert failures.count("\n- ") == len(HOSTILE)  # one list item each: no injected lines
+
+
+# --- 6. --report FILE checked before any work ----------------------------------------------------
+
+class RunStarted(Exception):
+    pass
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Valid settings, and a run that would start fails the test at once (no Prefect, no network)."""
+    from rtk_archiver import prefect_api
+
+    for k, v in {"CLOUDFLARE_API_TOKEN": TOKEN, "CLOUDFLARE_ACCOUNT_ID": "a", "REALTIMEKIT_APP_ID": "b",
+                 "CLOUDFLARE_BASE_URL": "http://127.0.0.1:9/client/v4"}.items():
+        monkeypatch.setenv(k, v)
+
+    def refuse(*a, **kw):
+        raise RunStarted("the run started although --report cannot be written")
+
+    monkeypatch.setattr(prefect_api, "private_prefect_api", refuse)
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    from rtk_archiver import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return info.value.code, out.err
+
+
+@pytest.mark.parametrize("command", [["archive"], ["archive-one", "rec-1"]])
+def test_report_into_a_missing_directory_is_refused_before_any_work(no_run, tmp_path, capsys, command):
+    """Used to fail after the whole run, with a traceback (FileNotFoundError)."""
+    code, err = run_cli([*command, "--report", str(tmp_path / "nope" / "report.json")], capsys)
+    assert code == 2 and "--report" in err and "does not exist" in err and str(tmp_path / "nope") in err
+
+
+def test_report_under_a_file_or_onto_a_directory_is_refused(no_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code, err = run_cli(["archive", "--report", str(tmp_path / "afile" / "r.json")], capsys)
+    assert code == 2 and "not a directory" in err
+    code, err = run_cli(["archive", "--report", str(tmp_path)], capsys)
+    assert code == 2 and "is a directory" in err
+
+
+def test_report_on_a_read_only_file_system_is_refused(no_run, tmp_path, capsys):
+    from tests.fixtures.privileges import mount_unavailable, readonly_mount
+
+    if reason := mount_unavailable():
+        pytest.skip(reason)
+    with readonly_mount(tmp_path / "ro") as ro:
+        code, err = run_cli(["archive", "--report", str(ro / "r.json")], capsys)
+    assert code == 2 and "read-only file system" in err
+
+
+def test_report_in_a_directory_without_write_permission_is_refused(no_run, tmp_path, capsys):
+    from tests.fixtures.privileges import dac_drop_unavailable, without_dac_override
+
+    if reason := dac_drop_unavailable():
+        pytest.skip(reason)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    (tmp_path / "ro-file.json").write_text("{}")
+    (tmp_path / "ro-file.json").chmod(0o444)
+    with without_dac_override():
+        code, err = run_cli(["archive", "--report", str(locked / "r.json")], capsys)
+        assert code == 2 and "permission denied" in err
+        code, err = run_cli(["archive", "--report", str(tmp_path / "ro-file.json")], capsys)
+        assert code == 2 and "permission denied" in err
+    assert list(locked.iterdir()) == [] and (tmp_path / "ro-file.json").read_text() == "{}"
+
+
+def test_a_writable_report_path_is_accepted_and_left_untouched(no_run, tmp_path):
+    from rtk_archiver import cli
+
+    args = cli.build_parser().parse_args(["archive", "--report", str(tmp_path / "r.json")])
+    assert args.report == tmp_path / "r.json" and not (tmp_path / "r.json").exists()
+    assert list(tmp_path.iterdir()) == []  # the probe left nothing
