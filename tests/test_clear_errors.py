@@ -225,3 +225,85 @@ def test_a_writable_report_path_is_accepted_and_left_untouched(no_run, tmp_path)
     args = cli.build_parser().parse_args(["archive", "--report", str(tmp_path / "r.json")])
     assert args.report == tmp_path / "r.json" and not (tmp_path / "r.json").exists()
     assert list(tmp_path.iterdir()) == []  # the probe left nothing
+
+
+# --- 7. permanent OS errors at a local destination, end to end --------------------------------
+
+DEEP_PATH = "/".join(f"{i:02d}" + "d" * 178 for i in range(30))  # 30 x 180 bytes: > PATH_MAX (4096)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_permanent_destination_errors_fail_once_at_once_and_others_are_archived(archiver_env, monkeypatch, tmp_path):
+    """A read-only file system (a real read-only tmpfs), a file where a directory should be
+    (ENOTDIR, and the directory itself a file), a name too long for the file system (a deep
+    storage_config.path) and permission denied (a 0o555 directory, the run without
+    CAP_DAC_OVERRIDE): each recording fails once (Prefect's run_count 1, although 2 retries
+    are allowed), in less than the 30 s retry delay, the reason naming the problem; the other
+    recordings of the run are archived. Before storage_backends/local.py mapped errno to
+    PermanentStorageError these were retried (3 retries over ~130 s by default)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.archive import archive_recordings
+    from rtk_archiver.cli import print_report
+    from rtk_archiver.models import OutcomeKind
+    from tests.fixtures.privileges import dac_drop_unavailable, mount_unavailable, readonly_mount, without_dac_override
+
+    if reason := mount_unavailable() or dac_drop_unavailable():
+        pytest.skip(reason)
+    monkeypatch.setenv("ARCHIVE_TASK_RETRIES", "2")
+    monkeypatch.setenv("ARCHIVE_RETRY_DELAY_SECONDS", "30")  # a retry would show: run_count 2, +30 s
+    sim, archive = archiver_env, archiver_env.archive
+    (archive / "blocked").write_text("a file where a directory should be")
+    (archive / "locked").mkdir(mode=0o555)
+
+    def add(name: str, path: str | None = None):
+        sc = {"type": "aws", "path": path} if path is not None else None
+        return sim.state.add_recording(output_file_name=name, file_size=20_000, storage_config=sc)
+
+    expect = {
+        add("ro.mp4", "ro")["id"]: "read-only file system",
+        add("notdir.mp4", "blocked/sub")["id"]: "a path component is a file",
+        add("in-the-way.mp4", "blocked")["id"]: "a file is in the way",
+        add("deep.mp4", DEEP_PATH)["id"]: "name too long",
+        add("locked.mp4", "locked")["id"]: "permission denied",
+    }
+    good = [add("good.mp4")["id"], add("fine\x1b[2J\u202e.mp4", "ok/dir")["id"]]
+
+    with readonly_mount(archive / "ro"), without_dac_override():
+        state = archive_recordings(destination=f"file://{archive}", return_state=True)
+        report = state.result()
+        leftovers = [p for p in tmp_path.rglob("*") if ".rtkpart-" in p.name]
+        in_ro = list((archive / "ro").iterdir())
+
+    out = {o.recording_id: o for o in report.outcomes}
+    for rid, phrase in expect.items():
+        assert out[rid].kind == OutcomeKind.FAILED, out[rid]
+        assert phrase in out[rid].reason, out[rid].reason
+        assert str(archive) in out[rid].reason  # names where
+        assert "Traceback" not in out[rid].reason
+    for rid in good:
+        assert out[rid].kind == OutcomeKind.ARCHIVED, out[rid]
+    assert (archive / "good.mp4").stat().st_size == 20_000
+    assert not leftovers and in_ro == [] and list((archive / "locked").iterdir()) == []
+    assert (archive / "blocked").read_text() == "a file where a directory should be"
+
+    # once each: no retry of a permanent failure (the task runs as Prefect recorded them)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    by_name = {r.name: r for r in runs}
+    for rid in expect:
+        run = by_name[f"archive {rid}"]
+        assert run.run_count == 1 and run.state.is_failed(), (rid, run.run_count, run.state)
+        took = (run.end_time - run.start_time).total_seconds()
+        assert took < 30, f"{rid} took {took:.1f} s (the retry delay is 30 s)"
+
+    # and the summary says it plainly, the hostile name escaped
+    import io
+
+    shown = io.StringIO()
+    print_report(report, stream=shown)
+    text = shown.getvalue()
+    assert "read-only file system" in text and "permission denied" in text and "\x1b" not in text
