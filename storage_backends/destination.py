@@ -10,7 +10,7 @@ import posixpath
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rtk_archiver.models import StorageConfig
 
@@ -39,7 +39,8 @@ class Destination(BaseModel):
     #: the storage_config type it came from ("aws", "digitalocean", ...), or "url"
     source_type: str = "url"
     host: str | None = None
-    port: int | None = None
+    #: 1-65535 (None: 22); 0 is never read as "the default" (see _url_port)
+    port: int | None = Field(default=None, ge=1, le=65535)
     username: str | None = None
     auth_method: Literal["PASSWORD", "KEY"] | None = None
 

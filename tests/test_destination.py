@@ -131,3 +131,15 @@ def test_storage_config_without_a_port_is_22():
     for port in (None, ""):
         sc = StorageConfig.model_validate({"type": "sftp", "host": "h", "username": "u", "auth_method": "KEY", "port": port})
         assert destination_from_storage_config(sc).port == 22
+
+
+def test_a_destination_cannot_hold_port_0():
+    """The model itself refuses it, so no other path (a block, a later parser) can bring it
+    to storage_backends/sftp.py, which reads `port or 22`."""
+    from pydantic import ValidationError
+
+    from storage_backends import Destination
+
+    for port in (0, -1, 65536):
+        with pytest.raises(ValidationError):
+            Destination(kind="sftp", host="h", username="u", port=port)
