@@ -237,8 +237,8 @@ def test_permanent_destination_errors_fail_once_at_once_and_others_are_archived(
     """A read-only file system (a real read-only tmpfs), a file where a directory should be
     (ENOTDIR, and the directory itself a file), a name too long for the file system (a deep
     storage_config.path) and permission denied (a 0o555 directory, the run without
-    CAP_DAC_OVERRIDE): each recording fails once (Prefect's run_count 1, although 2 retries
-    are allowed), in less than the 30 s retry delay, the reason naming the problem; the other
+    CAP_DAC_OVERRIDE): each recording fails once (Prefect's run_count 1, although a retry
+    is allowed), in less than the 30 s retry delay, the reason naming the problem; the other
     recordings of the run are archived. Before storage_backends/local.py mapped errno to
     PermanentStorageError these were retried (3 retries over ~130 s by default)."""
     from prefect.client.orchestration import get_client
@@ -251,7 +251,7 @@ def test_permanent_destination_errors_fail_once_at_once_and_others_are_archived(
 
     if reason := mount_unavailable() or dac_drop_unavailable():
         pytest.skip(reason)
-    monkeypatch.setenv("ARCHIVE_TASK_RETRIES", "2")
+    monkeypatch.setenv("ARCHIVE_TASK_RETRIES", "1")
     monkeypatch.setenv("ARCHIVE_RETRY_DELAY_SECONDS", "30")  # a retry would show: run_count 2, +30 s
     sim, archive = archiver_env, archiver_env.archive
     (archive / "blocked").write_text("a file where a directory should be")
