@@ -11,8 +11,8 @@ import re
 import unicodedata
 
 #: control (Cc), format (Cf: bidi overrides, zero-width), line / paragraph separators, and
-#: unassigned or surrogate code points
-_ESCAPED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+#: lone surrogates (Cs: they cannot even be encoded for a terminal)
+_ESCAPED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -97,8 +97,9 @@ HOSTILE = {
     "bidi": "report\u202egnp.exe",
     "line-sep": "a\u2028b\u0085c",
     "markup": "[/b] [bold red]x[/] [link=https://evil.example]y",
+    "surrogate": "a\ud800b",  # JSON may carry a lone surrogate ("\\ud800"): not even encodable
 }
-RAW = ("\x1b", "\r", "\x00", "\x07", "\u202e", "\u2028", "\x85")
+RAW = ("\x1b", "\r", "\x00", "\x07", "\u202e", "\u2028", "\x85", "\ud800")
 
 
 def hostile_report():
@@ -125,7 +126,7 @@ def test_the_summary_table_escapes_api_text():
     text = out.getvalue()
     for raw in RAW:
         assert raw not in text, repr(raw)
-    for shown in ("\\x1b[2J", "\\x1b]0;pwned\\x07", "fine\\rEVIL", "a\\x00b", "report\\u202egnp.exe", "a\\u2028b\\x85c"):
+    for shown in ("\\x1b[2J", "\\x1b]0;pwned\\x07", "fine\\rEVIL", "a\\x00b", "report\\u202egnp.exe", "a\\u2028b\\x85c", "a\\ud800b"):
         assert shown in text.replace("\n", ""), shown
     assert "[/b] [bold red]x[/]" in text  # shown literally, not as markup
 
