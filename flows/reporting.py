@@ -13,6 +13,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from rtk_archiver.display import markdown_text, printable
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
 
 class Progress:
@@ -40,7 +41,7 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
         return
     emit_event(
         event=name,
-        resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": outcome.output_file_name or outcome.recording_id},
+        resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},
         payload=outcome.model_dump(mode="json", include={"kind", "reason", "destination", "bytes_total", "bytes_transferred", "seconds"}),
     )
 
@@ -48,12 +49,13 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
 def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
     rows = [
         {
+            # text from the API (ids, names, reasons) with control / bidi characters escaped
             "outcome": o.kind.value,
-            "recording": o.recording_id,
-            "file": o.output_file_name or "",
+            "recording": printable(o.recording_id),
+            "file": printable(o.output_file_name or ""),
             "bytes": o.bytes_total,
-            "destination": o.destination or "",
-            "reason": o.reason or "",
+            "destination": printable(o.destination or ""),
+            "reason": printable(o.reason or ""),
         }
         for o in report.outcomes
     ]
@@ -61,7 +63,10 @@ def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> No
         create_table_artifact(table=rows, key=key, description="What this run did, per recording")
     counts = "\n".join(f"| {k} | {n} |" for k, n in report.counts().items() if n) or "| nothing to do | 0 |"
     window = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC" if report.since and report.until else "single recording"
-    failures = "\n".join(f"- `{o.recording_id}` {o.output_file_name or ''}: {o.reason}" for o in report.failed)
+    failures = "\n".join(
+        f"- {markdown_text(o.recording_id)} {markdown_text(o.output_file_name or '')}: {markdown_text(o.reason)}"
+        for o in report.failed
+    )
     create_markdown_artifact(
         key=f"{key}-summary",
         description="Run summary",

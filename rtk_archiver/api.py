@@ -15,6 +15,7 @@ from typing import Any
 import cloudflare
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from rtk_archiver.display import printable
 from rtk_archiver.models import Paging, Recording
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.settings import Settings
@@ -64,6 +65,36 @@ def _lenient_time(item: Any) -> datetime | None:
     return None
 
 
+#: at most this many characters of the API's own error messages go into an ApiError
+MAX_API_MESSAGE = 300
+
+
+def api_error_messages(body: Any, token: str | None = None) -> str:
+    """The API's ``errors[].message`` (with their codes) from a response body: bounded,
+    URLs without their query strings, the token never, control characters escaped."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    parts: list[str] = []
+    for err in errors[:5] if isinstance(errors, list) else []:
+        if isinstance(err, dict):
+            msg, code = err.get("message"), err.get("code")
+            text = str(msg) if isinstance(msg, (str, int, float)) else ""
+            if isinstance(code, (str, int)) and not isinstance(code, bool):
+                text = f"{text} (code {code})" if text else f"code {code}"
+        elif isinstance(err, str):
+            text = err
+        else:
+            continue
+        if text:
+            parts.append(text)
+    return _clean("; ".join(parts), token)
+
+
+def _clean(text: str, token: str | None) -> str:
+    if token and len(token) >= 6:
+        text = text.replace(token, "<redacted>")
+    return printable(redact_urls(text), limit=MAX_API_MESSAGE)
+
+
 def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
@@ -81,6 +112,7 @@ class RealtimeKitAPI:
         )
         self._recordings = self._client.realtime_kit.recordings
         self._throttle = throttle
+        self._token = settings.cloudflare_api_token.get_secret_value()
 
     def close(self) -> None:
         self._client.close()
@@ -101,22 +133,25 @@ class RealtimeKitAPI:
         except cloudflare.NotFoundError:
             raise RecordingNotFound("not found (404)", permanent=True, status=404) from None
         except (cloudflare.AuthenticationError, cloudflare.PermissionDeniedError) as exc:
+            said = api_error_messages(exc.body, self._token)
             raise ApiError(
-                f"RealtimeKit API refused the credentials ({exc.status_code}): check CLOUDFLARE_API_TOKEN, "
-                "CLOUDFLARE_ACCOUNT_ID and REALTIMEKIT_APP_ID",
+                f"RealtimeKit API refused the credentials ({exc.status_code}{': ' + said if said else ''}): "
+                "check CLOUDFLARE_API_TOKEN, CLOUDFLARE_ACCOUNT_ID and REALTIMEKIT_APP_ID",
                 permanent=True,
                 status=exc.status_code,
             ) from None
         except cloudflare.APIStatusError as exc:
-            raise ApiError(
-                f"RealtimeKit API answered {exc.status_code}: {redact_urls(str(exc))[:300]}", status=exc.status_code
-            ) from None
+            said = api_error_messages(exc.body, self._token) or _clean(str(exc), self._token)
+            raise ApiError(f"RealtimeKit API answered {exc.status_code}: {said}", status=exc.status_code) from None
         except cloudflare.APIConnectionError as exc:
             raise ApiError(f"cannot reach the RealtimeKit API at {self._client.base_url}: {type(exc).__name__}") from None
         except ValueError as exc:  # malformed JSON
             raise ApiError(f"RealtimeKit API sent a malformed response: {type(exc).__name__}") from None
-        if not isinstance(body, dict) or body.get("success") is False:
-            raise ApiError("RealtimeKit API answered success=false")
+        if not isinstance(body, dict):
+            raise ApiError(f"RealtimeKit API sent a malformed response: a JSON {type(body).__name__}, not an object")
+        if body.get("success") is False:
+            said = api_error_messages(body, self._token)
+            raise ApiError(f"RealtimeKit API answered success=false: {said or 'without an error message'}")
         return body
 
     def get_recording(self, recording_id: str) -> Recording:

@@ -45,6 +45,37 @@ def _destination(value: str) -> str:
     return value
 
 
+def _report_file(value: str) -> Path:
+    """--report FILE: checked before any work (the report is written after the whole run).
+    FILE must be a file (new or existing) in an existing directory this process can write to."""
+    import errno
+    import tempfile
+
+    path = Path(value).expanduser()
+    if not value.strip():
+        raise argparse.ArgumentTypeError("--report needs a file name")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"--report {value}: is a directory, not a file")
+    parent = path.parent
+    if not parent.exists():
+        raise argparse.ArgumentTypeError(f"--report {value}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"--report {value}: {parent} is not a directory")
+    try:
+        if path.exists():
+            with open(path, "ab"):  # writable? (changes nothing)
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=parent):  # can a file be created there? (leaves nothing)
+                pass
+    except OSError as exc:
+        why = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system"}
+        raise argparse.ArgumentTypeError(
+            f"--report {value}: cannot write there ({why.get(exc.errno) or exc.strerror or type(exc).__name__})"
+        ) from None
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtk-archiver", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,12 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--destination", type=_destination, help="archive every recording here instead (a URL)")
     p.add_argument("--dry-run", action="store_true", help="report what would be archived, transfer nothing")
-    p.add_argument("--report", type=Path, metavar="FILE", help="also write the run's report (every outcome) as JSON to FILE")
+    p.add_argument("--report", type=_report_file, metavar="FILE", help="also write the run's report (every outcome) as JSON to FILE")
 
 
 def print_report(report: ArchiveReport, stream=None) -> None:
+    """The run's summary table. Every cell is plain text (never rich markup: a '[/b]' in a
+    file name neither styles nor crashes it), with control and bidi characters from the API
+    escaped (an ESC sequence, '\\r' or U+202E cannot rewrite the terminal)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from rtk_archiver.display import printable
 
     console = Console(file=stream or sys.stdout, width=160)
     table = Table(title="rtk-archiver summary", show_lines=False)
@@ -93,10 +130,11 @@ def print_report(report: ArchiveReport, stream=None) -> None:
     order = list(OutcomeKind)
     for o in sorted(report.outcomes, key=lambda o: (order.index(o.kind), o.recording_id)):
         detail = o.destination if o.kind in (OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED, OutcomeKind.WOULD_ARCHIVE) else o.reason
-        table.add_row(o.kind.value, o.recording_id, o.output_file_name or "", _size(o.bytes_total), detail or "")
+        cells = (o.kind.value, o.recording_id, o.output_file_name or "", _size(o.bytes_total), detail or "")
+        table.add_row(*(Text(printable(c)) for c in cells))
     console.print(table)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n) or "no recordings"
-    console.print(f"{counts}; {_size(report.bytes_transferred)} transferred")
+    console.print(Text(f"{counts}; {_size(report.bytes_transferred)} transferred"))
 
 
 def _size(n: int) -> str:

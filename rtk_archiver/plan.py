@@ -47,6 +47,12 @@ from storage_backends.destination import (
 )
 
 
+#: bounds on a recording's directory (storage_config.path), far below the usual PATH_MAX of
+#: 4096 bytes with the root and names added: a clear refusal instead of ENAMETOOLONG
+MAX_DIRECTORY_BYTES = 1024
+MAX_DIRECTORY_DEPTH = 32
+
+
 def why_not_archivable(recording: Recording) -> tuple[OutcomeKind, str] | None:
     """None when the recording can be archived now; else what to report and why."""
     if recording.status == "ERRORED":
@@ -81,6 +87,11 @@ def place(recording: Recording, destination: Destination, from_storage_config: b
     sc = recording.storage_config
     raw = sc.path if sc is not None else None
     directory = safe_relative_path(raw)
+    if len(directory.encode()) > MAX_DIRECTORY_BYTES or directory.count("/") >= MAX_DIRECTORY_DEPTH:
+        raise InvalidDestination(
+            f"storage_config.path is too long or too deep ({len(directory.encode())} bytes, "
+            f"{directory.count('/') + 1} levels; at most {MAX_DIRECTORY_BYTES} bytes and {MAX_DIRECTORY_DEPTH} levels)"
+        )
     if from_storage_config and destination.kind == "sftp" and raw and raw.strip().startswith("/"):
         return destination.model_copy(update={"root": "/"}), directory
     return destination, directory

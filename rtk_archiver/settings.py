@@ -2,6 +2,11 @@
 
 A missing or invalid setting stops a run before any work, with one message that names the
 variable (see ``load_settings``). Secrets are ``SecretStr`` and never printed.
+
+Every number has a lower and an upper bound and must be finite (``inf``, ``nan`` and values
+like ``1e30`` are refused here, not discovered later as an OverflowError or "timestamp out
+of range" in the middle of a run). URLs must not carry a user name or password: they are
+printed in messages and stored with the run in the Prefect database.
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+#: the longest wait between two task retries (ARCHIVE_RETRY_DELAY_SECONDS x 3^(retries - 1))
+MAX_RETRY_WAIT_SECONDS = 24 * 3600
 
 
 class SettingsError(Exception):
@@ -21,7 +30,8 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+    # allow_inf_nan=False: "inf" / "nan" are refused with "Input should be a finite number"
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, allow_inf_nan=False)
 
     # --- RealtimeKit API -------------------------------------------------------------------
     cloudflare_api_token: SecretStr = Field(description="API token with the Realtime permission.")
@@ -30,7 +40,7 @@ class Settings(BaseSettings):
     cloudflare_base_url: str = DEFAULT_BASE_URL
     api_page_size: int = Field(default=50, ge=1, le=1000, alias="ARCHIVE_API_PAGE_SIZE")
     api_max_retries: int = Field(default=5, ge=0, le=20, alias="ARCHIVE_API_MAX_RETRIES")
-    api_timeout_seconds: float = Field(default=60.0, gt=0, alias="ARCHIVE_API_TIMEOUT_SECONDS")
+    api_timeout_seconds: float = Field(default=60.0, ge=0.1, le=3600, alias="ARCHIVE_API_TIMEOUT_SECONDS")
 
     # --- Archive behaviour -----------------------------------------------------------------
     archive_default_destination: str | None = Field(
@@ -40,23 +50,25 @@ class Settings(BaseSettings):
     )
     # RealtimeKit keeps files ~7 days; look back that far plus a margin by default.
     archive_lookback_days: float = Field(default=8.0, gt=0, le=3650)
-    archive_poll_interval_minutes: float = Field(default=15, gt=0, le=24 * 60, description="Schedule of the poll deployment.")
+    archive_poll_interval_minutes: float = Field(default=15, ge=1, le=24 * 60, description="Schedule of the poll deployment.")
     archive_poll_overlap_minutes: int = Field(default=30, ge=0, le=24 * 60)
     archive_max_concurrent: int = Field(default=4, ge=1, le=64)
     archive_task_retries: int = Field(default=3, ge=0, le=20)
-    archive_retry_delay_seconds: float = Field(default=10.0, ge=0)
-    archive_download_timeout_seconds: float = Field(default=60.0, gt=0, description="A stalled download is resumed after this long.")
+    archive_retry_delay_seconds: float = Field(
+        default=10.0, ge=0, le=3600, description="First retry delay; tripled at each retry (the longest at most a day)."
+    )
+    archive_download_timeout_seconds: float = Field(default=60.0, ge=0.1, le=3600, description="A stalled download is resumed after this long.")
     archive_download_stall_seconds: float = Field(
-        default=60.0, gt=0, le=3600,
+        default=60.0, ge=0.1, le=3600,
         description="A download that receives less than 64 KiB in this long is stalled: resumed like a reset.",
     )
     archive_upload_stall_seconds: float = Field(
-        default=120.0, gt=0, le=3600,
+        default=120.0, ge=0.1, le=3600,
         description="An upload that makes no progress for this long fails (SFTP channel, S3 and GCS timeouts).",
     )
     archive_download_resumes: int = Field(default=5, ge=0, le=100, description="Resumes (Range requests) per file and attempt.")
     archive_api_requests_per_second: float = Field(
-        default=4.0, gt=0, le=1000, description="Shared rate limit on RealtimeKit API calls, across all runs and workers."
+        default=4.0, ge=0.01, le=1000, description="Shared rate limit on RealtimeKit API calls, across all runs and workers."
     )
     archive_max_transfers_per_backend: int = Field(
         default=4, ge=1, le=256, description="Transfers at once per backend kind, across all runs and workers."
@@ -99,9 +111,27 @@ class Settings(BaseSettings):
     @field_validator("cloudflare_base_url")
     @classmethod
     def _base_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
+        return _http_url(v, "the API token goes in CLOUDFLARE_API_TOKEN").rstrip("/")
+
+    @field_validator("s3_endpoint_url", "digitalocean_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        return _http_url(v, "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an S3Credentials block")
+
+    @model_validator(mode="after")
+    def _retry_wait(self) -> "Settings":
+        # the task retry delays are ARCHIVE_RETRY_DELAY_SECONDS x 3^i (flows/archive.py
+        # retry_delays); the longest must stay a sane time away (else Prefect schedules a
+        # retry centuries ahead, or overflows)
+        longest = self.archive_retry_delay_seconds * 3 ** max(0, self.archive_task_retries - 1)
+        if longest > MAX_RETRY_WAIT_SECONDS:
+            raise ValueError(
+                f"ARCHIVE_RETRY_DELAY_SECONDS x 3^(ARCHIVE_TASK_RETRIES - 1), the longest wait between retries, "
+                f"must be at most {MAX_RETRY_WAIT_SECONDS} seconds (one day): lower either"
+            )
+        return self
 
     @field_validator("archive_default_destination")
     @classmethod
@@ -112,6 +142,25 @@ class Settings(BaseSettings):
 
         parse_destination_url(v)  # raises ValueError with a clear message
         return v
+
+
+def _http_url(value: str, where_secrets_go: str) -> str:
+    """An http(s) URL with a host, a valid port and no user name or password in it. The
+    messages never repeat the value (it may hold a secret)."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("is not a valid URL (bad host or port)") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host")
+    if "@" in parts.netloc:
+        raise ValueError(f"must not contain a user name or password ({where_secrets_go})")
+    if port == 0:
+        raise ValueError("has port 0: use a port between 1 and 65535")
+    if parts.query or parts.fragment:
+        raise ValueError("must not contain a query or fragment ('?...', '#...')")
+    return value.strip()
 
 
 def _env_name(loc: tuple) -> str:
@@ -129,9 +178,11 @@ def load_settings(**overrides) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):
-            name = _env_name(err.get("loc", ()))
-            msg = "is not set" if err.get("type") == "missing" else err.get("msg", "is invalid")
-            problems.append(f"{name} {msg}")
+            loc = err.get("loc", ())
+            msg = "is not set" if err.get("type") == "missing" else str(err.get("msg", "is invalid"))
+            msg = msg.removeprefix("Value error, ")
+            # a check across settings (loc empty) names its variables itself
+            problems.append(f"{_env_name(loc)} {msg}" if loc else msg)
         raise SettingsError("Invalid configuration: " + "; ".join(problems)) from None
 
 

@@ -10,7 +10,7 @@ import posixpath
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rtk_archiver.models import StorageConfig
 
@@ -39,7 +39,8 @@ class Destination(BaseModel):
     #: the storage_config type it came from ("aws", "digitalocean", ...), or "url"
     source_type: str = "url"
     host: str | None = None
-    port: int | None = None
+    #: 1-65535 (None: 22); 0 is never read as "the default" (see _url_port)
+    port: int | None = Field(default=None, ge=1, le=65535)
     username: str | None = None
     auth_method: Literal["PASSWORD", "KEY"] | None = None
 
@@ -63,6 +64,26 @@ def _clean_root(path: str) -> str:
     return "/".join(parts)
 
 
+def _url_port(netloc: str) -> int | None:
+    """The port of a URL's netloc: None if absent (or empty, ``host:``), else 1-65535.
+    Only ASCII digits: urlsplit's own ``.port`` reads port 0 as a port and, on some Python
+    versions, accepts '+22' or non-ASCII digits."""
+    hostport = netloc.rpartition("@")[2]
+    if hostport.startswith("["):  # [IPv6]:port
+        _, _, rest = hostport.partition("]")
+        raw = rest[1:] if rest.startswith(":") else None
+    else:
+        raw = hostport.rpartition(":")[2] if ":" in hostport else None
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError("the port must be a number")
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return port
+
+
 def parse_destination_url(url: str) -> Destination:
     """file:///abs/path, s3://bucket/prefix, gs://bucket/prefix, sftp://user@host:port/path.
 
@@ -71,12 +92,17 @@ def parse_destination_url(url: str) -> Destination:
     """
     try:
         parts = urlsplit(url.strip())
-        port = parts.port
+        port = _url_port(parts.netloc)
     except ValueError as exc:
         raise InvalidDestination(f"not a valid destination URL ({exc})") from None
     scheme = parts.scheme.lower()
     if parts.password is not None:
         raise InvalidDestination("destination URLs must not contain a password (use SFTP_PASSWORD)")
+    if scheme in ("s3", "gs", "gcs") and ("@" in parts.netloc or port is not None):
+        raise InvalidDestination(
+            f"{scheme}:// URLs take a bucket only, no user or port: {scheme}://bucket/prefix "
+            "(credentials come from the environment or a credentials block)"
+        )
     if parts.query or parts.fragment:
         raise InvalidDestination("destination URLs take no query or fragment")
     path = unquote(parts.path)
@@ -101,7 +127,7 @@ def parse_destination_url(url: str) -> Destination:
         else:
             root = "/" + _clean_root(path)
         return Destination(
-            kind="sftp", host=parts.hostname, port=port or 22, username=unquote(parts.username), root=root
+            kind="sftp", host=parts.hostname, port=22 if port is None else port, username=unquote(parts.username), root=root
         )
     raise InvalidDestination(
         f"unsupported destination scheme {scheme + '://' if scheme else '(none)'}; "
@@ -133,9 +159,9 @@ def destination_from_storage_config(sc: StorageConfig) -> Destination:
             "storage_config.auth_method must be PASSWORD or KEY for type 'sftp'"
             + (" (it is missing)" if not sc.auth_method else "")
         )
-    port = sc.port or 22
+    port = 22 if sc.port is None else sc.port  # not `or 22`: port 0 is an error, not the default
     if not 0 < port < 65536:
-        raise InvalidDestination("storage_config.port must be between 1 and 65535")
+        raise InvalidDestination(f"storage_config.port must be between 1 and 65535 (it is {port})")
     return Destination(
         kind="sftp", host=sc.host, port=port, username=sc.username, auth_method=auth, source_type="sftp"
     )

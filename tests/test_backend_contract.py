@@ -117,3 +117,200 @@ def test_s3_server_error_mid_upload_aborts_the_multipart_upload(s3_env):
     assert b.stat("video.mp4") is None
     assert not b.client.list_multipart_uploads(Bucket=s3_env).get("Uploads")
     b.close()
+
+
+# --- permission denied, on every backend ------------------------------------------------------
+#
+# Each backend is given a destination it may read but not write, by the server's own rules:
+#   file: a 0o555 directory, the put run without CAP_DAC_OVERRIDE (root ignores mode bits
+#         otherwise; tests/fixtures/privileges.py)
+#   s3:   a moto server of its own with IAM authentication enforced (moto 5 enforces IAM
+#         identity policies, not bucket policies) and a user whose policy allows reading and
+#         listing the bucket but not s3:PutObject
+#   gcs:  gcp-storage-emulator has no permissions at all: a small forwarding proxy in front of
+#         the real emulator answers writes with GCS's own 403 (reads are forwarded)
+#   sftp: a directory owned by root (0o755) in the SFTP user's home
+
+DENIED_KEY = "video.mp4"
+DENY_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads",
+                                       "s3:AbortMultipartUpload"], "Resource": "*"},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def moto_s3_auth_server():
+    """A moto server in its own process (its auth switch is process-wide) with IAM
+    authentication on; yields (endpoint, bucket, access key id, secret) of a read-only user."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    import boto3
+
+    from rtk_archiver.prefect_api import stop_process
+    from tests.fixtures import free_port, wait_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                 "aws_access_key_id": "AKIAADMINRTKTEST", "aws_secret_access_key": "admin-secret"}
+        bucket = "rtk-denied"
+        boto3.client("s3", **admin).create_bucket(Bucket=bucket)
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="rtk-reader")
+        iam.put_user_policy(UserName="rtk-reader", PolicyName="read-only", PolicyDocument=json.dumps(DENY_POLICY))
+        key = iam.create_access_key(UserName="rtk-reader")["AccessKey"]
+        # from now on every request is authenticated and authorized against IAM
+        urllib.request.urlopen(urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+        )).read()
+        yield endpoint, bucket, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        stop_process(proc, timeout=10)
+
+
+@pytest.fixture
+def gcs_write_denying_proxy(gcs_emulator):
+    """An HTTP proxy to the emulator that answers every write (POST/PUT/PATCH/DELETE) with
+    GCS's 403 body and forwards everything else; yields its URL."""
+    import http.client
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    from tests.fixtures import free_port
+
+    upstream = urlsplit(gcs_emulator)
+    denied: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _deny(self):
+            self._body()
+            denied.append(f"{self.command} {self.path}")
+            body = json.dumps({"error": {"code": 403, "message": "rtk-test does not have storage.objects.create access",
+                                         "errors": [{"reason": "forbidden", "message": "forbidden"}]}}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _forward(self):
+            body = self._body()
+            conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_HEAD = _forward
+        do_POST = do_PUT = do_PATCH = do_DELETE = _deny
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.denied = denied
+    yield f"http://127.0.0.1:{port}", server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(params=["file", "s3", "gcs", "sftp"])
+def denied_backend(request, tmp_path, monkeypatch):
+    """(backend, where: fragments the error must name, leftovers(), put context)."""
+    import contextlib
+    import uuid
+
+    kind = request.param
+    put_context = contextlib.nullcontext
+    if kind == "file":
+        from tests.fixtures.privileges import dac_drop_unavailable, without_dac_override
+
+        if reason := dac_drop_unavailable():
+            pytest.skip(reason)
+        root = tmp_path / "root"
+        root.mkdir(mode=0o555)
+        b = open_backend(parse_destination_url(f"file://{root}"), settings())
+        where = [str(root / DENIED_KEY)]
+        leftovers = lambda: [p.name for p in root.rglob("*")]  # noqa: E731
+        put_context = without_dac_override
+    elif kind == "s3":
+        endpoint, bucket, key_id, secret = request.getfixturevalue("moto_s3_auth_server")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        prefix = f"pre-{uuid.uuid4().hex[:8]}"
+        b = open_backend(parse_destination_url(f"s3://{bucket}/{prefix}"), settings(archive_credential_blocks=False))
+        where = [f"s3://{bucket}/{prefix}/{DENIED_KEY}"]
+        leftovers = lambda: [o["Key"] for o in b.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])] + [  # noqa: E731
+            u["Key"] for u in b.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"].startswith(prefix)
+        ]
+    elif kind == "gcs":
+        bucket = request.getfixturevalue("gcs_env")
+        proxy, server = request.getfixturevalue("gcs_write_denying_proxy")
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy)
+        b = open_backend(parse_destination_url(f"gs://{bucket}/pre"), settings(archive_credential_blocks=False))
+        where = [f"gs://{bucket}/pre/{DENIED_KEY}"]
+        leftovers = lambda: [blob.name for blob in b.client.list_blobs(bucket)]  # noqa: E731
+    else:
+        import shutil
+
+        server = request.getfixturevalue("sshd_server")
+        root = server.home("rtkpass") / f"denied-{uuid.uuid4().hex[:8]}"
+        root.mkdir(mode=0o755)  # owned by root: rtkpass may read, not write
+        request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+        b = request.getfixturevalue("sftp_backend_factory")(root=str(root))
+        where = [f"{root}/{DENIED_KEY}", f"127.0.0.1:{server.port}"]
+        leftovers = lambda: [p.name for p in root.rglob("*")]  # noqa: E731
+    yield b, where, leftovers, put_context
+    b.close()
+
+
+@pytest.mark.parametrize("size", [1000, SIZE], ids=["small", "multipart"])
+def test_permission_denied_is_permanent_clear_and_leaves_nothing(denied_backend, size):
+    import re
+
+    from storage_backends import PermanentStorageError
+
+    backend, where, leftovers, put_context = denied_backend
+    with put_context():
+        with pytest.raises(PermanentStorageError) as info:
+            backend.put(DENIED_KEY, VerifyingReader(media(size), size, backend.hash_types), size)
+        message = str(info.value)
+        assert re.search(r"denied|permission", message, re.I), message
+        for fragment in where:
+            assert fragment in message, (fragment, message)
+        assert backend.stat(DENIED_KEY) is None
+        assert leftovers() == []

@@ -79,3 +79,67 @@ def test_block_names_and_digitalocean_endpoint():
     s2 = Settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b",
                   ARCHIVE_DIGITALOCEAN_ENDPOINT_URL="http://127.0.0.1:9000", ARCHIVE_S3_ENDPOINT_URL="http://minio:9000")
     assert endpoint_for(do, s2) == "http://127.0.0.1:9000" and endpoint_for(aws, s2) == "http://minio:9000"
+
+
+# --- issue 10: port 0 is not port 22 ----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sftp://user@host:0/x",
+        "sftp://user@host:00/x",
+        "sftp://user@host:65536/x",
+        "sftp://user@host:99999999999999999999/x",
+        "sftp://user@host:-1/x",
+        "sftp://user@host:+22/x",
+        "sftp://user@host:\u0662\u0662/x",  # Arabic-Indic digits
+        "sftp://user@[::1]:0/x",
+        "sftp://user:hunter2@host:0/x",
+    ],
+)
+def test_bad_sftp_ports_are_refused(url):
+    with pytest.raises(InvalidDestination, match="port") as info:
+        parse_destination_url(url)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url, port",
+    [("sftp://u@h/x", 22), ("sftp://u@h:/x", 22), ("sftp://u@h:1/x", 1), ("sftp://u@h:65535/x", 65535), ("sftp://u@[::1]:2222/x", 2222)],
+)
+def test_good_sftp_ports(url, port):
+    assert parse_destination_url(url).port == port
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://AKIA@bucket/x", "s3://bucket:443/x", "gs://user@bucket/x", "gs://bucket:0/x", "s3://:@bucket/x"]
+)
+def test_object_store_urls_take_no_user_or_port(url):
+    """Used to become a bucket named 'AKIA@bucket' or 'bucket:443' (the netloc as it was)."""
+    with pytest.raises(InvalidDestination, match="no user or port|port|password"):
+        parse_destination_url(url)
+
+
+@pytest.mark.parametrize("port", [0, 0.0, "0", -1, -22, 65536, 10**30, 1e30])
+def test_bad_storage_config_ports_are_refused(port):
+    sc = StorageConfig.model_validate({"type": "sftp", "host": "h", "username": "u", "auth_method": "KEY", "port": port})
+    with pytest.raises(InvalidDestination, match="storage_config.port"):
+        destination_from_storage_config(sc)
+
+
+def test_storage_config_without_a_port_is_22():
+    for port in (None, ""):
+        sc = StorageConfig.model_validate({"type": "sftp", "host": "h", "username": "u", "auth_method": "KEY", "port": port})
+        assert destination_from_storage_config(sc).port == 22
+
+
+def test_a_destination_cannot_hold_port_0():
+    """The model itself refuses it, so no other path (a block, a later parser) can bring it
+    to storage_backends/sftp.py, which reads `port or 22`."""
+    from pydantic import ValidationError
+
+    from storage_backends import Destination
+
+    for port in (0, -1, 65536):
+        with pytest.raises(ValidationError):
+            Destination(kind="sftp", host="h", username="u", port=port)

@@ -271,3 +271,13 @@ def test_two_overlapping_cli_runs_both_succeed_and_archive_each_recording_once(a
     assert [p.returncode for p in procs] == [0, 0], outs
     assert_each_archived_intact(root, recs)
     assert len([p for p in root.iterdir() if p.name.endswith(".mp4")]) == 4
+
+
+def test_a_too_deep_storage_config_path_fails_clearly_and_alone(archiver_env):
+    env = archiver_env
+    deep = env.state.add_recording(file_size=1000, storage_config={"type": "aws", "bucket": "b", "path": "/".join(["d" * 60] * 40)})
+    fine = env.state.add_recording(file_size=1000)
+    report = run_report(archive_recordings, destination=f"file://{env.archive}")
+    out = {o.recording_id: o for o in report.outcomes}
+    assert out[deep["id"]].kind == OutcomeKind.FAILED and "storage_config.path is too long" in out[deep["id"]].reason
+    assert out[fine["id"]].kind == OutcomeKind.ARCHIVED
