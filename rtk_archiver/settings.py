@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     )
     # RealtimeKit keeps files ~7 days; look back that far plus a margin by default.
     archive_lookback_days: float = Field(default=8.0, gt=0, le=3650)
-    archive_poll_interval_minutes: float = Field(default=15, ge=1, le=24 * 60, description="Schedule of the poll deployment.")
+    archive_poll_interval_minutes: float = Field(default=15, ge=0.05, le=24 * 60, description="Schedule of the poll deployment (at least 3 s).")
     archive_poll_overlap_minutes: int = Field(default=30, ge=0, le=24 * 60)
     archive_max_concurrent: int = Field(default=4, ge=1, le=64)
     archive_task_retries: int = Field(default=3, ge=0, le=20)

@@ -46,9 +46,19 @@ PERMANENT_ERRNOS = {
 }
 
 
+def _shown(path: object, limit: int = 300) -> str:
+    """A path for a message: long ones keep their start and their last component."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    head, _, last = text.rpartition("/")
+    return f"{head[:120]}/…/{last[-120:]}"
+
+
 def os_error(exc: OSError, action: str, path: object) -> StorageError:
     """Map an OSError to a clear StorageError: permanent for what retrying cannot fix."""
     code = exc.errno
+    path = _shown(path)
     if code in PERMANENT_ERRNOS:
         return PermanentStorageError(f"cannot {action} {path}: {PERMANENT_ERRNOS[code]}")
     if code == errno.ENOSPC:

@@ -146,10 +146,10 @@ class SFTPBackend(StorageBackend):
     @property
     def where(self) -> str:
         d = self.destination
-        return f"{d.username}@{d.host}:{d.port or 22}"
+        return f"{d.username}@{d.host}:{22 if d.port is None else d.port}"
 
     def _host_key_name(self) -> str:
-        port = self.destination.port or 22
+        port = 22 if self.destination.port is None else self.destination.port
         return self.destination.host if port == 22 else f"[{self.destination.host}]:{port}"
 
     def _known_hosts(self) -> paramiko.HostKeys:
@@ -170,7 +170,7 @@ class SFTPBackend(StorageBackend):
         entry = known.lookup(name)
         if entry is None:
             if not self.settings.sftp_trust_unknown_hosts:
-                port = self.destination.port or 22
+                port = 22 if self.destination.port is None else self.destination.port
                 raise PermanentStorageError(
                     f"the host key of {name} is unknown: add it to {self.settings.sftp_known_hosts} "
                     f"(ssh-keyscan -p {port} {self.destination.host} >> {self.settings.sftp_known_hosts}) after "
@@ -228,7 +228,7 @@ class SFTPBackend(StorageBackend):
         d = self.destination
         known = self._known_hosts()
         try:
-            sock = socket.create_connection((d.host, d.port or 22), timeout=CONNECT_TIMEOUT)
+            sock = socket.create_connection((d.host, 22 if d.port is None else d.port), timeout=CONNECT_TIMEOUT)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
             opts = transport.get_security_options()
