@@ -245,7 +245,7 @@ def test_permanent_destination_errors_fail_once_at_once_and_others_are_archived(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.archive import archive_recordings
+    from flows.archive import archive_recordings, report_of
     from rtk_archiver.cli import print_report
     from rtk_archiver.models import OutcomeKind
     from tests.fixtures.privileges import dac_drop_unavailable, mount_unavailable, readonly_mount, without_dac_override
@@ -266,14 +266,15 @@ def test_permanent_destination_errors_fail_once_at_once_and_others_are_archived(
         add("ro.mp4", "ro")["id"]: "read-only file system",
         add("notdir.mp4", "blocked/sub")["id"]: "a path component is a file",
         add("in-the-way.mp4", "blocked")["id"]: "a file is in the way",
-        add("deep.mp4", DEEP_PATH)["id"]: "name too long",
         add("locked.mp4", "locked")["id"]: "permission denied",
     }
+    # refused by the plan before any I/O: a clear message instead of ENAMETOOLONG, no task at all
+    deep = add("deep.mp4", DEEP_PATH)["id"]
     good = [add("good.mp4")["id"], add("fine\x1b[2J\u202e.mp4", "ok/dir")["id"]]
 
     with readonly_mount(archive / "ro"), without_dac_override():
         state = archive_recordings(destination=f"file://{archive}", return_state=True)
-        report = state.result()
+        report = report_of(state)
         leftovers = [p for p in tmp_path.rglob("*") if ".rtkpart-" in p.name]
         in_ro = list((archive / "ro").iterdir())
 
@@ -283,6 +284,8 @@ def test_permanent_destination_errors_fail_once_at_once_and_others_are_archived(
         assert phrase in out[rid].reason, out[rid].reason
         assert str(archive) in out[rid].reason  # names where
         assert "Traceback" not in out[rid].reason
+    assert out[deep].kind == OutcomeKind.FAILED and "storage_config.path is too long" in out[deep].reason
+    assert state.is_failed() and f"{len(expect) + 1} of {len(expect) + 3} recording(s) failed" in state.message
     for rid in good:
         assert out[rid].kind == OutcomeKind.ARCHIVED, out[rid]
     assert (archive / "good.mp4").stat().st_size == 20_000

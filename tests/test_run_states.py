@@ -38,7 +38,14 @@ def test_pending_skipped_and_already_archived_are_not_failures(archiver_env):
 
 
 def test_a_poll_with_a_failed_recording_is_failed(archiver_env):
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.variables import Variable
+
+    from flows.poll import POLL_MARK
+
     env = archiver_env
+    Variable.set(POLL_MARK, (datetime.now(timezone.utc) - timedelta(hours=6)).isoformat(), overwrite=True)
     env.state.add_recording(file_size=1000)
     bad = env.state.add_recording(file_size=1000, storage_config=NO_CREDENTIALS)
     state = poll_recordings(overlap_minutes=0, return_state=True)

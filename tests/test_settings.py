@@ -165,7 +165,7 @@ def test_the_longest_retry_wait_is_bounded(base_env, retries, delay):
 
 
 def test_every_accepted_retry_setting_schedules_in_range(base_env):
-    from flows.archive import retry_delays
+    from flows.runtime import retry_delays
 
     for retries in range(0, 21):
         for delay in (0, 0.5, 10, 60, 600, 3600):
