@@ -52,6 +52,11 @@ def specs(settings: Settings) -> list[DeploymentSpec]:
             "archive-recordings", "archive-window", "flows/archive.py:archive_recordings",
             "Archive one time window (the backfill's child runs).",
         ),
+        DeploymentSpec(
+            "verify-archive", "weekly-verify", "flows/verify.py:verify_archive",
+            "Every week: check every archived file against its sidecar; re-archive what is missing or corrupt.",
+            interval=timedelta(days=7),
+        ),
     ]
 
 

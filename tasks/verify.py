@@ -126,7 +126,8 @@ def check_archive(
             continue
         key = posixpath.join(directory, entry.name) if directory else entry.name
         info = (listed or {}).get(key)
-        if info is None:
+        if info is None or (getattr(backend, "hash_types", ()) and not info.hashes):
+            # not listed nearby, or listed without the hashes the backend has: ask it
             wait()
             info = backend.stat(key)
         if info is None:
