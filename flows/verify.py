@@ -248,7 +248,7 @@ def publish_verify_report(report: VerifyReport) -> None:
         r = repairs.get((dest, rid))
         emit_event(
             event=EVENT_CORRUPT,
-            resource={"prefect.resource.id": f"rtk.recording.{rid}", "prefect.resource.name": problems[0].sidecar},
+            resource={"prefect.resource.id": f"rtk.recording.{rid if rid != '?' else 'unknown'}", "prefect.resource.name": problems[0].sidecar},
             payload={
                 "destination": dest,
                 "problems": [p.model_dump(include={"file", "problem", "detail"}) for p in problems],

@@ -100,6 +100,12 @@ def test_verify_deployment_is_weekly_in_both_definitions():
     ydoc = {d["name"]: d for d in doc["deployments"]}["weekly-verify"]
     assert ydoc["entrypoint"] == spec.entrypoint
     assert ydoc["schedules"][0]["interval"] == spec.interval.total_seconds()
+    assert ydoc["concurrency_limit"] == {"limit": 1, "collision_strategy": spec.concurrency_limit.collision_strategy.value}
+    from prefect.utilities.callables import parameter_schema
+
+    props = parameter_schema(verify_archive.fn).model_dump_for_openapi()["properties"]
+    assert set(props) == {"destinations", "deep", "repair"} and all(p.get("description") for p in props.values())
+    assert props["destinations"]["anyOf"][0]["items"]["pattern"].startswith("^(file|s3|gs")
 
 
 # -- the scrub, end to end, on every backend ----------------------------------------------------
