@@ -52,6 +52,13 @@ def specs(settings: Settings) -> list[DeploymentSpec]:
             "archive-recordings", "archive-window", "flows/archive.py:archive_recordings",
             "Archive one time window (the backfill's child runs).",
         ),
+        DeploymentSpec(
+            "verify-archive", "weekly-verify", "flows/verify.py:verify_archive",
+            "Every week: check every archived file against its sidecar; re-archive what is missing or corrupt.",
+            interval=timedelta(days=7),
+            # one scrub at a time (each paces its own storage operations); a second one waits
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        ),
     ]
 
 

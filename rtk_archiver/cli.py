@@ -89,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recording_id")
     _common(p)
 
+    p = sub.add_parser(
+        "verify", help="re-verify the archive: every file each sidecar lists is there and intact; re-archive what is not"
+    )
+    p.add_argument(
+        "--destination", action="append", type=_destination, default=[], metavar="URL",
+        help="verify this destination (repeatable; default: ARCHIVE_DEFAULT_DESTINATION and every storage_config "
+        "destination of the recordings in the lookback window)",
+    )
+    p.add_argument("--deep", action="store_true", help="re-read and re-hash (sha256) files on storage that reports no hashes (file, sftp)")
+    p.add_argument("--no-repair", action="store_true", help="only report; do not archive damaged recordings again")
+    p.add_argument("--report", type=Path, metavar="FILE", help="also write the verification report as JSON to FILE")
+
     p = sub.add_parser("simulator", help="serve a local RealtimeKit Recordings API simulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
@@ -206,6 +218,69 @@ def _drain_prefect_workers() -> None:
             pass
 
 
+def _run_verify(args: argparse.Namespace) -> int:
+    """``rtk-archiver verify``: the verify-archive flow, on a private Prefect API unless
+    ``PREFECT_API_URL`` is set. Exit 1 when anything is missing or corrupt (or a destination
+    could not be verified)."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from rtk_archiver.prefect_api import PrefectAPIError, private_prefect_api
+
+    try:
+        with private_prefect_api():
+            try:
+                from prefect.task_runners import ThreadPoolTaskRunner
+
+                from flows.verify import verify_archive
+
+                flow = verify_archive.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.archive_max_concurrent))
+                state = flow(destinations=args.destination or None, deep=args.deep, repair=not args.no_repair, return_state=True)
+                result, message = state.result(raise_on_failure=False), state.message
+            finally:
+                _drain_prefect_workers()
+    except PrefectAPIError as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    from flows.verify import VerifyReport
+
+    if not isinstance(result, VerifyReport):
+        print(f"rtk-archiver: the run failed: {message or result}", file=sys.stderr)
+        return EXIT_FAILED
+    print_verify_report(result)
+    if args.report:
+        args.report.write_text(result.model_dump_json(indent=2))
+    return EXIT_FAILED if result.failure_message() else EXIT_OK
+
+
+def print_verify_report(report, stream=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream or sys.stdout, width=160)
+    table = Table(title="rtk-archiver verify", show_lines=False)
+    for col in ("destination", "sidecars", "files", "problems", "error"):
+        table.add_column(col, overflow="fold")
+    for d in report.destinations:
+        table.add_row(d.destination, str(d.sidecars), str(d.files), str(len(d.problems)), d.error or "")
+    console.print(table)
+    if report.problems:
+        repairs = {(r.destination, r.recording_id): r.detail for r in report.repairs}
+        damaged = Table(title="missing or corrupt", show_lines=False)
+        for col in ("recording", "file", "problem", "repair"):
+            damaged.add_column(col, overflow="fold")
+        for d in report.destinations:
+            for p in d.problems:
+                damaged.add_row(p.recording_id or "?", p.file or p.sidecar, p.detail, repairs.get((d.destination, p.recording_id or "?"), "not attempted"))
+        console.print(damaged)
+    for note in report.notes:
+        console.print(f"not verified: {note}")
+    console.print(report.failure_message() or "nothing missing or corrupt")
+
+
 def _run_deployments(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
@@ -282,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("archive", "archive-one"):
         return _run_archive(args)
+    if args.command == "verify":
+        return _run_verify(args)
     if args.command == "simulator":
         from rtk_archiver.simulator import serve
 

@@ -214,11 +214,26 @@ class RecordingOutcome(BaseModel):
     reference_time: datetime | None = None
 
 
+class RecordingRisk(BaseModel):
+    """A finished recording that is not archived and whose files on RealtimeKit expire soon
+    (at risk) or are already gone (lost). Named by the expiry watchdog (flows/watchdog.py)."""
+
+    recording_id: str
+    output_file_name: str | None = None
+    #: when RealtimeKit's copy stops being reachable (None: unknown)
+    deadline: datetime | None = None
+    reason: str
+
+
 class ArchiveReport(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     dry_run: bool = False
     outcomes: list[RecordingOutcome] = Field(default_factory=list)
+    #: finished, not archived, files expire within ARCHIVE_EXPIRY_WARNING_HOURS
+    at_risk: list[RecordingRisk] = Field(default_factory=list)
+    #: finished, never archived, files already gone: reported by the first run that sees it
+    lost: list[RecordingRisk] = Field(default_factory=list)
 
     def of(self, kind: OutcomeKind) -> list[RecordingOutcome]:
         return [o for o in self.outcomes if o.kind == kind]
@@ -233,3 +248,22 @@ class ArchiveReport(BaseModel):
 
     def counts(self) -> dict[str, int]:
         return {k.value: len(self.of(k)) for k in OutcomeKind}
+
+    def run_failure_message(self) -> str | None:
+        """None when the run succeeded; else why it failed: how many recordings failed, are at
+        risk of expiring unarchived, or were lost, and the first reason. At-risk and lost
+        recordings fail a run like failed ones do (a dry run only reports them)."""
+        at_risk, lost = ([], []) if self.dry_run else (self.at_risk, self.lost)
+        parts = [
+            f"{len(items)} recording(s) {what}"
+            for items, what in ((self.failed, "failed"), (at_risk, "at risk of expiring unarchived"), (lost, "lost"))
+            if items
+        ]
+        if not parts:
+            return None
+        first = next(iter(self.failed), None)
+        reason = f"{first.recording_id}: {first.reason or 'failed'}" if first else None
+        if reason is None:
+            risk = (at_risk or lost)[0]
+            reason = f"{risk.recording_id}: {risk.reason}"
+        return f"{', '.join(parts)}; first: {reason}"

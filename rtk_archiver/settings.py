@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         default=False, description="Accept (and remember) unknown host keys. Never the default."
     )
 
+    # --- Watching for loss: expiry watchdog and scrub ----------------------------------------
+    archive_expiry_warning_hours: float = Field(
+        default=48.0, ge=0, le=24 * 365,
+        description="A finished recording not archived whose files on RealtimeKit expire within this many hours "
+        "is reported at risk and fails the run.",
+    )
+    archive_verify_ops_per_second: float = Field(
+        default=25.0, gt=0, le=10000,
+        description="Storage operations per second (list pages, stats, reads) the scrub makes on each destination.",
+    )
+
     @field_validator("cloudflare_api_token")
     @classmethod
     def _token(cls, v: SecretStr) -> SecretStr:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import ClassVar, Protocol
 
 from rtk_archiver.models import ObjectInfo
@@ -72,6 +73,13 @@ class StorageBackend(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove key if present."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
+        """Every object whose key starts with ``prefix``, recursively, streamed (bounded
+        memory: a page or one directory at a time), as (key relative to the destination root,
+        size and the hashes the listing gives). Temp files (names containing ``.rtkpart-``)
+        are left out. An error listing any part raises ``StorageError``."""
 
     # -- helpers with defaults -------------------------------------------------------------
     def confirm_stored(self, key: str, size: int | None) -> ObjectInfo:

@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import posixpath
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from google.api_core import exceptions as gexc
@@ -131,3 +132,14 @@ class GCSBackend(StorageBackend):
 
     def close(self) -> None:
         self.client.close()
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
+        """Objects under ``prefix``, a page at a time, in key order, with their crc32c."""
+        base = f"{self.destination.root}/" if self.destination.root else ""
+        try:
+            for blob in self.client.list_blobs(self.bucket, prefix=base + prefix):
+                key = blob.name[len(base):]
+                if key and not key.endswith("/") and ".rtkpart-" not in posixpath.basename(key):
+                    yield key, self._info(blob)
+        except gexc.GoogleAPIError as exc:
+            raise self._fail(exc, "list", prefix) from None

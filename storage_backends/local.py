@@ -19,13 +19,14 @@ import glob
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .destination import Destination
-from .tempnames import temp_prefix
+from .tempnames import TEMP_MARKER, temp_prefix
 
 COPY_CHUNK = 1024 * 1024
 #: a temp file whose lock is free is abandoned once it is this old (a live writer takes its
@@ -181,6 +182,43 @@ class LocalBackend(StorageBackend):
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise os_error(exc, "delete", path) from None
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
+        """Regular files under ``prefix``, in key order (as S3 and GCS list), one directory in
+        memory at a time; symlinks and temp files are left out."""
+        directory = prefix.rpartition("/")[0]
+        start = self._path(directory) if directory else self.root
+        yield from self._walk(start, f"{directory}/" if directory else "", prefix)
+
+    def _walk(self, path: Path, rel: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
+        try:
+            with os.scandir(path) as it:
+                # a directory sorts as "name/", so the walk comes out in key order
+                entries = sorted(it, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise os_error(exc, "list", path) from None
+        for entry in entries:
+            key = rel + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                        yield from self._walk(Path(entry.path), key + "/", prefix)
+                elif entry.is_file(follow_symlinks=False) and TEMP_MARKER not in entry.name and key.startswith(prefix):
+                    yield key, ObjectInfo(size=entry.stat(follow_symlinks=False).st_size)
+            except FileNotFoundError:
+                continue  # removed while listing
+
+    def read_chunks(self, key: str, chunk_size: int = COPY_CHUNK) -> Iterator[bytes]:
+        """The object's content, streamed (the scrub's ``--deep`` re-hash)."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(chunk_size):
+                    yield chunk
+        except OSError as exc:
+            raise os_error(exc, "read", path) from None
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -14,6 +14,7 @@ else botocore's own (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import boto3
@@ -146,4 +147,17 @@ class S3Backend(StorageBackend):
 
     def close(self) -> None:
         self.client.close()
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
+        """Objects under ``prefix``, a page (1,000 keys) at a time, in key order. The listing
+        gives sizes only (no checksum values)."""
+        base = f"{self.destination.root}/" if self.destination.root else ""
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(base):]
+                    if key and not key.endswith("/") and ".rtkpart-" not in posixpath.basename(key):
+                        yield key, ObjectInfo(size=int(obj["Size"]))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "list", prefix) from None
 

@@ -22,6 +22,7 @@ import socket
 import threading
 import stat as stat_mod
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -412,3 +413,47 @@ class SFTPBackend(StorageBackend):
             pass
         except OSError as exc:
             raise self._os_error(exc, "delete", path) from None
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
+        """Regular files under ``prefix``, in key order (as S3 and GCS list), one directory in
+        memory at a time; symlinks and temp files are left out."""
+        directory = prefix.rpartition("/")[0]
+        yield from self._walk(self._path(directory), f"{directory}/" if directory else "", prefix)
+
+    def _walk(self, path: str, rel: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
+        try:
+            attrs = self._connect().listdir_attr(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._os_error(exc, "list", path) from None
+        except (paramiko.SSHException, EOFError):
+            raise StorageError(f"SFTP connection to {self.where} lost while listing {path}") from None
+
+        def is_dir(a: paramiko.SFTPAttributes) -> bool:
+            return stat_mod.S_ISDIR(a.st_mode or 0)
+
+        for a in sorted(attrs, key=lambda a: a.filename + "/" if is_dir(a) else a.filename):
+            key = rel + a.filename
+            if is_dir(a):
+                if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                    yield from self._walk(posixpath.join(path, a.filename), key + "/", prefix)
+            elif stat_mod.S_ISREG(a.st_mode or 0) and TEMP_MARKER not in a.filename and key.startswith(prefix):
+                yield key, ObjectInfo(size=int(a.st_size or 0))
+
+    def read_chunks(self, key: str, chunk_size: int = WRITE_CHUNK) -> Iterator[bytes]:
+        """The object's content, streamed with pipelined reads of ``chunk_size`` at a time
+        (the scrub's ``--deep`` re-hash); memory: one chunk."""
+        path = self._path(key)
+        request = 32 * 1024
+        try:
+            with self._connect().open(path, "rb") as fh:
+                size = fh.stat().st_size or 0
+                for start in range(0, size, chunk_size):
+                    end = min(size, start + chunk_size)
+                    spans = [(o, min(request, end - o)) for o in range(start, end, request)]
+                    yield b"".join(fh.readv(spans))
+        except OSError as exc:
+            raise self._os_error(exc, "read", path) from None
+        except (paramiko.SSHException, EOFError):
+            raise StorageError(f"SFTP connection to {self.where} lost while reading {path}") from None

@@ -1,0 +1,264 @@
+"""Units of work that check what a destination holds against the sidecars the archiver wrote.
+
+* ``check_archive``: every file one sidecar lists is there, at its recorded size, with the
+  hashes the storage reports (GCS crc32c; S3 checksums where stored) matching the sidecar's,
+  and, with ``deep``, on storage that reports none (local, SFTP), re-read and re-hashed
+  (sha256, streamed: one chunk in memory).
+* ``verify_destination``: the scrub of one destination: its listing streamed, each sidecar
+  checked, at most ``ARCHIVE_VERIFY_OPS_PER_SECOND`` storage operations a second.
+* ``find_archives``: whether recordings the watchdog would call lost are in fact archived
+  (a recording archived days ago has no download URL any more: that is no loss).
+
+Nothing here writes or deletes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from rtk_archiver.log import run_logger
+from rtk_archiver.models import ObjectInfo, Recording, Sidecar
+from rtk_archiver.naming import keys_for, redact_urls
+from rtk_archiver.settings import load_settings
+from storage_backends import Destination, StorageBackend, open_backend
+from storage_backends.base import StorageError
+from tasks.retry import retry_transient
+
+SIDECAR_SUFFIX = ".metadata.json"
+#: listing entries remembered, so that a sidecar's files listed just before it need no stat
+RECENT_ENTRIES = 4096
+#: listing entries counted as one storage operation (a page)
+ENTRIES_PER_OP = 1000
+
+Problem = Literal["missing", "size", "hash", "sidecar"]
+
+
+class FileProblem(BaseModel):
+    """One thing wrong with an archived recording."""
+
+    recording_id: str | None  # None: the sidecar itself cannot be read
+    sidecar: str  # key of the sidecar, relative to the destination root
+    file: str | None = None  # key of the file, if the problem is a file's
+    problem: Problem
+    detail: str
+
+
+class DestinationScrub(BaseModel):
+    """What the scrub found at one destination."""
+
+    destination: str  # display URL, no secrets
+    sidecars: int = 0
+    files: int = 0
+    bytes_hashed: int = 0
+    seconds: float = 0.0
+    problems: list[FileProblem] = Field(default_factory=list)
+    error: str | None = None  # the destination could not be (completely) listed
+
+
+class OpsLimiter:
+    """At most ``per_second`` operations a second, paced evenly (thread-safe)."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / per_second
+        self.clock, self.sleep = clock, sleep
+        self.next = clock()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            now = self.clock()
+            start = max(now, self.next)
+            self.next = start + self.interval
+        if start > now:
+            self.sleep(start - now)
+
+
+def _no_limit() -> None:
+    return None
+
+
+def hashes_agree(info: ObjectInfo, sha256: str, hashes: dict[str, str]) -> tuple[bool, list[str]]:
+    """(all hashes both sides know agree, the names compared)."""
+    compared = []
+    for name, value in info.hashes.items():
+        known = sha256 if name == "sha256" else hashes.get(name)
+        if known is None:
+            continue
+        compared.append(name)
+        if known.lower() != value.lower():
+            return False, compared
+    return True, compared
+
+
+def check_archive(
+    backend: StorageBackend,
+    sidecar_key: str,
+    sidecar: Sidecar,
+    *,
+    listed: dict[str, ObjectInfo] | None = None,
+    deep: bool = False,
+    wait: Callable[[], None] = _no_limit,
+) -> tuple[list[FileProblem], int, int]:
+    """Check every file ``sidecar`` lists (in the sidecar's directory): (problems, files
+    checked, bytes re-hashed). ``listed``: what the listing already said about some keys."""
+    problems: list[FileProblem] = []
+    directory = posixpath.dirname(sidecar_key)
+    hashed = 0
+
+    def problem(kind: Problem, detail: str, key: str | None = None) -> None:
+        problems.append(FileProblem(recording_id=sidecar.recording_id, sidecar=sidecar_key, file=key, problem=kind, detail=detail))
+
+    if not sidecar.files:
+        problem("sidecar", "the sidecar lists no files")
+    for entry in sidecar.files:
+        if not entry.name or "/" in entry.name or "\\" in entry.name or entry.name in (".", ".."):
+            problem("sidecar", f"the sidecar lists an unsafe file name {entry.name!r}: not followed")
+            continue
+        key = posixpath.join(directory, entry.name) if directory else entry.name
+        info = (listed or {}).get(key)
+        if info is None or (getattr(backend, "hash_types", ()) and not info.hashes):
+            # not listed nearby, or listed without the hashes the backend has: ask it
+            wait()
+            info = backend.stat(key)
+        if info is None:
+            problem("missing", f"{entry.kind} file {entry.name} ({entry.size} bytes) is missing", key)
+            continue
+        if info.size != entry.size:
+            problem("size", f"{entry.kind} file {entry.name} holds {info.size} bytes, the sidecar says {entry.size}", key)
+            continue
+        agree, compared = hashes_agree(info, entry.sha256, entry.hashes)
+        if not agree:
+            problem("hash", f"{entry.kind} file {entry.name}: {'/'.join(compared)} differs from the sidecar's", key)
+            continue
+        reader = getattr(backend, "read_chunks", None)
+        if deep and not compared and reader is not None:
+            wait()
+            digest = hashlib.sha256()
+            for chunk in reader(key):
+                digest.update(chunk)
+                hashed += len(chunk)
+            if digest.hexdigest() != entry.sha256.lower():
+                problem("hash", f"{entry.kind} file {entry.name}: sha256 differs from the sidecar's (re-read)", key)
+    return problems, len(sidecar.files), hashed
+
+
+def read_sidecar_at(backend: StorageBackend, key: str, wait: Callable[[], None] = _no_limit) -> Sidecar | str | None:
+    """The sidecar at key; a string saying why it cannot be read; None if absent."""
+    wait()
+    raw = backend.read_bytes(key)
+    if raw is None:
+        return None
+    try:
+        return Sidecar.model_validate_json(raw)
+    except ValueError as exc:
+        first = exc.errors()[0] if hasattr(exc, "errors") and exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "content"
+        return f"the sidecar cannot be read ({where}: {first.get('msg', 'not JSON')})"
+
+
+@task(
+    name="verify-destination",
+    task_run_name="verify {label}",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def verify_destination(destination: Destination, label: str, deep: bool = False) -> DestinationScrub:
+    """Scrub one destination: stream its listing, check every sidecar's files."""
+    settings = load_settings()
+    logger = run_logger()
+    limiter = OpsLimiter(settings.archive_verify_ops_per_second)
+    result = DestinationScrub(destination=label)
+    recent: OrderedDict[str, ObjectInfo] = OrderedDict()
+    started = time.monotonic()
+    with open_backend(destination, settings) as backend:
+        limiter.wait()  # the first page
+        for n, (key, info) in enumerate(backend.list(""), start=1):
+            if n % ENTRIES_PER_OP == 0:
+                limiter.wait()
+            recent[key] = info
+            if len(recent) > RECENT_ENTRIES:
+                recent.popitem(last=False)
+            if not key.endswith(SIDECAR_SUFFIX):
+                continue
+            result.sidecars += 1
+            sidecar = read_sidecar_at(backend, key, limiter.wait)
+            if sidecar is None:
+                continue  # removed while listing
+            if isinstance(sidecar, str):
+                result.problems.append(FileProblem(recording_id=None, sidecar=key, problem="sidecar", detail=sidecar))
+                continue
+            problems, files, hashed = check_archive(backend, key, sidecar, listed=recent, deep=deep, wait=limiter.wait)
+            result.files += files
+            result.bytes_hashed += hashed
+            result.problems.extend(problems)
+            for p in problems:
+                logger.error("%s: recording %s: %s", backend.url(p.file or p.sidecar), p.recording_id, p.detail)
+    result.seconds = round(time.monotonic() - started, 3)
+    logger.info(
+        "Verified %s: %d sidecar(s), %d file(s), %d problem(s)%s in %.1f s",
+        label, result.sidecars, result.files, len(result.problems),
+        f", {result.bytes_hashed} bytes re-hashed" if deep else "", result.seconds,
+    )
+    return result
+
+
+class ArchiveCheck(BaseModel):
+    archived: set[str] = Field(default_factory=set)  # an intact archive was found
+    unknown: dict[str, str] = Field(default_factory=dict)  # id -> why it could not be checked
+
+
+@task(name="find-archives", cache_policy=NO_CACHE, persist_result=False)
+def find_archives(recordings: list[Recording], destination: str | None = None) -> ArchiveCheck:
+    """Which of these recordings have an intact archive (sidecar naming them, every file at
+    its size) where the archiver would put them (``destination``, else their storage_config,
+    else the default destination)."""
+    from tasks.archive import resolve_destination  # the one place a destination is chosen
+
+    settings = load_settings()
+    check = ArchiveCheck()
+    by_target: dict[str, tuple[Destination, list[Recording]]] = {}
+    for rec in recordings:
+        try:
+            target = resolve_destination(rec, destination, settings.archive_default_destination)
+        except Exception:  # noqa: BLE001 - unsupported or invalid: the archiver never wrote it anywhere
+            continue
+        by_target.setdefault(target.display_url(), (target, []))[1].append(rec)
+    for label, (target, recs) in by_target.items():
+        try:
+            with open_backend(target, settings) as backend:
+                for rec in recs:
+                    if _archived_in(backend, rec):
+                        check.archived.add(rec.id)
+        except Exception as exc:  # noqa: BLE001 - named per recording, never fatal
+            reason = redact_urls(f"{type(exc).__name__}: {exc}" if not isinstance(exc, StorageError) else str(exc))
+            for rec in recs:
+                if rec.id not in check.archived:
+                    check.unknown[rec.id] = f"{label} could not be checked: {reason}"
+    return check
+
+
+def _archived_in(backend: StorageBackend, rec: Recording) -> bool:
+    for disambiguate in (False, True):
+        key = keys_for(rec, disambiguate).sidecar
+        sidecar = read_sidecar_at(backend, key)
+        if isinstance(sidecar, Sidecar) and sidecar.recording_id == rec.id:
+            return not check_archive(backend, key, sidecar)[0]
+    return False
+
+
+def sidecar_keys(recording: Recording) -> Iterable[str]:
+    """Where the archiver puts this recording's sidecar (plain name, or with its id)."""
+    return {keys_for(recording, False).sidecar, keys_for(recording, True).sidecar}
