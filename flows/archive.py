@@ -14,6 +14,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 
 from flows.runtime import ArchiveTaskRunner, retrying
+from flows.watchdog import watch_for_loss
 from flows.windows import resolve_window
 from flows.reporting import Progress, emit_outcome_event, publish_report
 from rtk_archiver.api import InvalidRecording
@@ -124,20 +125,10 @@ class RecordingsFailed(Exception):
         self.report = report
 
 
-def failure_message(report: ArchiveReport) -> str | None:
-    """None when nothing failed; else how many recordings failed and the first reason.
-    Pending, skipped and already archived recordings are not failures."""
-    failed = report.failed
-    if not failed:
-        return None
-    first = failed[0]
-    return f"{len(failed)} of {len(report.outcomes)} recording(s) failed; first: {first.recording_id}: {first.reason or 'failed'}"
-
-
 def run_state(report: ArchiveReport) -> ArchiveReport | State:
     """What a flow returns: its report, or a Failed state carrying it when any recording failed
     (so the run is red in the UI and "flow run failed" automations fire)."""
-    message = failure_message(report)
+    message = report.run_failure_message()  # failed, at risk of expiring, or lost recordings
     if message is None:
         return report
     return Failed(message=message[:1000], data=RecordingsFailed(message, report))
@@ -180,6 +171,7 @@ def archive_recordings(
     report = ArchiveReport(since=since, until=until, dry_run=dry_run)
     report.outcomes.extend(invalid_outcome(item) for item in listing.invalid)
     report.outcomes.extend(archive_all(listing.recordings, destination, dry_run, settings))
+    watch_for_loss(report, listing.recordings, destination, settings)  # at risk of expiring, or lost
     return finish_report(report)
 
 

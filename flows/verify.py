@@ -13,7 +13,6 @@ destination of the recordings in the lookback window (``ARCHIVE_LOOKBACK_DAYS``)
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
@@ -165,7 +164,7 @@ def verify_archive(
 def repair_damaged(report: VerifyReport, targets: list[ScrubTarget], settings: Settings) -> list[Repair]:
     """Archive each damaged recording again, in place, when RealtimeKit still has its files."""
     from flows.archive import archive_all
-    from tasks.archive import resolve_destination
+    from rtk_archiver.plan import resolve_destination
     from tasks.limits import ensure_limits
     from tasks.listing import get_recording
 
@@ -209,20 +208,13 @@ def repair_damaged(report: VerifyReport, targets: list[ScrubTarget], settings: S
                     no(f"it now belongs to {belongs}, not here: not re-archived in place")
                     continue
             batches[(scrub.destination, override)].append(rec)
-    force = "force_ids" in inspect.signature(archive_all).parameters
     for (label, override), recs in batches.items():
         ids = frozenset(r.id for r in recs)
         logger.warning("Re-archiving %d damaged recording(s) to %s", len(recs), label)
-        if force:
-            outcomes = archive_all(recs, override, False, settings, force_ids=ids)
-        else:  # before archive_all takes force_ids: only what fails its own check is re-transferred
-            outcomes = archive_all(recs, override, False, settings)
+        outcomes = archive_all(recs, override, False, settings, force_ids=ids)
         for o in outcomes:
             ok = o.kind == OutcomeKind.ARCHIVED
-            detail = f"re-archived ({o.bytes_transferred} bytes)" if ok else (
-                "not re-archived: the archiver found it already archived (re-transfer needs archive_all(force_ids=...))"
-                if o.kind == OutcomeKind.ALREADY_ARCHIVED else f"not re-archived: {o.kind.value}: {o.reason}"
-            )
+            detail = f"re-archived ({o.bytes_transferred} bytes)" if ok else f"not re-archived: {o.kind.value}: {o.reason}"
             repairs.append(Repair(recording_id=o.recording_id, destination=label, repaired=ok, detail=detail))
     return repairs
 

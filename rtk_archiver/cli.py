@@ -147,6 +147,10 @@ def print_report(report: ArchiveReport, stream=None) -> None:
     console.print(table)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n) or "no recordings"
     console.print(Text(f"{counts}; {_size(report.bytes_transferred)} transferred"))
+    for label, risks in (("AT RISK", report.at_risk), ("LOST", report.lost)):
+        for r in risks:
+            deadline = f" (files expire {r.deadline:%Y-%m-%d %H:%M} UTC)" if r.deadline else ""
+            console.print(Text(printable(f"{label}: {r.recording_id} {r.output_file_name or ''}{deadline}: {r.reason}")))
 
 
 def _size(n: int) -> str:
@@ -185,7 +189,7 @@ def _run_archive(args: argparse.Namespace) -> int:
     print_report(result)
     if getattr(args, "report", None):
         args.report.write_text(result.model_dump_json(indent=2))
-    return EXIT_FAILED if result.failed else EXIT_OK
+    return EXIT_FAILED if result.run_failure_message() else EXIT_OK
 
 
 def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:

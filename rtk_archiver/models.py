@@ -254,9 +254,10 @@ class ArchiveReport(BaseModel):
         risk of expiring unarchived, or were lost, and the first reason. At-risk and lost
         recordings fail a run like failed ones do (a dry run only reports them)."""
         at_risk, lost = ([], []) if self.dry_run else (self.at_risk, self.lost)
-        parts = [
+        parts = [f"{len(self.failed)} of {len(self.outcomes)} recording(s) failed"] if self.failed else []
+        parts += [
             f"{len(items)} recording(s) {what}"
-            for items, what in ((self.failed, "failed"), (at_risk, "at risk of expiring unarchived"), (lost, "lost"))
+            for items, what in ((at_risk, "at risk of expiring unarchived"), (lost, "lost"))
             if items
         ]
         if not parts:

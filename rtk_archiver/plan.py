@@ -113,11 +113,15 @@ class Target(BaseModel):
         return self.destination.display_url() if self.destination else ""
 
 
-def targets_for(recordings: Iterable[Recording], override: str | None, default: str | None) -> list[Target]:
-    """Step 1 for a whole run, oldest recording first (that order decides who gets a name)."""
+def targets_for(
+    recordings: Iterable[Recording], override: str | None, default: str | None, *, archivable_only: bool = True
+) -> list[Target]:
+    """Step 1 for a whole run, oldest recording first (that order decides who gets a name).
+    ``archivable_only=False``: also recordings that cannot be archived now (to find where
+    an earlier run archived them: the watchdog)."""
     targets: list[Target] = []
     for rec in sorted(recordings, key=lambda r: (r.stopped_time or r.invoked_time, r.id)):
-        verdict = why_not_archivable(rec)
+        verdict = why_not_archivable(rec) if archivable_only else None
         if verdict is not None:
             targets.append(Target(recording=rec, verdict=verdict[0], reason=verdict[1]))
             continue

@@ -225,38 +225,30 @@ def find_archives(recordings: list[Recording], destination: str | None = None) -
     """Which of these recordings have an intact archive (sidecar naming them, every file at
     its size) where the archiver would put them (``destination``, else their storage_config,
     else the default destination)."""
-    from tasks.archive import resolve_destination  # the one place a destination is chosen
+    from rtk_archiver.plan import Action, Observed, plan_run, targets_for  # the one place keys are decided
+    from tasks.survey import survey_destination
 
     settings = load_settings()
     check = ArchiveCheck()
-    by_target: dict[str, tuple[Destination, list[Recording]]] = {}
-    for rec in recordings:
+    targets = targets_for(recordings, destination, settings.archive_default_destination, archivable_only=False)
+    groups: dict[str, list] = {}
+    for t in targets:
+        if t.destination is not None:
+            groups.setdefault(t.place_id, []).append(t)
+    observed: dict[str, Observed] = {}
+    for label, group in groups.items():
         try:
-            target = resolve_destination(rec, destination, settings.archive_default_destination)
-        except Exception:  # noqa: BLE001 - unsupported or invalid: the archiver never wrote it anywhere
-            continue
-        by_target.setdefault(target.display_url(), (target, []))[1].append(rec)
-    for label, (target, recs) in by_target.items():
-        try:
-            with open_backend(target, settings) as backend:
-                for rec in recs:
-                    if _archived_in(backend, rec):
-                        check.archived.add(rec.id)
+            observed.update(survey_destination.fn(group[0].destination, group))
         except Exception as exc:  # noqa: BLE001 - named per recording, never fatal
             reason = redact_urls(f"{type(exc).__name__}: {exc}" if not isinstance(exc, StorageError) else str(exc))
-            for rec in recs:
-                if rec.id not in check.archived:
-                    check.unknown[rec.id] = f"{label} could not be checked: {reason}"
+            observed.update({t.recording.id: Observed(error=reason) for t in group})
+    for plan in plan_run(targets, observed):
+        rid = plan.recording.id
+        if plan.action == Action.ALREADY_ARCHIVED:
+            check.archived.add(rid)
+        elif rid in observed and observed[rid].error:
+            check.unknown[rid] = f"{plan.destination.display_url() if plan.destination else '?'} could not be checked: {observed[rid].error}"
     return check
-
-
-def _archived_in(backend: StorageBackend, rec: Recording) -> bool:
-    for disambiguate in (False, True):
-        key = keys_for(rec, disambiguate).sidecar
-        sidecar = read_sidecar_at(backend, key)
-        if isinstance(sidecar, Sidecar) and sidecar.recording_id == rec.id:
-            return not check_archive(backend, key, sidecar)[0]
-    return False
 
 
 def sidecar_keys(recording: Recording) -> Iterable[str]:
