@@ -182,19 +182,25 @@ def _run_deployments(args: argparse.Namespace) -> int:
     from deployments import PROJECT_ROOT, load_flow, specs
     from tasks.limits import ensure_limits
 
-    ensure_limits(settings)
     if args.command == "serve":
-        from rtk_archiver.serving import serve
+        from rtk_archiver.serving import ServeError, prefect_api, serve
 
-        deps = [
-            load_flow(s.entrypoint).to_deployment(
-                name=s.name, description=s.description, interval=s.interval,
-                concurrency_limit=s.concurrency_limit, parameters=s.parameters,
-                entrypoint_type=EntrypointType.MODULE_PATH,  # flows.poll.poll_recordings: no path
-            )
-            for s in specs(settings)
-        ]
-        return serve(deps, limit=args.limit)
+        try:
+            with prefect_api():  # PREFECT_API_URL, or a Prefect server with its scheduler started here
+                ensure_limits(settings)
+                deps = [
+                    load_flow(s.entrypoint).to_deployment(
+                        name=s.name, description=s.description, interval=s.interval,
+                        concurrency_limit=s.concurrency_limit, parameters=s.parameters,
+                        entrypoint_type=EntrypointType.MODULE_PATH,  # flows.poll.poll_recordings: no path
+                    )
+                    for s in specs(settings)
+                ]
+                return serve(deps, limit=args.limit)
+        except ServeError as exc:
+            print(f"rtk-archiver: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    ensure_limits(settings)
     _ensure_pool(args.pool)
     for s in specs(settings):
         Flow.from_source(source=str(PROJECT_ROOT), entrypoint=s.entrypoint).deploy(

@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.prefect_server import PrefectServer, running_serve
+from tests.fixtures import free_port
+from tests.fixtures.prefect_server import ERROR_LINE, PrefectServer, running_serve
 
 POLL = "poll-recordings/scheduled-poll"
 MANUAL = "archive-manual/manual"
@@ -191,6 +192,33 @@ def test_the_scheduler_itself_runs_the_poll_and_archives(prefect_server, archive
     assert len([p for p in archiver_env.archive.iterdir() if p.suffix == ".mp4"]) == len(recs)
     _no_service_errors(prefect_server, mark)
     print(f"first scheduled poll completed {first_done:.0f} s after serve started; {by_state}; {took:.0f} s in all")
+
+
+def test_serve_without_prefect_api_url_starts_a_server_whose_scheduler_runs(archiver_env, tmp_path):
+    """No PREFECT_API_URL: serve starts a Prefect server with its services (Prefect's own
+    fallback, an ephemeral server, has no scheduler: the poll never ran), and stops it."""
+    rec = archiver_env.state.add_recording(file_size=30_000)
+    port = free_port()
+    home = tmp_path / "prefect-home"
+    env = {**FAST_RUNNER, "ARCHIVE_POLL_INTERVAL_MINUTES": "0.1", "PREFECT_HOME": str(home),
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false"}
+    started = time.monotonic()
+    with running_serve(None, cwd=tmp_path, env=env) as serve:
+        target = archiver_env.archive / rec["output_file_name"]
+        _wait("the scheduled poll to archive", lambda: target.exists(), 200, serve, interval=1)
+        took = time.monotonic() - started
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=30) == 0, serve.log_text()[-4000:]
+        log = serve.log_text()
+    assert f"starting a Prefect server (scheduler included) on http://127.0.0.1:{port}/api" in log
+    assert target.stat().st_size == rec["file_size"]
+    with pytest.raises(httpx.TransportError):  # its server stopped with it
+        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+    server_log = (home / "rtk-archiver-server.log").read_text(errors="replace")
+    assert "schedule_deployments" in server_log
+    errors = [line for line in server_log.splitlines() if ERROR_LINE.search(line)]
+    assert not errors, "\n".join(errors[:20])
+    print(f"no PREFECT_API_URL: archived by the schedule {took:.0f} s after serve started")
 
 
 def test_deploy_from_any_directory(prefect_server, archiver_env, tmp_path):
