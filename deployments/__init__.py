@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from rtk_archiver.settings import Settings
+
+# The directory that holds the flows/ package (a checkout, or site-packages for an installed
+# wheel): entrypoints ("flows/poll.py:poll_recordings") are relative to it, never to the
+# current directory.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,17 @@ def specs(settings: Settings) -> list[DeploymentSpec]:
     ]
 
 
+def module_entrypoint(entrypoint: str) -> str:
+    """``flows/poll.py:poll_recordings`` -> ``flows.poll.poll_recordings`` (imported, not read
+    from a path: the same from any directory)."""
+    path, _, func = entrypoint.partition(":")
+    if not path.endswith(".py") or not func:
+        raise ValueError(f"entrypoint {entrypoint!r} is not <package/module.py>:<flow function>")
+    return f"{path.removesuffix('.py').replace('/', '.')}.{func}"
+
+
 def load_flow(entrypoint: str):
+    """The flow ``entrypoint`` names, imported as a module (works from any directory)."""
     from prefect.flows import load_flow_from_entrypoint
 
-    return load_flow_from_entrypoint(entrypoint)
+    return load_flow_from_entrypoint(module_entrypoint(entrypoint), use_placeholder_flow=False)

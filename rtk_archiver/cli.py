@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=40, help="recordings to generate")
     p.add_argument("--seed", type=int, default=1)
 
-    p = sub.add_parser("serve", help="serve every deployment (poll schedule, manual, backfill) from this process")
+    p = sub.add_parser("serve", help="serve every deployment (poll schedule, manual, backfill) from this process, "
+                       "until SIGTERM or Ctrl-C (runs in progress are cancelled; exit status 0)")
     p.add_argument("--limit", type=int, default=None, help="flow runs at once (default: no limit)")
 
     p = sub.add_parser("deploy", help="register the deployments on a work pool (workers run them)")
@@ -286,31 +287,41 @@ def print_verify_report(report, stream=None) -> None:
 
 
 def _run_deployments(args: argparse.Namespace) -> int:
+    """``serve`` and ``deploy``: from any directory (the flows are found as installed modules,
+    or in the project's directory for ``deploy``, never relative to the current directory)."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"rtk-archiver: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from prefect import serve
+    from prefect import Flow
+    from prefect.types.entrypoint import EntrypointType
 
-    from deployments import load_flow, specs
+    from deployments import PROJECT_ROOT, load_flow, specs
     from tasks.limits import ensure_limits
 
-    ensure_limits(settings)
     if args.command == "serve":
-        deps = [
-            load_flow(s.entrypoint).to_deployment(
-                name=s.name, description=s.description, interval=s.interval,
-                concurrency_limit=s.concurrency_limit, parameters=s.parameters,
-            )
-            for s in specs(settings)
-        ]
-        serve(*deps, limit=args.limit)
-        return EXIT_OK
+        from rtk_archiver.serving import ServeError, prefect_api, serve
+
+        try:
+            with prefect_api():  # PREFECT_API_URL, or a Prefect server with its scheduler started here
+                ensure_limits(settings)
+                deps = [
+                    load_flow(s.entrypoint).to_deployment(
+                        name=s.name, description=s.description, interval=s.interval,
+                        concurrency_limit=s.concurrency_limit, parameters=s.parameters,
+                        entrypoint_type=EntrypointType.MODULE_PATH,  # flows.poll.poll_recordings: no path
+                    )
+                    for s in specs(settings)
+                ]
+                return serve(deps, limit=args.limit)
+        except ServeError as exc:
+            print(f"rtk-archiver: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    ensure_limits(settings)
     _ensure_pool(args.pool)
-    root = Path(__file__).resolve().parent.parent
     for s in specs(settings):
-        load_flow(s.entrypoint).from_source(source=str(root), entrypoint=s.entrypoint).deploy(
+        Flow.from_source(source=str(PROJECT_ROOT), entrypoint=s.entrypoint).deploy(
             name=s.name, work_pool_name=args.pool, description=s.description, interval=s.interval,
             concurrency_limit=s.concurrency_limit, parameters=s.parameters, print_next_steps=False,
         )

@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.object_stores",
     "tests.fixtures.sshd",
+    "tests.fixtures.prefect_server",
 ]
 
 

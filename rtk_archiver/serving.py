@@ -1,0 +1,175 @@
+"""``rtk-archiver serve``: run the deployments in this process until SIGTERM or Ctrl-C.
+
+Its Prefect API: ``PREFECT_API_URL`` (environment or Prefect profile) when set; otherwise a
+Prefect server WITH its services, scheduler included, started here as a child process on
+127.0.0.1:``PREFECT_SERVER_API_PORT`` (4200) over ``PREFECT_HOME``'s database, and stopped with
+serve. (Prefect's own fallback, a temporary ephemeral server, runs no scheduler: the poll's
+schedule would never fire.)
+
+Prefect 3.8.8's own ``serve()`` does not stop on SIGTERM: its handler calls the async
+``Runner.stop()`` from inside the running event loop (a coroutine that is never awaited, so the
+flow runs in progress are never cancelled) and raises ``SystemExit`` in the middle of the loop;
+with a run in flight the process then hangs after "Pausing all deployments...". Here both
+signals only set an event; the runner is then stopped from inside its loop, as Prefect means
+it to be:
+
+- the flow runs in progress are cancelled (state Cancelled; nothing partial is ever at a final
+  name, and the poll's mark has not moved, so the next poll takes their recordings again);
+- the deployments' schedules are paused (the next ``serve`` resumes them);
+- the process exits with status 0.
+
+A second signal while stopping exits at once (status 128 + signal), as does a stop that takes
+longer than ``STOP_TIMEOUT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+STOP_TIMEOUT_SECONDS = 30.0
+SERVER_STARTUP_TIMEOUT_SECONDS = 180.0  # the first start migrates a new database
+SERVER_LOG_NAME = "rtk-archiver-server.log"
+
+
+class ServeError(RuntimeError):
+    """serve cannot start (its Prefect server did not come up); the message says why."""
+
+
+@contextmanager
+def prefect_api() -> Iterator[str | None]:
+    """The configured Prefect API, or a Prefect server with its services started for serve.
+    Yields the started server's API URL (None when one was configured)."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        yield None
+        return
+    host = "127.0.0.1"
+    port = settings.server.api.port
+    url = f"http://{host}:{port}/api"
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise ServeError(
+                f"PREFECT_API_URL is not set and port {port} is in use (a Prefect server already running?): "
+                f"set PREFECT_API_URL=http://{host}:{port}/api to use it, or PREFECT_SERVER_API_PORT to another port"
+            )
+    home = Path(settings.home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / SERVER_LOG_NAME
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    print(f"rtk-archiver serve: PREFECT_API_URL is not set: starting a Prefect server (scheduler included) on "
+          f"{url} (database in {home}, log {log_path})", flush=True)
+    with open(log_path, "ab") as log:
+        # its own session: a terminal's Ctrl-C stops serve, and serve stops the server after it
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        _wait_healthy(proc, url, log_path)
+        os.environ["PREFECT_API_URL"] = url
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()  # every thread, and every flow-run process, uses it
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the server child: SIGTERM when serve dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT_SECONDS
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise ServeError(f"the Prefect server exited with {proc.returncode} (log {log_path}):\n{tail}")
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    proc.terminate()
+    raise ServeError(f"the Prefect server did not answer within {SERVER_STARTUP_TIMEOUT_SECONDS:.0f} s (log {log_path})")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def serve(deployments: Sequence[Any], *, limit: int | None = None) -> int:
+    """Serve ``deployments`` (RunnerDeployment) until SIGTERM/SIGINT; returns the exit status."""
+    from prefect.runner import Runner
+
+    runner = Runner(limit=limit, pause_on_shutdown=True)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    print(f"rtk-archiver serve: serving {names} (pid {os.getpid()}; SIGTERM or Ctrl-C stops)", flush=True)
+    return asyncio.run(_serve(runner))
+
+
+async def _serve(runner: Any) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        if received:  # a second signal while stopping: leave now
+            print(f"rtk-archiver serve: {signal.Signals(sig).name} again, exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + sig)
+        received.append(sig)
+        stop.set()
+
+    running = asyncio.ensure_future(runner.start())
+    # Runner.start() installs its own SIGTERM handler before anything else (the one that does
+    # not work, see above): let it run that far, then take both signals over.
+    await asyncio.sleep(0)
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if running.done():  # the runner ended by itself (an error): report it
+        stopping.cancel()
+        running.result()
+        return 0
+    name = signal.Signals(received[0]).name
+    print(f"rtk-archiver serve: {name} received, cancelling runs in progress and stopping", flush=True)
+    try:
+        await asyncio.wait_for(_stop(runner, running), STOP_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        print(f"rtk-archiver serve: not stopped after {STOP_TIMEOUT_SECONDS:.0f} s, exiting", file=sys.stderr, flush=True)
+        os._exit(128 + received[0])
+    print("rtk-archiver serve: stopped", flush=True)
+    return 0
+
+
+async def _stop(runner: Any, running: asyncio.Future) -> None:
+    if runner.started:
+        await runner.astop()
+    try:
+        await running
+    except asyncio.CancelledError:
+        pass

@@ -1,0 +1,250 @@
+"""``rtk-archiver serve`` against a real ``prefect server`` (scheduler and other services on).
+
+- The SCHEDULER ITSELF creates the poll's runs (auto-scheduled runs of
+  poll-recordings/scheduled-poll; the test creates none), they run to Completed and archive the
+  simulator's stopped recordings into the default destination; a poll due while one is running
+  is cancelled, not queued (CANCEL_NEW). No server service logs an error meanwhile (with
+  SQLAlchemy 2.1 the scheduler failed every loop and no run was ever created).
+- serve and deploy work from any directory (entrypoints were resolved against the cwd).
+- SIGTERM and Ctrl-C (SIGINT to the process group) stop serve within seconds, exit status 0,
+  the run in progress cancelled, nothing left running (Prefect's own handler hung).
+
+End-to-end and slow-ish (a real server, subprocesses): ~25 s for the shared server, then
+~20-40 s per test on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures import free_port
+from tests.fixtures.prefect_server import ERROR_LINE, PrefectServer, running_serve
+
+POLL = "poll-recordings/scheduled-poll"
+MANUAL = "archive-manual/manual"
+NOW = datetime.now(timezone.utc)
+FAST_RUNNER = {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # the runner asks for due runs every second (default 10)
+
+pytestmark = [pytest.mark.timeout(240)]
+
+
+def _api(server: PrefectServer) -> httpx.Client:
+    return httpx.Client(base_url=server.api_url, timeout=10.0)
+
+
+def _deployment_id(server: PrefectServer, full_name: str, timeout: float = 90.0) -> str:
+    """The id of a deployment once serve/deploy has registered it."""
+    deadline = time.monotonic() + timeout
+    with _api(server) as api:
+        while time.monotonic() < deadline:
+            r = api.get(f"/deployments/name/{full_name}")
+            if r.status_code == 200:
+                return r.json()["id"]
+            time.sleep(0.5)
+    raise AssertionError(f"deployment {full_name} was not registered within {timeout:.0f} s")
+
+
+def _runs(server: PrefectServer, deployment_id: str, since: datetime | None = None) -> list[dict]:
+    body: dict = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 200}
+    if since is not None:
+        body["flow_runs"]["expected_start_time"] = {"after_": since.isoformat()}
+    with _api(server) as api:
+        r = api.post("/flow_runs/filter", json=body)
+        r.raise_for_status()
+        return r.json()
+
+
+def _wait(what: str, check, timeout: float, serve=None, interval: float = 0.5, server: PrefectServer | None = None, mark: int = 0):
+    """Until ``check()`` is true; fails early if serve exits or (``server``) a service logs an error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if server is not None:
+            _no_service_errors(server, mark)
+        if serve is not None and serve.proc.poll() is not None:
+            raise AssertionError(f"serve exited with {serve.proc.returncode} while waiting for {what}:\n{serve.log_text()[-4000:]}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f":\n{serve.log_text()[-4000:]}" if serve else ""))
+
+
+def _table(runs: list[dict]) -> str:
+    return "\n".join(
+        f"{r['name']:24} {r['state_type']:10} {r['state_name']:24} start={r['start_time']} end={r['end_time']} "
+        f"expected={r['expected_start_time']} msg={(r.get('state') or {}).get('message')!r}"
+        for r in sorted(runs, key=lambda r: r["expected_start_time"])
+    )
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _no_service_errors(server: PrefectServer, mark: int) -> None:
+    errors = server.service_errors(since=mark)
+    assert not errors, "the Prefect server logged errors:\n" + "\n".join(errors[:20]) + "\n---\n" + server.log_text()[mark:][-4000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-ctrl-c"])
+def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, tmp_path, sig):
+    """A run in progress (stuck on a slow API) is cancelled; serve exits 0 within seconds, no
+    process of it left. SIGINT goes to the whole process group, as Ctrl-C in a terminal does."""
+    rec = archiver_env.state.add_recording(file_size=10_000)
+    archiver_env.state.faults.api_delay = 120  # the run hangs in its first API call
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    mark = prefect_server.log_size()
+    with running_serve(prefect_server.api_url, cwd=elsewhere, env=FAST_RUNNER) as serve:
+        manual = _deployment_id(prefect_server, MANUAL)
+        _wait("serve to start polling", lambda: "serving" in serve.log_text(), 90, serve)
+        with _api(prefect_server) as api:
+            r = api.post(f"/deployments/{manual}/create_flow_run", json={"parameters": {"request": {"recording_ids": [rec["id"]]}}})
+            r.raise_for_status()
+            run_id = r.json()["id"]
+
+        def state() -> dict:
+            with _api(prefect_server) as api:
+                return api.get(f"/flow_runs/{run_id}").json()["state"]
+
+        _wait("the manual run to be Running", lambda: state()["type"] == "RUNNING", 90, serve)
+        time.sleep(1)
+        started = time.monotonic()
+        if sig == signal.SIGINT:
+            os.killpg(serve.proc.pid, sig)  # Ctrl-C: the terminal signals the foreground group
+        else:
+            serve.proc.send_signal(sig)  # docker stop / kill: the main process only
+        try:
+            code = serve.proc.wait(timeout=20)
+        except Exception:
+            pytest.fail(f"serve still running 20 s after {sig.name}:\n{serve.log_text()[-4000:]}")
+        took = time.monotonic() - started
+        log = serve.log_text()
+        assert code == 0, log[-4000:]
+        assert took < 15, f"serve took {took:.1f} s to stop"
+        assert "never awaited" not in log and "Traceback" not in log, log[-4000:]
+        assert f"{sig.name} received" in log and "serve: stopped" in log
+        _wait("serve's flow-run processes to be gone", lambda: _group_gone(serve.proc.pid), 10)
+        final = _wait("the run in progress to end", lambda: (s := state())["type"] not in ("RUNNING", "PENDING", "CANCELLING") and s, 20)
+        assert final["type"] in ("CANCELLED", "CRASHED"), final  # never Completed: nothing was archived
+        assert not any(archiver_env.archive.iterdir())
+        print(f"{sig.name}: serve stopped in {took:.1f} s, the run in progress ended {final['type']}")
+    _no_service_errors(prefect_server, mark)
+
+
+def test_the_scheduler_itself_runs_the_poll_and_archives(prefect_server, archiver_env, tmp_path):
+    """No run is created here: the server's scheduler creates them from serve's schedule."""
+    recs = [archiver_env.state.add_recording(file_size=20_000 + i, stopped_time=NOW - timedelta(minutes=20 + i)) for i in range(3)]
+    archiver_env.state.add_recording(status="RECORDING")  # not stopped: not archived
+    archiver_env.state.faults.api_delay = 0.7  # a poll outlasts the 6 s interval: the next one collides
+    elsewhere = tmp_path / "elsewhere"  # serve from a directory that is not the repository
+    elsewhere.mkdir()
+    mark = prefect_server.log_size()
+    started = time.monotonic()
+    env = {**FAST_RUNNER, "ARCHIVE_POLL_INTERVAL_MINUTES": "0.1"}
+    with running_serve(prefect_server.api_url, cwd=elsewhere, env=env) as serve:
+        poll = _deployment_id(prefect_server, POLL)
+        registered = datetime.now(timezone.utc) - timedelta(seconds=5)
+
+        def archived() -> bool:
+            names = {p.name for p in archiver_env.archive.iterdir()}
+            return all(r["output_file_name"] in names for r in recs)
+
+        def completed() -> list[dict]:
+            runs = _runs(prefect_server, poll)
+            return [r for r in runs if r["state_type"] == "COMPLETED"]
+
+        _wait("a scheduled poll run to complete and archive", lambda: completed() and archived(), 80, serve,
+              server=prefect_server, mark=mark)
+        first_done = time.monotonic() - started
+        # CANCEL_NEW: a poll due while another runs is cancelled, not queued behind it
+        _wait("a colliding poll to be cancelled", lambda: any(r["state_type"] == "CANCELLED" for r in _runs(prefect_server, poll)), 40, serve)
+        runs = _runs(prefect_server, poll)
+    took = time.monotonic() - started
+
+    assert runs and all(r["auto_scheduled"] for r in runs), [(r["name"], r["auto_scheduled"]) for r in runs]
+    assert all((r["idempotency_key"] or "").startswith("scheduled ") for r in runs)
+    assert all(datetime.fromisoformat(r["expected_start_time"]) >= registered for r in runs if r["state_type"] != "SCHEDULED")
+    by_state: dict[str, int] = {}
+    for r in runs:
+        by_state[r["state_type"]] = by_state.get(r["state_type"], 0) + 1
+    assert not any(r["state_name"] == "AwaitingConcurrencySlot" for r in runs), by_state
+    done = sorted((r for r in runs if r["state_type"] == "COMPLETED"), key=lambda r: r["start_time"])
+    for a, b in zip(done, done[1:]):  # never two polls at once
+        assert a["end_time"] <= b["start_time"], (a["name"], b["name"])
+    cancelled = [r for r in runs if r["state_type"] == "CANCELLED"]
+    assert cancelled, _table(runs)
+    for r in cancelled:  # turned away by the deployment's limit, never ran (no time between start and end)
+        assert r["state"]["message"] == "Deployment concurrency limit reached." and r["start_time"] == r["end_time"], _table(runs)
+    for r in recs:
+        assert (archiver_env.archive / r["output_file_name"]).stat().st_size == r["file_size"]
+    assert len([p for p in archiver_env.archive.iterdir() if p.suffix == ".mp4"]) == len(recs)
+    _no_service_errors(prefect_server, mark)
+    print(f"first scheduled poll completed {first_done:.0f} s after serve started; {by_state}; {took:.0f} s in all")
+
+
+def test_serve_without_prefect_api_url_starts_a_server_whose_scheduler_runs(archiver_env, tmp_path):
+    """No PREFECT_API_URL: serve starts a Prefect server with its services (Prefect's own
+    fallback, an ephemeral server, has no scheduler: the poll never ran), and stops it."""
+    rec = archiver_env.state.add_recording(file_size=30_000)
+    port = free_port()
+    home = tmp_path / "prefect-home"
+    env = {**FAST_RUNNER, "ARCHIVE_POLL_INTERVAL_MINUTES": "0.1", "PREFECT_HOME": str(home),
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false"}
+    started = time.monotonic()
+    with running_serve(None, cwd=tmp_path, env=env) as serve:
+        target = archiver_env.archive / rec["output_file_name"]
+        _wait("the scheduled poll to archive", lambda: target.exists(), 200, serve, interval=1)
+        took = time.monotonic() - started
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=30) == 0, serve.log_text()[-4000:]
+        log = serve.log_text()
+    assert f"starting a Prefect server (scheduler included) on http://127.0.0.1:{port}/api" in log
+    assert target.stat().st_size == rec["file_size"]
+    with pytest.raises(httpx.TransportError):  # its server stopped with it
+        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+    server_log = (home / "rtk-archiver-server.log").read_text(errors="replace")
+    assert "schedule_deployments" in server_log
+    errors = [line for line in server_log.splitlines() if ERROR_LINE.search(line)]
+    assert not errors, "\n".join(errors[:20])
+    print(f"no PREFECT_API_URL: archived by the schedule {took:.0f} s after serve started")
+
+
+def test_deploy_from_any_directory(prefect_server, archiver_env, tmp_path):
+    """`rtk-archiver deploy` from elsewhere registers every deployment with the project's
+    entrypoints and pull step (it failed on flows/poll.py relative to the cwd)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pool = f"rtk-test-{os.getpid()}"
+    with running_serve(prefect_server.api_url, "--pool", pool, cwd=elsewhere, command="deploy") as deploy:
+        code = deploy.proc.wait(timeout=120)
+        log = deploy.log_text()
+    assert code == 0, log[-4000:]
+    from deployments import PROJECT_ROOT, specs
+    from rtk_archiver.settings import load_settings
+
+    with _api(prefect_server) as api:
+        try:
+            for spec in specs(load_settings()):
+                assert f"deployed {spec.full_name}" in log
+                dep = api.get(f"/deployments/name/{spec.full_name}").json()
+                assert dep["entrypoint"] == spec.entrypoint and dep["work_pool_name"] == pool
+                assert Path(dep["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"]) == PROJECT_ROOT
+                assert (PROJECT_ROOT / spec.entrypoint.split(":")[0]).is_file()
+        finally:  # the session's server is shared: leave no deployment on a pool without workers
+            for spec in specs(load_settings()):
+                r = api.get(f"/deployments/name/{spec.full_name}")
+                if r.status_code == 200:
+                    api.delete(f"/deployments/{r.json()['id']}")
+            api.delete(f"/work_pools/{pool}")
