@@ -383,7 +383,7 @@ def _wait(check, timeout: float, what: str, interval: float = 0.25):
         if value:
             return value
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
 
 
 def _manual_runs_for(api_url: str, recording_id: str) -> list:
@@ -423,24 +423,26 @@ def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver
     lost = sim.state.add_recording(status="UPLOADING", file_size=200_000, stopped_time=now - timedelta(minutes=1))
     rx_port = free_port()
     sim.webhooks.url = f"http://127.0.0.1:{rx_port}/webhook"
-    env = {"RTK_WEBHOOK_PUBLIC_KEY": sim.webhook_public_key_pem, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    env = {"RTK_WEBHOOK_PUBLIC_KEY": sim.webhook_public_key_pem, "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+           "PREFECT_HOME": str(tmp_path / "prefect-client-home")}
     from tests.fixtures.prefect_server import running_serve
 
-    with running_serve(prefect_server.api_url, cwd=tmp_path, env=env) as serve, \
+    # serve from the repository root (the deployments' entrypoints are relative to it)
+    with running_serve(prefect_server.api_url, cwd=ROOT, env=env, log_path=tmp_path / "serve.log") as serve, \
             running_serve(prefect_server.api_url, "--port", str(rx_port), cwd=tmp_path, env=env,
                           command="webhook") as receiver:
-        _wait(lambda: _healthy(rx_port), 60, f"the receiver to listen\n{receiver.log_text()[-2000:]}")
+        _wait(lambda: _healthy(rx_port), 60, lambda: f"the receiver to listen\n{receiver.log_text()[-2000:]}")
         _wait(lambda: _automation_exists(prefect_server.api_url), 90,
-              f"serve to register the trigger\n{serve.log_text()[-3000:]}", interval=1)
+              lambda: f"serve to register the trigger\n{serve.log_text()[-3000:]}", interval=1)
 
         # webhook -> event -> trigger -> manual run -> archived
         started = time.monotonic()
         sim.state.set_status(fast["id"], "UPLOADED")
         archived = sim.archive / fast["output_file_name"]
         _wait(lambda: (sim.archive / (fast["output_file_name"] + ".metadata.json")).exists(), 60,
-              f"the webhook's run to archive it\n{serve.log_text()[-3000:]}\n{receiver.log_text()[-2000:]}")
+              lambda: f"the webhook's run to archive it\n{serve.log_text()[-3000:]}\n{receiver.log_text()[-2000:]}")
         latency = time.monotonic() - started
-        assert archived.stat().st_size == fast["file_size"]
+        assert archived.stat().st_size == 300_000
         assert sim.webhooks.deliveries[-1].status_code == 200
         assert len(_manual_runs_for(prefect_server.api_url, fast["id"])) == 1
         print(f"webhook -> archived in {latency:.1f} s")
@@ -461,7 +463,7 @@ def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver
         if state == "CANCELLED":  # a scheduled poll was running (CANCEL_NEW): once more
             state = _run_poll(prefect_server.api_url)
         assert state == "COMPLETED", serve.log_text()[-3000:]
-        assert (sim.archive / lost["output_file_name"]).stat().st_size == lost["file_size"]
+        assert (sim.archive / lost["output_file_name"]).stat().st_size == 200_000
         assert sim.state.downloads[(lost["id"], "video")] == 1
         assert sim.state.downloads[(fast["id"], "video")] == 1  # the poll found it archived
         assert "Traceback" not in receiver.log_text()
