@@ -40,6 +40,7 @@ class Delivery:
     status_code: int | None = None  # None: no answer (connection refused, timeout)
     error: str | None = None
     sent_at: float = field(default_factory=time.time)
+    seconds: float | None = None  # until the answer
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -167,11 +168,13 @@ class WebhookSender:
         """Send one delivery now (no retry) and record it."""
         body, headers = self.signed_request(event, delivery_id)
         record = Delivery(event=event, delivery_id=headers["rtk-uuid"])
+        started = time.perf_counter()
         try:
             response = httpx.post(self.url, content=body, headers=headers, timeout=self.timeout)
             record.status_code = response.status_code
         except httpx.HTTPError as exc:
             record.error = type(exc).__name__
+        record.seconds = time.perf_counter() - started
         self.deliveries.append(record)
         return record
 
