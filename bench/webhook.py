@@ -15,6 +15,7 @@ often ``serve`` looks for runs to start: the largest share of the latency.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -104,6 +105,7 @@ def main() -> int:
             print(f"prefect server, serve and the receiver up in {time.monotonic() - setup_started:.0f} s")
             time.sleep(3)  # let serve's start-up work (a first scheduled poll, if any) settle
             runs = []
+            load_before = os.getloadavg()[0]
             for n in range(args.runs):
                 rec = sim.state.add_recording(status="UPLOADING", file_size=args.size, audio=False,
                                               stopped_time=datetime.now(timezone.utc) - timedelta(seconds=5),
@@ -133,6 +135,7 @@ def main() -> int:
                       f"(answered in {row['webhook_answer_seconds'] * 1000:.0f} ms; run created +{row['run_created_after']} s, "
                       f"started +{row['run_started_after']} s, finished +{row['run_finished_after']} s)")
             downloads = {rid: n for (rid, kind), n in sim.state.downloads.items() if kind == "video"}
+            load_after = os.getloadavg()[0]
     times = [r["seconds"] for r in runs]
     med = statistics.median(times)
 
@@ -153,6 +156,11 @@ def main() -> int:
           f"{summary['median_webhook_answer_ms']:.0f} ms (median)")
     print(f"poll only (every {args.poll_interval_minutes:g} min): {poll_avg:.0f} s on average, up to "
           f"{args.poll_interval_minutes * 60:.0f} s, plus the run -> the webhook is ~{poll_avg / med:.0f}x sooner on average")
+    # most of the delay is the flow run's own process starting (imports: ~3 s of CPU), so a
+    # busy machine shows here: the load is recorded with the figures
+    load = {"cpus": os.cpu_count(), "load_average_1min_before": round(load_before, 2),
+            "load_average_1min_after": round(load_after, 2)}
+    print(f"machine: {load['cpus']} CPUs, 1-min load average {load_before:.1f} before, {load_after:.1f} after")
     ok = med < TARGET_SECONDS
     print(f"target: median under {TARGET_SECONDS:.0f} s -> {'meets' if ok else 'MISSES'}")
     if any(n != 1 for n in downloads.values()):
@@ -160,7 +168,7 @@ def main() -> int:
     save("webhook", {
         "runs": args.runs, "size": args.size, "runner_poll_seconds": args.runner_poll_seconds,
         "poll_interval_minutes": args.poll_interval_minutes, "poll_only_average_seconds": poll_avg,
-        "summary": summary, "per_run": runs, "target_seconds": TARGET_SECONDS, "meets_target": ok,
+        "summary": summary, "per_run": runs, "target_seconds": TARGET_SECONDS, "meets_target": ok, "load": load,
     })
     return 0
 

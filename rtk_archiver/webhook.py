@@ -460,6 +460,11 @@ def serve(host: str, port: int, path: str = "/webhook", app: Starlette | None = 
     """``rtk-archiver webhook``: run the receiver on uvicorn until interrupted."""
     import uvicorn
 
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     app = app or create_app(path=path)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, proxy_headers=False,
                 timeout_keep_alive=5, limit_concurrency=256)

@@ -274,7 +274,7 @@ def test_cli_refuses_to_start_without_key_or_prefect_api(monkeypatch, capsys, se
 
 
 def test_trigger_is_declared_the_same_in_serve_and_prefect_yaml():
-    from prefect.events import DeploymentEventTrigger
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers  # what `prefect deploy` does
 
     from deployments import specs
     from rtk_archiver.settings import Settings
@@ -284,7 +284,7 @@ def test_trigger_is_declared_the_same_in_serve_and_prefect_yaml():
     (trigger,) = manual.triggers
     doc = yaml.safe_load((ROOT / "deployments/prefect.yaml").read_text())
     (ytrigger,) = next(d for d in doc["deployments"] if d["name"] == "manual")["triggers"]
-    from_yaml = DeploymentEventTrigger(**{k: v for k, v in ytrigger.items() if k != "type"})
+    (from_yaml,) = _initialize_deployment_triggers("manual", [ytrigger])
     assert from_yaml.model_dump() == trigger.model_dump()
     assert trigger.expect == {UPLOADED_EVENT} and trigger.match.root == {"prefect.resource.id": "rtk.recording.*"}
 
@@ -450,14 +450,15 @@ def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver
         # a duplicate delivery (a new delivery id, the same status): acknowledged, nothing runs
         sim.webhooks.send(sim.webhooks.deliveries[-1].event)
         assert sim.webhooks.flush(10) and sim.webhooks.deliveries[-1].status_code == 200
-        time.sleep(4)  # longer than the runner's poll: a second run would have been picked up
+        _wait(lambda: "duplicate delivery for recording" in receiver.log_text(), 10, receiver.log_text)
+        time.sleep(2.5)  # longer than the runner's poll: a second run would have been picked up
         assert len(_manual_runs_for(prefect_server.api_url, fast["id"])) == 1
         assert sim.state.downloads[(fast["id"], "video")] == 1
 
         # a lost webhook: nothing happens until the poll, which archives it
         sim.webhooks.drop_next = 1
         sim.state.set_status(lost["id"], "UPLOADED")
-        time.sleep(3)
+        time.sleep(1)
         assert not (sim.archive / lost["output_file_name"]).exists()
         state = _run_poll(prefect_server.api_url)
         if state == "CANCELLED":  # a scheduled poll was running (CANCEL_NEW): once more
