@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from starlette.testclient import TestClient
+
+with warnings.catch_warnings():  # "install httpx2": the TestClient works with httpx as it is
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 from rtk_archiver.settings import SettingsError
 from rtk_archiver.simulator import SimulatorServer
