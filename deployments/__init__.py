@@ -28,6 +28,7 @@ class DeploymentSpec:
     interval: timedelta | None = None
     concurrency_limit: ConcurrencyLimitConfig | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    triggers: list[Any] = field(default_factory=list)  # DeploymentEventTrigger: runs started by events
 
     @property
     def full_name(self) -> str:
@@ -49,6 +50,7 @@ def specs(settings: Settings) -> list[DeploymentSpec]:
         DeploymentSpec(
             "archive-manual", "manual", "flows/manual.py:archive_manual",
             "Archive one recording, a list of ids, or a whole meeting, now.",
+            triggers=[archive_on_upload_trigger()],
         ),
         DeploymentSpec(
             "backfill-recordings", "backfill", "flows/backfill.py:backfill",
@@ -75,6 +77,26 @@ def module_entrypoint(entrypoint: str) -> str:
     if not path.endswith(".py") or not func:
         raise ValueError(f"entrypoint {entrypoint!r} is not <package/module.py>:<flow function>")
     return f"{path.removesuffix('.py').replace('/', '.')}.{func}"
+
+
+# The webhook receiver (rtk_archiver/webhook.py) emits this event when RealtimeKit says a
+# recording is UPLOADED; each one starts a manual run for that recording. The id is checked
+# twice: by the receiver before emitting, and by ManualRequest's pattern when the run is created.
+UPLOADED_EVENT = "rtk.recording.uploaded"
+UPLOADED_TRIGGER_PARAMETERS = {"request": {"recording_ids": ["{{ event.resource.id.split('.')[-1] }}"]}}
+
+
+def archive_on_upload_trigger():
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name="archive-on-upload",
+        description="A recording reached UPLOADED (webhook): archive it now.",
+        expect={UPLOADED_EVENT},
+        match={"prefect.resource.id": "rtk.recording.*"},
+        for_each={"prefect.resource.id"},  # one bucket per recording
+        parameters=UPLOADED_TRIGGER_PARAMETERS,
+    )
 
 
 def load_flow(entrypoint: str):

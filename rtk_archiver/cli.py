@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8787)
     p.add_argument("--count", type=int, default=40, help="recordings to generate")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--webhook-url", help="send signed recording.statusUpdate webhooks here (e.g. http://127.0.0.1:8788/webhook)")
+    p.add_argument("--webhook-key-out", metavar="FILE", help="write the webhooks' PEM public key to FILE")
+
+    p = sub.add_parser("webhook", help="receive RealtimeKit's signed webhooks and start archiving on UPLOADED")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8788)
+    p.add_argument("--path", default="/webhook", help="URL path of the endpoint (default /webhook)")
 
     p = sub.add_parser("serve", help="serve every deployment (poll schedule, manual, backfill) from this process, "
                        "until SIGTERM or Ctrl-C (runs in progress are cancelled; exit status 0)")
@@ -309,7 +316,7 @@ def _run_deployments(args: argparse.Namespace) -> int:
                 deps = [
                     load_flow(s.entrypoint).to_deployment(
                         name=s.name, description=s.description, interval=s.interval,
-                        concurrency_limit=s.concurrency_limit, parameters=s.parameters,
+                        concurrency_limit=s.concurrency_limit, parameters=s.parameters, triggers=s.triggers or None,
                         entrypoint_type=EntrypointType.MODULE_PATH,  # flows.poll.poll_recordings: no path
                     )
                     for s in specs(settings)
@@ -323,10 +330,36 @@ def _run_deployments(args: argparse.Namespace) -> int:
     for s in specs(settings):
         Flow.from_source(source=str(PROJECT_ROOT), entrypoint=s.entrypoint).deploy(
             name=s.name, work_pool_name=args.pool, description=s.description, interval=s.interval,
-            concurrency_limit=s.concurrency_limit, parameters=s.parameters, print_next_steps=False,
+            concurrency_limit=s.concurrency_limit, parameters=s.parameters, triggers=s.triggers or None,
+            print_next_steps=False,
         )
         print(f"deployed {s.full_name} on work pool {args.pool!r}")
     print(f"start workers with: prefect worker start --pool {args.pool}")
+    return EXIT_OK
+
+
+def _run_webhook(args: argparse.Namespace) -> int:
+    """The webhook receiver: verified RealtimeKit webhooks -> Prefect events -> the manual
+    deployment's trigger (needs PREFECT_API_URL: the server that runs the deployments)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from rtk_archiver import webhook
+
+    if not args.path.startswith("/"):
+        print("rtk-archiver: --path must start with /", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        app = webhook.create_app(path=args.path)  # settings and key checked before listening
+    except SettingsError as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not PREFECT_API_URL.value():
+        print("rtk-archiver: PREFECT_API_URL is not set: the receiver sends its events to the Prefect server "
+              "that runs the deployments (rtk-archiver serve / deploy)", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"Receiving RealtimeKit webhooks on http://{args.host}:{args.port}{args.path}; "
+          f"events go to {PREFECT_API_URL.value()}", flush=True)
+    webhook.serve(args.host, args.port, app=app)
     return EXIT_OK
 
 
@@ -377,8 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulator":
         from rtk_archiver.simulator import serve
 
-        serve(host=args.host, port=args.port, count=args.count, seed=args.seed)
+        serve(host=args.host, port=args.port, count=args.count, seed=args.seed,
+              webhook_url=args.webhook_url, webhook_key_file=args.webhook_key_out)
         return EXIT_OK
+    if args.command == "webhook":
+        return _run_webhook(args)
     if args.command in ("serve", "deploy"):
         return _run_deployments(args)
     if args.command == "demo":

@@ -111,6 +111,19 @@ class Settings(BaseSettings):
         default=25.0, gt=0, le=10000,
         description="Storage operations per second (list pages, stats, reads) the scrub makes on each destination.",
     )
+    # --- Webhook receiver (`rtk-archiver webhook`, rtk_archiver/webhook.py) -----------------
+    # The receiver reads only these (it needs no API token): see webhook.load_webhook_settings.
+    rtk_webhook_public_key: str | None = Field(
+        default=None, description="PEM public key that verifies the rtk-signature of RealtimeKit's webhooks."
+    )
+    rtk_webhook_public_key_file: Path | None = Field(default=None, description="File holding that PEM public key.")
+    rtk_webhook_max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=16 * 1024 * 1024, description="Larger webhook requests are refused (413)."
+    )
+    rtk_webhook_dedup_seconds: float = Field(
+        default=24 * 3600.0, ge=0, le=30 * 86400,
+        description="A delivery id or (recording, status) seen within this long is acknowledged and ignored.",
+    )
 
     @field_validator("cloudflare_api_token")
     @classmethod

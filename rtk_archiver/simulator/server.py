@@ -10,14 +10,19 @@ import uvicorn
 
 from .app import create_app
 from .state import SimulatorState, generate_recordings
+from .webhooks import WebhookSender
 
 
 class SimulatorServer:
     """``with SimulatorServer(count=20) as sim:`` serves on 127.0.0.1 and a free port."""
 
     def __init__(self, state: SimulatorState | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 count: int = 0, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024) -> None:
+                 count: int = 0, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024,
+                 webhook_url: str | None = None) -> None:
         self.state = state or SimulatorState()
+        # signed recording.statusUpdate webhooks to webhook_url (settable later: sim.webhooks.url)
+        self.webhooks = WebhookSender(webhook_url)
+        self.state.add_status_listener(self.webhooks.on_status_change)
         self.host = host
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -38,6 +43,11 @@ class SimulatorServer:
     @property
     def base_url(self) -> str:
         return f"{self.url}/client/v4"
+
+    @property
+    def webhook_public_key_pem(self) -> str:
+        """The PEM public key the simulator's webhooks verify with (RTK_WEBHOOK_PUBLIC_KEY)."""
+        return self.webhooks.public_key_pem
 
     @property
     def token(self) -> str:
@@ -66,6 +76,7 @@ class SimulatorServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._sock.close()
+        self.webhooks.close()
 
     def __enter__(self) -> "SimulatorServer":
         return self.start()
@@ -74,9 +85,11 @@ class SimulatorServer:
         self.stop()
 
 
-def serve(host: str = "127.0.0.1", port: int = 8787, count: int = 40, seed: int = 1) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8787, count: int = 40, seed: int = 1,
+          webhook_url: str | None = None, webhook_key_file: str | None = None) -> None:
     """Serve in the foreground until interrupted (``rtk-archiver simulator``)."""
-    sim = SimulatorServer(host=host, port=port, count=count, seed=seed)
+    sim = SimulatorServer(host=host, port=port, count=count, seed=seed, webhook_url=webhook_url)
+    _announce_webhooks(sim, webhook_url, webhook_key_file)
     print(
         f"RealtimeKit simulator on {sim.url} with {count} recordings\n"
         f"  export CLOUDFLARE_BASE_URL={sim.base_url} CLOUDFLARE_API_TOKEN={sim.token} "
@@ -91,3 +104,16 @@ def serve(host: str = "127.0.0.1", port: int = 8787, count: int = 40, seed: int 
         pass
     finally:
         sim.stop()
+
+
+def _announce_webhooks(sim: SimulatorServer, url: str | None, key_file: str | None) -> None:
+    """With ``--webhook-url``: say where webhooks go and where their public key is."""
+    if not url and not key_file:
+        return
+    if key_file:
+        with open(key_file, "w") as f:
+            f.write(sim.webhook_public_key_pem)
+        where = f"  export RTK_WEBHOOK_PUBLIC_KEY_FILE={key_file}"
+    else:
+        where = "  public key (RTK_WEBHOOK_PUBLIC_KEY):\n" + sim.webhook_public_key_pem
+    print(f"Signed recording.statusUpdate webhooks to {url or '(no URL: none sent)'}\n{where}", flush=True)

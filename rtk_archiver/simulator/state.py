@@ -234,12 +234,15 @@ class SimulatorState:
                 timer = threading.Timer(self.upload_delay_seconds, self._finish_upload, args=(rec.id,))
                 timer.daemon = True
                 timer.start()
+                self._status_changed(rec)
                 return None
             if action == "pause" and rec.status == "RECORDING":
                 rec.status = "PAUSED"
+                self._status_changed(rec)
                 return None
             if action == "resume" and rec.status == "PAUSED":
                 rec.status = "RECORDING"
+                self._status_changed(rec)
                 return None
             return f"cannot {action} a recording whose status is {rec.status}"
 
@@ -248,6 +251,33 @@ class SimulatorState:
             rec = self.recordings.get(recording_id)
             if rec is not None and rec.status == "UPLOADING":
                 rec.status = "UPLOADED"
+                self._status_changed(rec)
+
+    # -- status webhooks (simulator/webhooks.py) -----------------------------------------------
+    def add_status_listener(self, listener: Callable[["SimulatorState", SimRecording], None]) -> None:
+        """Call ``listener(state, recording)`` after every status change made through the state's
+        methods (``apply_action``, the end of an upload, ``set_status``)."""
+        with self.lock:
+            self.__dict__.setdefault("_status_listeners", []).append(listener)
+
+    def _status_changed(self, rec: SimRecording) -> None:
+        for listener in list(self.__dict__.get("_status_listeners", ())):
+            listener(self, rec)
+
+    def set_status(self, recording_id: str, status: str) -> dict[str, Any]:
+        """Move a recording to ``status`` as the platform would (a stop time once it has stopped),
+        tell the listeners (the webhook sender), and return its API view."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        with self.lock:
+            rec = self.recordings[recording_id]
+            rec.status = status
+            if status in ("UPLOADING", "UPLOADED", "ERRORED") and rec.stopped_time is None:
+                now = datetime.now(timezone.utc)
+                rec.stopped_time = now
+                rec.recording_duration = int((now - (rec.started_time or now)).total_seconds())
+            self._status_changed(rec)
+            return self.view(rec)
 
 
 STORAGE_KINDS: tuple[dict[str, Any] | None, ...] = (

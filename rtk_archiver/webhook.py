@@ -1,0 +1,470 @@
+"""``rtk-archiver webhook``: receive RealtimeKit's signed webhooks and turn a recording that
+reached ``UPLOADED`` into the Prefect event ``rtk.recording.uploaded`` (resource
+``rtk.recording.<id>``). A deployment trigger (deployments/__init__.py, prefect.yaml) on that
+event starts ``archive-manual/manual`` for the recording, so it is archived within seconds
+instead of at the next poll.
+
+What is public, and what this follows:
+
+* RealtimeKit (developers.cloudflare.com/realtime/realtimekit/webhooks) sends a JSON ``POST``
+  per subscribed event, with the event name in the body's ``event`` field, and says to verify
+  the ``rtk-signature`` header. Its predecessor Dyte documents the scheme: an RSA-SHA256
+  signature (RSASSA-PKCS1-v1_5) of the payload, base64, verified with the platform's public key
+  (published at ``/.well-known/webhooks.json``), plus a ``dyte-uuid`` header naming the delivery
+  and ``dyte-webhook-id`` naming the subscription. RealtimeKit's own pages do not spell out the
+  signed bytes, so this receiver verifies the raw request body, and, as Dyte's sample code does,
+  the compact JSON serialization of the parsed body when the raw bytes do not verify (both are
+  a serialization of exactly the object acted on). ``rtk-signature`` and the older
+  ``dyte-signature`` are both accepted, and ``rtk-uuid`` / ``dyte-uuid`` as the delivery id.
+* ``recording.statusUpdate`` carries ``recording.id`` (also ``recording.recordingId``),
+  ``recording.status`` (``INVOKED`` ... ``UPLOADED``, ``ERRORED``), ``recording.meetingId``,
+  ``recording.outputFileName``, ``recording.fileSize`` and presigned ``downloadUrl`` /
+  ``audioDownloadUrl``. Only the id and the status are used; URLs never leave this process
+  (the archive run fetches fresh ones from the API).
+
+Answers: 200 once the event is in Prefect (or the delivery needs nothing: another event, a
+status other than ``UPLOADED``, a duplicate); 401 unsigned or badly signed; 413 too large; 400
+signed but malformed; 503 when Prefect did not take the event (RealtimeKit then retries). The
+bodies are fixed strings: nothing about why a request was refused is sent back.
+
+Duplicates (a retried delivery, or the same status twice) are acknowledged and ignored: the
+delivery id and the (recording id, status) pair are remembered for
+``RTK_WEBHOOK_DEDUP_SECONDS``; the event id is derived from the recording id, so the Prefect
+server's own de-duplication (30 min) also holds across receiver restarts and replicas. A
+duplicate archive run would find the recording already archived anyway, and a lost webhook is
+caught by the scheduled poll, which stays the reconciling safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from pydantic import ValidationError, create_model
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from rtk_archiver.settings import Settings, SettingsError
+
+logger = logging.getLogger("rtk_archiver.webhook")
+
+SIGNATURE_HEADERS = ("rtk-signature", "dyte-signature")
+DELIVERY_ID_HEADERS = ("rtk-uuid", "dyte-uuid")
+STATUS_EVENT = "recording.statusUpdate"
+UPLOADED_EVENT = "rtk.recording.uploaded"
+RESOURCE_PREFIX = "rtk.recording."
+# What flows/manual.py accepts as a recording id (ManualRequest's Identifier): checked here so
+# that the event, and the run its trigger starts, only ever carry a valid one.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+EMIT_TIMEOUT_SECONDS = 5.0
+MAX_REMEMBERED = 100_000
+_EVENT_NAMESPACE = uuid.UUID("6f1d7f64-3c55-4d0e-9a7c-7f1f3c1b2a90")
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+# ----------------------------------------------------------------------------- settings
+
+_WEBHOOK_FIELDS = (
+    "rtk_webhook_public_key",
+    "rtk_webhook_public_key_file",
+    "rtk_webhook_max_body_bytes",
+    "rtk_webhook_dedup_seconds",
+)
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+# Only the receiver's fields of Settings (one definition, in settings.py): the receiver faces
+# the internet and needs no RealtimeKit API token, so it must not require one.
+WebhookSettings = create_model(  # type: ignore[call-overload]
+    "WebhookSettings",
+    __base__=_Base,
+    **{name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in _WEBHOOK_FIELDS},
+)
+
+
+def load_webhook_settings(**overrides: Any):
+    try:
+        return WebhookSettings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"{str(err['loc'][0]).upper() if err.get('loc') else '?'} {err.get('msg', 'is invalid')}"
+            for err in exc.errors(include_input=False, include_url=False)
+        ]
+        raise SettingsError("Invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_public_key(settings) -> PublicKey:
+    """The verification key from RTK_WEBHOOK_PUBLIC_KEY (PEM text) or RTK_WEBHOOK_PUBLIC_KEY_FILE."""
+    pem, source = settings.rtk_webhook_public_key, "RTK_WEBHOOK_PUBLIC_KEY"
+    if pem and settings.rtk_webhook_public_key_file:
+        raise SettingsError("Set RTK_WEBHOOK_PUBLIC_KEY or RTK_WEBHOOK_PUBLIC_KEY_FILE, not both")
+    if not pem:
+        path = settings.rtk_webhook_public_key_file
+        if path is None:
+            raise SettingsError(
+                "RTK_WEBHOOK_PUBLIC_KEY (PEM text) or RTK_WEBHOOK_PUBLIC_KEY_FILE is not set: the receiver "
+                "verifies every webhook with RealtimeKit's public key"
+            )
+        source = f"RTK_WEBHOOK_PUBLIC_KEY_FILE ({path})"
+        try:
+            pem = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{source} cannot be read: {exc.strerror or exc}") from None
+    return parse_public_key(pem, source)
+
+
+def parse_public_key(pem: str, source: str = "the public key") -> PublicKey:
+    # the .well-known document and environment variables often carry the PEM with literal \n
+    text = pem.strip().replace("\\n", "\n")
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, TypeError):
+        raise SettingsError(f"{source} is not a PEM public key (-----BEGIN PUBLIC KEY-----)") from None
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
+        raise SettingsError(f"{source}: unsupported key type {type(key).__name__} (RSA expected)")
+    return key
+
+
+# ----------------------------------------------------------------------------- signatures
+
+
+def verify_signature(key: PublicKey, data: bytes, signature: bytes) -> bool:
+    """RSA-SHA256 (PKCS#1 v1.5), as RealtimeKit/Dyte sign; ECDSA-SHA256 and Ed25519 keys too."""
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        else:
+            key.verify(signature, data)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def compact_json(obj: Any) -> bytes:
+    """``JSON.stringify`` of a parsed body: what Dyte's sample code verifies."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _decode_signature(value: str) -> bytes | None:
+    value = value.strip()
+    if not value or len(value) > 2048:
+        return None
+    padded = value + "=" * (-len(value) % 4)
+    try:
+        if "-" in value or "_" in value:  # the URL-safe alphabet
+            return base64.b64decode(padded, altchars=b"-_", validate=True)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+@dataclass(frozen=True)
+class UploadedRecording:
+    """What the receiver passes on: ids and status only (never the presigned URLs)."""
+
+    recording_id: str
+    meeting_id: str | None
+    file_size: int | None
+    delivery_id: str | None
+
+
+Emit = Callable[[UploadedRecording], Awaitable[None]]
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+_ANSWERS = {
+    200: {"ok": True},
+    400: {"error": "bad request"},
+    401: {"error": "unauthorized"},
+    413: {"error": "payload too large"},
+    503: {"error": "unavailable, retry later"},
+}
+
+
+def _answer(status: int) -> Response:
+    return JSONResponse(_ANSWERS[status], status_code=status)
+
+
+class SeenCache:
+    """Keys seen within ``ttl`` seconds (bounded: the oldest are forgotten first)."""
+
+    def __init__(self, ttl: float, max_size: int = MAX_REMEMBERED, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_size = max_size
+        self._clock = clock
+        self._seen: OrderedDict[tuple, float] = OrderedDict()
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._seen:
+            key, at = next(iter(self._seen.items()))
+            if now - at < self.ttl:
+                break
+            self._seen.popitem(last=False)
+
+    def claim(self, *keys: tuple) -> bool:
+        """True (and remember every key) unless one of them was seen within the TTL."""
+        self._expire()
+        if any(k in self._seen for k in keys):
+            return False
+        now = self._clock()
+        for k in keys:
+            self._seen[k] = now
+        while len(self._seen) > self.max_size:
+            self._seen.popitem(last=False)
+        return True
+
+    def release(self, *keys: tuple) -> None:
+        for k in keys:
+            self._seen.pop(k, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class WebhookReceiver:
+    """The ASGI app (``receiver.app``) and its state: key, limits, what it has seen."""
+
+    def __init__(self, public_key: PublicKey, emit: Emit, *, max_body_bytes: int = 256 * 1024,
+                 dedup_seconds: float = 24 * 3600.0, path: str = "/webhook",
+                 emit_timeout: float = EMIT_TIMEOUT_SECONDS) -> None:
+        self.public_key = public_key
+        self.emit = emit
+        self.max_body_bytes = max_body_bytes
+        self.emit_timeout = emit_timeout
+        self.seen = SeenCache(dedup_seconds)
+        self.counts: dict[str, int] = {}
+        self.app = Starlette(
+            routes=[
+                Route(path, self.handle, methods=["POST"]),
+                Route("/healthz", lambda request: PlainTextResponse("ok"), methods=["GET"]),
+            ]
+        )
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            status = await self._handle(request)
+        except Refused as exc:
+            # the reason goes to the log only; the sender learns nothing but the status
+            logger.warning("webhook refused (%d): %s", exc.status, exc.reason)
+            self._count(f"refused-{exc.status}")
+            return _answer(exc.status)
+        return _answer(status)
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise Refused(400, "bad Content-Length")
+            if int(declared) > self.max_body_bytes:
+                raise Refused(413, f"body of {int(declared)} bytes over the {self.max_body_bytes}-byte limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise Refused(413, f"body over the {self.max_body_bytes}-byte limit")
+        return bytes(body)
+
+    def _verify(self, request: Request, body: bytes) -> Any:
+        """The parsed body, once its signature verifies (else Refused 401)."""
+        header = next((request.headers[h] for h in SIGNATURE_HEADERS if h in request.headers), None)
+        if header is None:
+            raise Refused(401, "no rtk-signature header")
+        signature = _decode_signature(header)
+        if signature is None:
+            raise Refused(401, "signature header is not base64")
+        if verify_signature(self.public_key, body, signature):
+            try:
+                return json.loads(body)
+            except (ValueError, RecursionError):
+                raise Refused(400, "signed body is not JSON") from None
+        try:
+            parsed = json.loads(body)
+            canonical = compact_json(parsed)
+        except (ValueError, RecursionError, TypeError):
+            raise Refused(401, "signature does not verify") from None
+        if canonical != body and verify_signature(self.public_key, canonical, signature):
+            return parsed
+        raise Refused(401, "signature does not verify")
+
+    async def _handle(self, request: Request) -> int:
+        body = await self._read_body(request)
+        doc = self._verify(request, body)
+        if not isinstance(doc, dict) or not isinstance(doc.get("event"), str):
+            raise Refused(400, "body is not an object with an 'event' string")
+        delivery = next((request.headers[h] for h in DELIVERY_ID_HEADERS if h in request.headers), None)
+        delivery = delivery.strip()[:128] if delivery else None
+        keys: list[tuple] = [("delivery", delivery)] if delivery else []
+
+        if doc["event"] != STATUS_EVENT:
+            if keys and not self.seen.claim(*keys):
+                self._count("duplicate")
+            else:
+                self._count(f"ignored-{doc['event'][:64]}")
+            return 200
+        recording_id, status, meeting_id, file_size = _recording_fields(doc)
+        keys.append(("status", recording_id, status))
+        if not self.seen.claim(*keys):
+            self._count("duplicate")
+            logger.info("duplicate delivery for recording %s (%s): acknowledged, nothing done", recording_id, status)
+            return 200
+        if status != "UPLOADED":
+            self._count(f"status-{status}")
+            return 200
+        event = UploadedRecording(recording_id, meeting_id, file_size, delivery)
+        try:
+            await asyncio.wait_for(self.emit(event), timeout=self.emit_timeout)
+        except Exception as exc:  # noqa: BLE001 - Prefect unreachable, timeout, refused: let RealtimeKit retry
+            self.seen.release(*keys)
+            self._count("emit-failed")
+            logger.error("could not hand recording %s to Prefect (%s): answered 503 for a retry",
+                         recording_id, type(exc).__name__)
+            return 503
+        self._count("emitted")
+        logger.info("recording %s uploaded: event %s emitted", recording_id, UPLOADED_EVENT)
+        return 200
+
+
+def _recording_fields(doc: dict) -> tuple[str, str, str | None, int | None]:
+    rec = doc.get("recording")
+    if not isinstance(rec, dict):
+        raise Refused(400, "recording.statusUpdate without a 'recording' object")
+    rid = rec.get("id") if rec.get("id") is not None else rec.get("recordingId")
+    if not isinstance(rid, str) or not ID_PATTERN.match(rid):
+        raise Refused(400, "recording id missing or not an id")
+    status = rec.get("status")
+    if not isinstance(status, str) or not re.fullmatch(r"[A-Z_]{1,32}", status):
+        raise Refused(400, "recording status missing or malformed")
+    meeting = rec.get("meetingId")
+    if meeting is None and isinstance(doc.get("meeting"), dict):
+        meeting = doc["meeting"].get("id")
+    meeting = meeting if isinstance(meeting, str) and ID_PATTERN.match(meeting) else None
+    size = rec.get("fileSize")
+    size = int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 0 else None
+    return rid, status, meeting, size
+
+
+# ----------------------------------------------------------------------------- Prefect
+
+
+def event_id(recording_id: str) -> uuid.UUID:
+    """The same id for every event about one recording's upload: the Prefect server drops an
+    event id it has seen in the last 30 minutes, whichever receiver sent it."""
+    return uuid.uuid5(_EVENT_NAMESPACE, f"{UPLOADED_EVENT}:{recording_id}")
+
+
+def build_event(rec: UploadedRecording):
+    from prefect.events import Event
+
+    related = []
+    if rec.meeting_id:
+        related.append({"prefect.resource.id": f"rtk.meeting.{rec.meeting_id}", "prefect.resource.role": "meeting"})
+    payload = {"recording_id": rec.recording_id, "status": "UPLOADED", "source": "webhook"}
+    if rec.meeting_id:
+        payload["meeting_id"] = rec.meeting_id
+    if rec.file_size is not None:
+        payload["file_size"] = rec.file_size
+    return Event(
+        id=event_id(rec.recording_id),
+        event=UPLOADED_EVENT,
+        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{rec.recording_id}", "prefect.resource.name": rec.recording_id},
+        related=related,
+        payload=payload,
+    )
+
+
+class PrefectEmitter:
+    """Sends the event to the Prefect API (``POST /events``, what ``emit_event``'s worker does
+    over a websocket) and waits for the server to take it, so the webhook is acknowledged only
+    once the event is in Prefect; a failure becomes a 503 and RealtimeKit's retry."""
+
+    def __init__(self) -> None:
+        self._client = None
+
+    async def start(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        self._client = get_client()
+        await self._client.__aenter__()
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    async def __call__(self, rec: UploadedRecording) -> None:
+        if self._client is None:
+            await self.start()
+        event = build_event(rec)
+        response = await self._client.request("POST", "/events", json=[event.model_dump(mode="json")])
+        response.raise_for_status()
+
+
+def create_app(settings=None, *, emit: Emit | None = None, path: str = "/webhook") -> Starlette:
+    """The receiver for ``uvicorn`` (reads the RTK_WEBHOOK_* settings; raises SettingsError)."""
+    settings = settings or load_webhook_settings()
+    key = load_public_key(settings)
+    emitter = emit or PrefectEmitter()
+    receiver = WebhookReceiver(key, emitter, max_body_bytes=settings.rtk_webhook_max_body_bytes,
+                               dedup_seconds=settings.rtk_webhook_dedup_seconds, path=path)
+    if isinstance(emitter, PrefectEmitter):
+        @asynccontextmanager
+        async def lifespan(app):
+            await emitter.start()
+            try:
+                yield
+            finally:
+                await emitter.stop()
+
+        receiver.app.router.lifespan_context = lifespan
+    receiver.app.state.receiver = receiver
+    return receiver.app
+
+
+def serve(host: str, port: int, path: str = "/webhook", app: Starlette | None = None) -> None:
+    """``rtk-archiver webhook``: run the receiver on uvicorn until interrupted."""
+    import uvicorn
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    app = app or create_app(path=path)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, proxy_headers=False,
+                timeout_keep_alive=5, limit_concurrency=256)

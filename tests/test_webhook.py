@@ -1,0 +1,488 @@
+"""Webhooks: the receiver (`rtk-archiver webhook`) verifies RealtimeKit's signature, refuses what
+it must with the right status and no detail, answers fast, and ignores duplicates; the
+simulator sends signed webhooks; end to end on a real `prefect server` + `rtk-archiver serve`:
+webhook -> event -> trigger -> manual run -> archived, a lost webhook caught by the poll, a
+duplicate delivery archived once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+import warnings
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+with warnings.catch_warnings():  # "install httpx2": the TestClient works with httpx as it is
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from rtk_archiver.settings import SettingsError
+from rtk_archiver.simulator import SimulatorServer
+from rtk_archiver.simulator.webhooks import WebhookSender
+from rtk_archiver.webhook import (
+    SeenCache,
+    UPLOADED_EVENT,
+    UploadedRecording,
+    WebhookReceiver,
+    build_event,
+    event_id,
+    load_public_key,
+    load_webhook_settings,
+    parse_public_key,
+)
+from tests.fixtures import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RID = "7f3c0a9e-1b2c-4d5e-8f90-123456789abc"
+
+
+def status_update(rid: str = RID, status: str = "UPLOADED", **extra) -> dict:
+    return {
+        "event": "recording.statusUpdate",
+        "recording": {
+            "id": rid, "recordingId": rid, "status": status, "meetingId": "meet-1", "fileSize": 1234,
+            "outputFileName": "x.mp4",
+            "downloadUrl": "https://bucket.example/x.mp4?X-Signature=SECRETSIG",
+            **extra,
+        },
+        "meeting": {"id": "meet-1", "title": "Weekly"},
+    }
+
+
+class FakeEmit:
+    """Stands in for the Prefect API: records what would be emitted; can fail on demand."""
+
+    def __init__(self) -> None:
+        self.events: list[UploadedRecording] = []
+        self.fail_next = 0
+
+    async def __call__(self, rec: UploadedRecording) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("prefect is down")
+        self.events.append(rec)
+
+
+@pytest.fixture(scope="module")
+def sender():
+    return WebhookSender()  # a key pair, as the simulator's
+
+
+@pytest.fixture(scope="module")
+def other_key():
+    return WebhookSender()  # somebody else's key
+
+
+@pytest.fixture
+def hook(sender):
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit, max_body_bytes=8 * 1024)
+    with TestClient(receiver.app) as client:
+        yield client, receiver, emit
+
+
+def post(client, body: bytes, headers: dict) -> httpx.Response:
+    return client.post("/webhook", content=body, headers=headers)
+
+
+# ----------------------------------------------------------------------------- the receiver
+
+
+def test_signed_uploaded_webhook_is_accepted_and_emitted_without_urls(hook, sender):
+    client, receiver, emit = hook
+    body, headers = sender.signed_request(status_update())
+    started = time.perf_counter()
+    r = post(client, body, headers)
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    assert time.perf_counter() - started < 1.0
+    assert [e.recording_id for e in emit.events] == [RID]
+    assert emit.events[0].meeting_id == "meet-1" and emit.events[0].file_size == 1234
+
+    event = build_event(emit.events[0])
+    assert event.event == UPLOADED_EVENT and event.resource.id == f"rtk.recording.{RID}"
+    assert event.id == event_id(RID) == build_event(UploadedRecording(RID, None, None, "other")).id
+    dumped = event.model_dump_json()
+    assert "SECRETSIG" not in dumped and "http" not in dumped  # presigned URLs never leave the receiver
+
+
+def test_dyte_signature_header_and_the_compact_serialization_are_accepted(hook, sender):
+    """Dyte's sample verifies JSON.stringify(parsed body): a signature over the compact
+    serialization verifies a body sent with other whitespace; `dyte-signature` is accepted."""
+    client, _, emit = hook
+    event = status_update()
+    pretty = json.dumps(event, indent=2).encode()
+    _, headers = sender.signed_request(event)  # signed over the compact form
+    headers = {"dyte-signature": headers["rtk-signature"], "dyte-uuid": str(uuid.uuid4())}
+    assert post(client, pretty, headers).status_code == 200
+    assert len(emit.events) == 1
+
+
+def _refusal_cases(sender, other_key):
+    good_body, good = sender.signed_request(status_update())
+    tampered = good_body.replace(RID.encode(), b"0000aaaa-1b2c-4d5e-8f90-123456789abc")
+    unsigned = {k: v for k, v in good.items() if k != "rtk-signature"}
+    _, foreign = other_key.signed_request(status_update())
+    big = json.dumps({**status_update(), "pad": "x" * 9000}).encode()
+
+    def signed(raw: bytes) -> tuple[bytes, dict]:
+        return raw, {**good, "rtk-signature": sender.sign(raw)}
+
+    return {
+        "missing signature": (401, good_body, unsigned),
+        "empty signature": (401, good_body, {**good, "rtk-signature": ""}),
+        "not base64": (401, good_body, {**good, "rtk-signature": "%%%not-base64%%%"}),
+        "wrong key": (401, good_body, {**good, "rtk-signature": foreign["rtk-signature"]}),
+        "tampered body": (401, tampered, good),
+        "oversized (Content-Length)": (413, big, {**good, "rtk-signature": sender.sign(big)}),
+        "malformed JSON, signed": (400, *signed(b'{"event": "recording.statusUpdate", "recording": {')),
+        "not an object, signed": (400, *signed(b'["recording.statusUpdate"]')),
+        "no recording object": (400, *signed(b'{"event":"recording.statusUpdate"}')),
+        "no recording id": (400, *signed(sender.encode(status_update(rid=None) | {"recording": {"status": "UPLOADED"}}))),
+        "id that is not an id": (400, *signed(sender.encode(status_update(rid="../../etc/passwd")))),
+        "malformed status": (400, *signed(sender.encode(status_update(status="uploaded; drop")))),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "missing signature", "empty signature", "not base64", "wrong key", "tampered body", "oversized (Content-Length)",
+    "malformed JSON, signed", "not an object, signed", "no recording object", "no recording id",
+    "id that is not an id", "malformed status",
+])
+def test_refusals_have_the_right_status_and_no_detail(hook, sender, other_key, case, caplog):
+    client, receiver, emit = hook
+    status, body, headers = _refusal_cases(sender, other_key)[case]
+    r = post(client, body, headers)
+    assert r.status_code == status
+    assert r.json() == {400: {"error": "bad request"}, 401: {"error": "unauthorized"},
+                        413: {"error": "payload too large"}}[status]
+    assert emit.events == [] and len(receiver.seen) == 0  # nothing done, nothing remembered
+    assert any("webhook refused" in m for m in caplog.messages)  # the reason is logged, not sent
+
+
+def test_oversized_body_without_content_length_is_refused_while_streaming(hook, sender):
+    client, receiver, emit = hook
+    big = json.dumps({**status_update(), "pad": "x" * 20000}).encode()
+    _, headers = sender.signed_request(status_update())
+
+    def chunks():
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    r = client.post("/webhook", content=chunks(), headers={**headers, "rtk-signature": sender.sign(big)})
+    assert r.status_code == 413 and emit.events == []
+
+
+def test_replayed_and_duplicate_deliveries_are_acknowledged_and_ignored(hook, sender):
+    client, receiver, emit = hook
+    body, headers = sender.signed_request(status_update())
+    assert post(client, body, headers).status_code == 200
+    assert post(client, body, headers).status_code == 200  # the same delivery replayed
+    _, retry = sender.signed_request(status_update())  # the same status, a new delivery id
+    assert post(client, body, retry).status_code == 200
+    assert [e.recording_id for e in emit.events] == [RID]
+    assert receiver.counts["duplicate"] == 2
+
+    other = "aaaabbbb-1b2c-4d5e-8f90-123456789abc"
+    body2, headers2 = sender.signed_request(status_update(rid=other))
+    assert post(client, body2, headers2).status_code == 200
+    assert [e.recording_id for e in emit.events] == [RID, other]
+
+
+def test_other_statuses_and_events_are_acknowledged_without_an_event(hook, sender):
+    client, receiver, emit = hook
+    for event in (status_update(status="RECORDING"), status_update(status="UPLOADING"),
+                  status_update(status="ERRORED"), {"event": "meeting.started", "meeting": {"id": "m"}}):
+        body, headers = sender.signed_request(event)
+        assert post(client, body, headers).status_code == 200
+    assert emit.events == []
+    # UPLOADING was seen, UPLOADED still goes through
+    body, headers = sender.signed_request(status_update())
+    assert post(client, body, headers).status_code == 200 and len(emit.events) == 1
+
+
+def test_prefect_unavailable_answers_503_and_the_retry_is_not_a_duplicate(hook, sender):
+    client, receiver, emit = hook
+    emit.fail_next = 1
+    body, headers = sender.signed_request(status_update())
+    r = post(client, body, headers)
+    assert r.status_code == 503 and r.json() == {"error": "unavailable, retry later"}
+    assert post(client, body, headers).status_code == 200  # RealtimeKit's retry
+    assert [e.recording_id for e in emit.events] == [RID]
+
+
+def test_slow_prefect_times_out_into_a_503(sender):
+    async def hang(rec):
+        await asyncio.sleep(30)
+
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), hang, emit_timeout=0.3)
+    with TestClient(receiver.app) as client:
+        body, headers = sender.signed_request(status_update())
+        started = time.perf_counter()
+        assert post(client, body, headers).status_code == 503
+        assert time.perf_counter() - started < 5
+
+
+def test_seen_cache_forgets_after_the_ttl_and_stays_bounded():
+    now = [0.0]
+    cache = SeenCache(ttl=10, max_size=3, clock=lambda: now[0])
+    assert cache.claim(("a",)) and not cache.claim(("a",))
+    now[0] = 11
+    assert cache.claim(("a",))  # forgotten after the TTL
+    for k in "bcde":
+        cache.claim((k,))
+    assert len(cache) == 3  # bounded: the oldest go first
+
+
+def test_settings_name_the_variables(tmp_path, sender, monkeypatch):
+    for var in ("RTK_WEBHOOK_PUBLIC_KEY", "RTK_WEBHOOK_PUBLIC_KEY_FILE", "CLOUDFLARE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SettingsError, match="RTK_WEBHOOK_PUBLIC_KEY .*RTK_WEBHOOK_PUBLIC_KEY_FILE is not set"):
+        load_public_key(load_webhook_settings())  # and no API token is needed
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", "not a key")
+    with pytest.raises(SettingsError, match="RTK_WEBHOOK_PUBLIC_KEY is not a PEM public key"):
+        load_public_key(load_webhook_settings())
+    # a PEM with literal \n, as .well-known/webhooks.json and env files carry it
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem.replace("\n", "\\n"))
+    assert load_public_key(load_webhook_settings()).key_size == 2048
+    monkeypatch.delenv("RTK_WEBHOOK_PUBLIC_KEY")
+    key_file = tmp_path / "rtk.pem"
+    key_file.write_text(sender.public_key_pem)
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY_FILE", str(key_file))
+    assert load_public_key(load_webhook_settings()).key_size == 2048
+    monkeypatch.setenv("RTK_WEBHOOK_MAX_BODY_BYTES", "10")
+    with pytest.raises(SettingsError, match="RTK_WEBHOOK_MAX_BODY_BYTES"):
+        load_webhook_settings()
+
+
+def test_cli_refuses_to_start_without_key_or_prefect_api(monkeypatch, capsys, sender):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from rtk_archiver.cli import main
+
+    monkeypatch.delenv("RTK_WEBHOOK_PUBLIC_KEY", raising=False)
+    monkeypatch.delenv("RTK_WEBHOOK_PUBLIC_KEY_FILE", raising=False)
+    assert main(["webhook", "--port", "1"]) == 2
+    assert "RTK_WEBHOOK_PUBLIC_KEY (PEM text) or RTK_WEBHOOK_PUBLIC_KEY_FILE is not set" in capsys.readouterr().err
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(["webhook", "--port", "1"]) == 2
+    assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+
+
+def test_trigger_is_declared_the_same_in_serve_and_prefect_yaml():
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers  # what `prefect deploy` does
+
+    from deployments import specs
+    from rtk_archiver.settings import Settings
+
+    settings = Settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b")
+    manual = next(s for s in specs(settings) if s.name == "manual")
+    (trigger,) = manual.triggers
+    doc = yaml.safe_load((ROOT / "deployments/prefect.yaml").read_text())
+    (ytrigger,) = next(d for d in doc["deployments"] if d["name"] == "manual")["triggers"]
+    (from_yaml,) = _initialize_deployment_triggers("manual", [ytrigger])
+    assert from_yaml.model_dump() == trigger.model_dump()
+    assert trigger.expect == {UPLOADED_EVENT} and trigger.match.root == {"prefect.resource.id": "rtk.recording.*"}
+
+
+def test_trigger_parameters_render_to_a_valid_manual_request():
+    """Prefect 3.8.8's own rendering of the trigger's templated parameters (as the server does
+    for a triggered RunDeployment) yields a ManualRequest for exactly that recording."""
+    import copy
+
+    from prefect.server.events.actions import RunDeployment
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    from deployments import UPLOADED_TRIGGER_PARAMETERS
+    from flows.manual import ManualRequest
+
+    params = copy.deepcopy(UPLOADED_TRIGGER_PARAMETERS)
+    RunDeployment._upgrade_v1_templates(params)
+    event = build_event(UploadedRecording(RID, "meet-1", 10, None))
+    rendered = hydrate(params, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": event}))
+    assert ManualRequest.model_validate(rendered["request"]).recording_ids == [RID]
+
+
+# ----------------------------------------------------------------------------- with the simulator
+
+
+class ReceiverThread:
+    """The receiver's ASGI app on uvicorn, on 127.0.0.1 and a free port, in a thread."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/webhook"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> "ReceiverThread":
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline and self._thread.is_alive(), "the receiver did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def test_simulator_sends_signed_webhooks_on_stop_and_upload_lost_and_duplicated():
+    emit = FakeEmit()
+    with SimulatorServer() as sim:
+        sim.state.upload_delay_seconds = 0.2
+        receiver = WebhookReceiver(parse_public_key(sim.webhook_public_key_pem), emit)
+        with ReceiverThread(receiver.app) as rx:
+            sim.webhooks.url = rx.url
+            live = sim.state.add_recording(status="RECORDING", stopped_time=None)
+            base = f"{sim.base_url}/accounts/{sim.account_id}/realtime/kit/{sim.app_id}/recordings/{live['id']}"
+            r = httpx.put(base, json={"action": "stop"}, headers={"Authorization": f"Bearer {sim.token}"})
+            assert r.status_code == 200 and r.json()["data"]["status"] == "UPLOADING"
+            deadline = time.monotonic() + 10
+            while not emit.events and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sim.webhooks.flush(10)
+            assert [d.event["recording"]["status"] for d in sim.webhooks.deliveries] == ["UPLOADING", "UPLOADED"]
+            assert all(d.status_code == 200 for d in sim.webhooks.deliveries)
+            assert [e.recording_id for e in emit.events] == [live["id"]]
+            uploaded = sim.webhooks.deliveries[-1].event["recording"]
+            assert uploaded["downloadUrl"].startswith(sim.url)
+            assert uploaded["fileSize"] == sim.state.recordings[live["id"]].file_size
+
+            # duplicated deliveries: acknowledged, one event
+            dup = sim.state.add_recording(status="UPLOADING")
+            sim.webhooks.duplicate = True
+            sim.state.set_status(dup["id"], "UPLOADED")
+            assert sim.webhooks.flush(10)
+            sim.webhooks.duplicate = False
+            assert [e.recording_id for e in emit.events] == [live["id"], dup["id"]]
+            assert [d.status_code for d in sim.webhooks.deliveries[-2:]] == [200, 200]
+
+            # a lost delivery: nothing arrives
+            lost = sim.state.add_recording(status="UPLOADING")
+            sim.webhooks.drop_next = 1
+            sim.state.set_status(lost["id"], "UPLOADED")
+            assert sim.webhooks.flush(10)
+            assert lost["id"] not in [e.recording_id for e in emit.events]
+            assert sim.webhooks.dropped[-1]["recording"]["id"] == lost["id"]
+    assert receiver.counts == {"status-UPLOADING": 1, "emitted": 2, "duplicate": 1}
+
+
+# ----------------------------------------------------------------------------- end to end (slow)
+
+
+def _wait(check, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
+
+
+def _manual_runs_for(api_url: str, recording_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["manual"])))
+        return [r for r in runs if recording_id in (r.parameters.get("request") or {}).get("recording_ids", [])]
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return asyncio.run(read())
+
+
+def _run_poll(api_url: str) -> str:
+    """Start a run of the scheduled-poll deployment now and wait for its end state."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        run = run_deployment("poll-recordings/scheduled-poll", parameters={"overlap_minutes": 30}, timeout=90)
+    return run.state.type.value
+
+
+def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver_env, tmp_path):
+    """SLOW (real `prefect server`, `rtk-archiver serve` and `rtk-archiver webhook` processes,
+    ~40 s): the simulator's webhook for an UPLOADED recording gets it archived by a manual run
+    started by the trigger; a duplicate delivery changes nothing; a lost webhook is archived by
+    the next poll."""
+    sim = archiver_env
+    now = datetime.now(timezone.utc)
+    # UPLOADING until the test says so (serve's first scheduled poll sees them as pending)
+    fast = sim.state.add_recording(status="UPLOADING", file_size=300_000, stopped_time=now - timedelta(minutes=2))
+    lost = sim.state.add_recording(status="UPLOADING", file_size=200_000, stopped_time=now - timedelta(minutes=1))
+    rx_port = free_port()
+    sim.webhooks.url = f"http://127.0.0.1:{rx_port}/webhook"
+    env = {"RTK_WEBHOOK_PUBLIC_KEY": sim.webhook_public_key_pem, "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+           "PREFECT_HOME": str(tmp_path / "prefect-client-home")}
+    from tests.fixtures.prefect_server import running_serve
+
+    # serve from the repository root (the deployments' entrypoints are relative to it)
+    with running_serve(prefect_server.api_url, cwd=ROOT, env=env, log_path=tmp_path / "serve.log") as serve, \
+            running_serve(prefect_server.api_url, "--port", str(rx_port), cwd=tmp_path, env=env,
+                          command="webhook") as receiver:
+        _wait(lambda: _healthy(rx_port), 60, lambda: f"the receiver to listen\n{receiver.log_text()[-2000:]}")
+        _wait(lambda: _automation_exists(prefect_server.api_url), 90,
+              lambda: f"serve to register the trigger\n{serve.log_text()[-3000:]}", interval=1)
+
+        # webhook -> event -> trigger -> manual run -> archived
+        started = time.monotonic()
+        sim.state.set_status(fast["id"], "UPLOADED")
+        archived = sim.archive / fast["output_file_name"]
+        _wait(lambda: (sim.archive / (fast["output_file_name"] + ".metadata.json")).exists(), 60,
+              lambda: f"the webhook's run to archive it\n{serve.log_text()[-3000:]}\n{receiver.log_text()[-2000:]}")
+        latency = time.monotonic() - started
+        assert archived.stat().st_size == 300_000
+        assert sim.webhooks.deliveries[-1].status_code == 200
+        assert len(_manual_runs_for(prefect_server.api_url, fast["id"])) == 1
+        print(f"webhook -> archived in {latency:.1f} s")
+
+        # a duplicate delivery (a new delivery id, the same status): acknowledged, nothing runs
+        sim.webhooks.send(sim.webhooks.deliveries[-1].event)
+        assert sim.webhooks.flush(10) and sim.webhooks.deliveries[-1].status_code == 200
+        _wait(lambda: "duplicate delivery for recording" in receiver.log_text(), 10, receiver.log_text)
+        time.sleep(2.5)  # longer than the runner's poll: a second run would have been picked up
+        assert len(_manual_runs_for(prefect_server.api_url, fast["id"])) == 1
+        assert sim.state.downloads[(fast["id"], "video")] == 1
+
+        # a lost webhook: nothing happens until the poll, which archives it
+        sim.webhooks.drop_next = 1
+        sim.state.set_status(lost["id"], "UPLOADED")
+        time.sleep(1)
+        assert not (sim.archive / lost["output_file_name"]).exists()
+        state = _run_poll(prefect_server.api_url)
+        if state == "CANCELLED":  # a scheduled poll was running (CANCEL_NEW): once more
+            state = _run_poll(prefect_server.api_url)
+        assert state == "COMPLETED", serve.log_text()[-3000:]
+        assert (sim.archive / lost["output_file_name"]).stat().st_size == 200_000
+        assert sim.state.downloads[(lost["id"], "video")] == 1
+        assert sim.state.downloads[(fast["id"], "video")] == 1  # the poll found it archived
+        assert "Traceback" not in receiver.log_text()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _automation_exists(api_url: str) -> bool:
+    import httpx as h
+
+    r = h.post(f"{api_url}/automations/filter", json={}, timeout=5)
+    return r.status_code == 200 and any(a["name"] == "archive-on-upload" for a in r.json())
