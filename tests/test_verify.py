@@ -20,6 +20,7 @@ from rtk_archiver.settings import Settings
 from rtk_archiver.simulator import media_bytes
 from storage_backends import StorageBackend, open_backend, parse_destination_url
 from tasks.verify import OpsLimiter
+from tests.fixtures import run_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,7 +206,7 @@ def test_scrub_finds_a_deleted_and_a_modified_file_and_archives_them_again(kind,
     deleted = sim.add_recording(file_size=300_000, audio=True, storage_config=store.storage_config)
     modified = sim.add_recording(file_size=200_000, storage_config=store.storage_config)
     intact = sim.add_recording(file_size=100_000, storage_config=store.storage_config)
-    report = archive_recordings(destination=store.override)
+    report = run_report(archive_recordings, destination=store.override)
     assert {o.kind for o in report.outcomes} == {OutcomeKind.ARCHIVED}, report.outcomes
     destinations = [store.override] if store.override else None
 
@@ -255,7 +256,7 @@ def test_scrub_reports_what_cannot_be_repaired_and_unreadable_sidecars(archiver_
 
     sim = archiver_env.state
     gone = sim.add_recording(file_size=50_000)
-    archive_recordings()
+    run_report(archive_recordings)
     sim.recordings[gone["id"]].bucket_enabled = False  # RealtimeKit no longer has the files
     (archiver_env.archive / gone["output_file_name"]).unlink()
     (archiver_env.archive / "x.mp4.metadata.json").write_text("{not json")
@@ -306,7 +307,7 @@ def test_cli_verify_reports_and_exit_status(archiver_env, tmp_path, capsys, monk
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the harness's: no private API per command
 
     rec = archiver_env.state.add_recording(file_size=40_000, output_file_name="cli-verify.mp4")
-    archive_recordings()
+    run_report(archive_recordings)
     url = f"file://{archiver_env.archive}"
     assert cli.main(["verify", "--destination", url, "--deep"]) == 0
     assert "nothing missing or corrupt" in capsys.readouterr().out

@@ -8,7 +8,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from prefect import flow
 
 from flows.watchdog import EVENT_AT_RISK, EVENT_LOST, LOST_MEMORY_CHARS, assess, memory_token, remember_lost, remembered_lost
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome, RecordingRisk
@@ -84,7 +83,7 @@ def test_run_failure_message_counts_failed_at_risk_and_lost():
         at_risk=risky.at_risk, lost=[RecordingRisk(recording_id="l1", reason="gone")],
     )
     msg = both.run_failure_message()
-    assert msg.startswith("1 recording(s) failed, 1 recording(s) at risk of expiring unarchived, 1 recording(s) lost")
+    assert msg.startswith("1 of 1 recording(s) failed, 1 recording(s) at risk of expiring unarchived, 1 recording(s) lost")
     assert msg.endswith("first: f1: disk full")
     assert ArchiveReport(dry_run=True, at_risk=risky.at_risk).run_failure_message() is None
 
@@ -104,23 +103,12 @@ def test_lost_memory_is_bounded():
 # -- end to end: called the way flows/archive.py's archive_recordings calls it --------------
 
 
-@flow(name="archive-recordings-with-watchdog")
-def archive_with_watchdog(destination: str | None = None, dry_run: bool = False) -> ArchiveReport:
-    """archive_recordings as the lead wires it: list, archive, then the watchdog, then the report."""
-    from flows.archive import archive_all, finish_report, invalid_outcome
-    from flows.watchdog import watch_for_loss
-    from flows.windows import resolve_window
-    from rtk_archiver.settings import load_settings
-    from tasks.listing import list_recordings
+def archive_with_watchdog(**parameters) -> ArchiveReport:
+    """A window run (the watchdog runs in every one), its report whether it Completed or Failed."""
+    from flows.archive import archive_recordings
+    from tests.fixtures import run_report
 
-    settings = load_settings()
-    since, until = resolve_window(None, None, settings)
-    listing = list_recordings(since, until)
-    report = ArchiveReport(since=since, until=until, dry_run=dry_run)
-    report.outcomes.extend(invalid_outcome(item) for item in listing.invalid)
-    report.outcomes.extend(archive_all(listing.recordings, destination, dry_run, settings))
-    watch_for_loss(report, listing.recordings, destination, settings)
-    return finish_report(report)
+    return run_report(archive_recordings, **parameters)
 
 
 @pytest.fixture
@@ -140,7 +128,7 @@ def test_watchdog_fires_before_expiry_and_reports_a_loss_once(archiver_env, even
     sim = archiver_env
     sim.state.url_ttl_seconds = 30 * 86400  # URLs do not expire soon: the retention is what runs out
     now = datetime.now(timezone.utc)
-    azure = {"type": "azure", "bucket": "b", "path": "p"}
+    azure = {"type": "dropbox", "bucket": "b", "path": "p"}  # a storage type the archiver cannot write
     # unsupported destination, 6 days 20 h old: retention ends in ~4 h -> at risk
     nearly = sim.state.add_recording(file_size=1000, stopped_time=now - timedelta(days=6, hours=20), storage_config=azure)
     # unsupported, 1 day old: 6 days left, not yet at risk
@@ -158,7 +146,7 @@ def test_watchdog_fires_before_expiry_and_reports_a_loss_once(archiver_env, even
     assert set(at_risk) == {nearly["id"]}
     deadline = datetime.fromisoformat(nearly["stopped_time"].replace("Z", "+00:00")) + timedelta(days=7)
     assert at_risk[nearly["id"]].deadline == deadline
-    assert "azure" in at_risk[nearly["id"]].reason
+    assert "dropbox" in at_risk[nearly["id"]].reason
     assert [r.recording_id for r in report.lost] == [no_files["id"]]
     assert (EVENT_AT_RISK, f"rtk.recording.{nearly['id']}", ) == events[0][:2]
     assert {(e, r) for e, r, _ in events} == {(EVENT_AT_RISK, f"rtk.recording.{nearly['id']}"), (EVENT_LOST, f"rtk.recording.{no_files['id']}")}
