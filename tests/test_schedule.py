@@ -108,7 +108,6 @@ def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, 
     mark = prefect_server.log_size()
     with running_serve(prefect_server.api_url, cwd=elsewhere, env=FAST_RUNNER) as serve:
         manual = _deployment_id(prefect_server, MANUAL)
-        _wait("serve to start polling", lambda: "serving" in serve.log_text(), 90, serve)
         with _api(prefect_server) as api:
             r = api.post(f"/deployments/{manual}/create_flow_run", json={"parameters": {"request": {"recording_ids": [rec["id"]]}}})
             r.raise_for_status()
@@ -152,30 +151,28 @@ def test_the_scheduler_itself_runs_the_poll_and_archives(prefect_server, archive
     elsewhere.mkdir()
     mark = prefect_server.log_size()
     started = time.monotonic()
+    t0 = datetime.now(timezone.utc)  # the session's server is shared: only runs due from now on are this test's
     env = {**FAST_RUNNER, "ARCHIVE_POLL_INTERVAL_MINUTES": "0.1"}
     with running_serve(prefect_server.api_url, cwd=elsewhere, env=env) as serve:
         poll = _deployment_id(prefect_server, POLL)
-        registered = datetime.now(timezone.utc) - timedelta(seconds=5)
 
         def archived() -> bool:
             names = {p.name for p in archiver_env.archive.iterdir()}
             return all(r["output_file_name"] in names for r in recs)
 
         def completed() -> list[dict]:
-            runs = _runs(prefect_server, poll)
-            return [r for r in runs if r["state_type"] == "COMPLETED"]
+            return [r for r in _runs(prefect_server, poll, since=t0) if r["state_type"] == "COMPLETED"]
 
         _wait("a scheduled poll run to complete and archive", lambda: completed() and archived(), 80, serve,
               server=prefect_server, mark=mark)
         first_done = time.monotonic() - started
         # CANCEL_NEW: a poll due while another runs is cancelled, not queued behind it
-        _wait("a colliding poll to be cancelled", lambda: any(r["state_type"] == "CANCELLED" for r in _runs(prefect_server, poll)), 40, serve)
-        runs = _runs(prefect_server, poll)
+        _wait("a colliding poll to be cancelled", lambda: any(r["state_type"] == "CANCELLED" for r in _runs(prefect_server, poll, since=t0)), 40, serve)
+        runs = _runs(prefect_server, poll, since=t0)
     took = time.monotonic() - started
 
     assert runs and all(r["auto_scheduled"] for r in runs), [(r["name"], r["auto_scheduled"]) for r in runs]
     assert all((r["idempotency_key"] or "").startswith("scheduled ") for r in runs)
-    assert all(datetime.fromisoformat(r["expected_start_time"]) >= registered for r in runs if r["state_type"] != "SCHEDULED")
     by_state: dict[str, int] = {}
     for r in runs:
         by_state[r["state_type"]] = by_state.get(r["state_type"], 0) + 1
@@ -214,8 +211,8 @@ def test_serve_without_prefect_api_url_starts_a_server_whose_scheduler_runs(arch
     assert target.stat().st_size == rec["file_size"]
     with pytest.raises(httpx.TransportError):  # its server stopped with it
         httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
-    server_log = (home / "rtk-archiver-server.log").read_text(errors="replace")
-    assert "schedule_deployments" in server_log
+    server_log = (home / "rtk-archiver-server.log").read_text(errors="replace")  # WARNING and up
+    assert f"http://127.0.0.1:{port}/api" in server_log
     errors = [line for line in server_log.splitlines() if ERROR_LINE.search(line)]
     assert not errors, "\n".join(errors[:20])
     print(f"no PREFECT_API_URL: archived by the schedule {took:.0f} s after serve started")
