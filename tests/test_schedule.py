@@ -35,19 +35,26 @@ FAST_RUNNER = {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # the runner asks for due 
 pytestmark = [pytest.mark.timeout(240)]
 
 
-def _api(server: PrefectServer) -> httpx.Client:
-    return httpx.Client(base_url=server.api_url, timeout=10.0)
+def _api(server: PrefectServer, method: str, path: str, **kw) -> httpx.Response:
+    """One request to the server's API; retried while it answers 503 (its SQLite database busy:
+    Prefect's own client retries these too)."""
+    with httpx.Client(base_url=server.api_url, timeout=10.0) as client:
+        for _ in range(20):
+            r = client.request(method, path, **kw)
+            if r.status_code != 503:
+                return r
+            time.sleep(0.5)
+    return r
 
 
 def _deployment_id(server: PrefectServer, full_name: str, timeout: float = 90.0) -> str:
     """The id of a deployment once serve/deploy has registered it."""
     deadline = time.monotonic() + timeout
-    with _api(server) as api:
-        while time.monotonic() < deadline:
-            r = api.get(f"/deployments/name/{full_name}")
-            if r.status_code == 200:
-                return r.json()["id"]
-            time.sleep(0.5)
+    while time.monotonic() < deadline:
+        r = _api(server, "GET", f"/deployments/name/{full_name}")
+        if r.status_code == 200:
+            return r.json()["id"]
+        time.sleep(0.5)
     raise AssertionError(f"deployment {full_name} was not registered within {timeout:.0f} s")
 
 
@@ -55,10 +62,9 @@ def _runs(server: PrefectServer, deployment_id: str, since: datetime | None = No
     body: dict = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 200}
     if since is not None:
         body["flow_runs"]["expected_start_time"] = {"after_": since.isoformat()}
-    with _api(server) as api:
-        r = api.post("/flow_runs/filter", json=body)
-        r.raise_for_status()
-        return r.json()
+    r = _api(server, "POST", "/flow_runs/filter", json=body)
+    r.raise_for_status()
+    return r.json()
 
 
 def _wait(what: str, check, timeout: float, serve=None, interval: float = 0.5, server: PrefectServer | None = None, mark: int = 0):
@@ -108,14 +114,13 @@ def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, 
     mark = prefect_server.log_size()
     with running_serve(prefect_server.api_url, cwd=elsewhere, env=FAST_RUNNER) as serve:
         manual = _deployment_id(prefect_server, MANUAL)
-        with _api(prefect_server) as api:
-            r = api.post(f"/deployments/{manual}/create_flow_run", json={"parameters": {"request": {"recording_ids": [rec["id"]]}}})
-            r.raise_for_status()
-            run_id = r.json()["id"]
+        r = _api(prefect_server, "POST", f"/deployments/{manual}/create_flow_run",
+                 json={"parameters": {"request": {"recording_ids": [rec["id"]]}}})
+        r.raise_for_status()
+        run_id = r.json()["id"]
 
         def state() -> dict:
-            with _api(prefect_server) as api:
-                return api.get(f"/flow_runs/{run_id}").json()["state"]
+            return _api(prefect_server, "GET", f"/flow_runs/{run_id}").json()["state"]
 
         _wait("the manual run to be Running", lambda: state()["type"] == "RUNNING", 90, serve)
         time.sleep(1)
@@ -231,17 +236,16 @@ def test_deploy_from_any_directory(prefect_server, archiver_env, tmp_path):
     from deployments import PROJECT_ROOT, specs
     from rtk_archiver.settings import load_settings
 
-    with _api(prefect_server) as api:
-        try:
-            for spec in specs(load_settings()):
-                assert f"deployed {spec.full_name}" in log
-                dep = api.get(f"/deployments/name/{spec.full_name}").json()
-                assert dep["entrypoint"] == spec.entrypoint and dep["work_pool_name"] == pool
-                assert Path(dep["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"]) == PROJECT_ROOT
-                assert (PROJECT_ROOT / spec.entrypoint.split(":")[0]).is_file()
-        finally:  # the session's server is shared: leave no deployment on a pool without workers
-            for spec in specs(load_settings()):
-                r = api.get(f"/deployments/name/{spec.full_name}")
-                if r.status_code == 200:
-                    api.delete(f"/deployments/{r.json()['id']}")
-            api.delete(f"/work_pools/{pool}")
+    try:
+        for spec in specs(load_settings()):
+            assert f"deployed {spec.full_name}" in log
+            dep = _api(prefect_server, "GET", f"/deployments/name/{spec.full_name}").json()
+            assert dep["entrypoint"] == spec.entrypoint and dep["work_pool_name"] == pool
+            assert Path(dep["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"]) == PROJECT_ROOT
+            assert (PROJECT_ROOT / spec.entrypoint.split(":")[0]).is_file()
+    finally:  # the session's server is shared: leave no deployment on a pool without workers
+        for spec in specs(load_settings()):
+            r = _api(prefect_server, "GET", f"/deployments/name/{spec.full_name}")
+            if r.status_code == 200:
+                _api(prefect_server, "DELETE", f"/deployments/{r.json()['id']}")
+        _api(prefect_server, "DELETE", f"/work_pools/{pool}")
