@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 STOP_TIMEOUT_SECONDS = 30.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVER_STARTUP_TIMEOUT_SECONDS = 180.0  # the first start migrates a new database
 SERVER_LOG_NAME = "rtk-archiver-server.log"
 
@@ -121,7 +122,6 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
             time.sleep(0.2)
     proc.terminate()
     raise ServeError(f"the Prefect server did not answer within {SERVER_STARTUP_TIMEOUT_SECONDS:.0f} s (log {log_path})")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def serve(deployments: Sequence[Any], *, limit: int | None = None) -> int:
