@@ -103,6 +103,18 @@ def _no_service_errors(server: PrefectServer, mark: int) -> None:
     assert not errors, "the Prefect server logged errors:\n" + "\n".join(errors[:20]) + "\n---\n" + server.log_text()[mark:][-4000:]
 
 
+def test_entrypoints_are_imported_not_read_from_the_current_directory(tmp_path, monkeypatch):
+    from deployments import load_flow, module_entrypoint, specs
+    from rtk_archiver.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    for spec in specs(Settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b")):
+        assert load_flow(spec.entrypoint).name == spec.flow_name
+    assert module_entrypoint("flows/poll.py:poll_recordings") == "flows.poll.poll_recordings"
+    with pytest.raises(ValueError, match="entrypoint"):
+        module_entrypoint("flows.poll")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-ctrl-c"])
 def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, tmp_path, sig):
     """A run in progress (stuck on a slow API) is cancelled; serve exits 0 within seconds, no
