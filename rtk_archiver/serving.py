@@ -25,7 +25,6 @@ longer than ``STOP_TIMEOUT_SECONDS``.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import socket
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 STOP_TIMEOUT_SECONDS = 30.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVER_STARTUP_TIMEOUT_SECONDS = 180.0  # the first start migrates a new database
 SERVER_LOG_NAME = "rtk-archiver-server.log"
 
@@ -68,13 +68,13 @@ def prefect_api() -> Iterator[str | None]:
     home = Path(settings.home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / SERVER_LOG_NAME
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-c", _SERVER_LAUNCHER, str(os.getpid()), "server", "start", "--host", host, "--port", str(port)]
     print(f"rtk-archiver serve: PREFECT_API_URL is not set: starting a Prefect server (scheduler included) on "
           f"{url} (database in {home}, log {log_path})", flush=True)
     with open(log_path, "ab") as log:
         # its own session: a terminal's Ctrl-C stops serve, and serve stops the server after it
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True)
     try:
         _wait_healthy(proc, url, log_path)
         os.environ["PREFECT_API_URL"] = url
@@ -91,12 +91,18 @@ def prefect_api() -> Iterator[str | None]:
             proc.wait()
 
 
-def _die_with_parent() -> None:
-    """In the server child: SIGTERM when serve dies, even by SIGKILL (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# `python -m prefect <args>`, set to get SIGTERM when serve dies, even by SIGKILL (Linux's
+# PR_SET_PDEATHSIG survives exec), so that no server is left holding the port.
+_SERVER_LAUNCHER = """
+import ctypes, os, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, 15)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("rtk-archiver serve exited before its Prefect server started")
+os.execv(sys.executable, [sys.executable, "-m", "prefect", *sys.argv[2:]])
+"""
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
@@ -116,7 +122,6 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
             time.sleep(0.2)
     proc.terminate()
     raise ServeError(f"the Prefect server did not answer within {SERVER_STARTUP_TIMEOUT_SECONDS:.0f} s (log {log_path})")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def serve(deployments: Sequence[Any], *, limit: int | None = None) -> int:
