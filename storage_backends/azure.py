@@ -17,7 +17,8 @@ an emulator such as Azurite is reached), or ``AZURE_STORAGE_ACCOUNT_URL`` (or
 ``AZURE_STORAGE_SAS_TOKEN``; else ``DefaultAzureCredential`` when ``azure-identity`` is
 installed (managed identity, workload identity, ``az login``).
 
-Storage options: ``access_tier`` (Hot, Cool, Cold, Archive); object metadata names the
+Storage options: ``access_tier`` (Hot, Cool, Cold; not Archive, whose blobs cannot be read
+back without a rehydration: sidecars must stay readable); object metadata names the
 recording and meeting.
 """
 
@@ -43,7 +44,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobServiceClient, ContentSettings, StandardBlobTier
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
@@ -79,7 +80,7 @@ class AzureCredentials(Block):
     account_url: str | None = Field(default=None, description="https://<account>.blob.core.windows.net")
     account_key: SecretStr | None = Field(default=None, description="Account key (with account_url).")
     sas_token: SecretStr | None = Field(default=None, description="SAS token (with account_url).")
-    access_tier: str | None = Field(default=None, description="Access tier of new blobs: Hot, Cool, Cold or Archive.")
+    access_tier: str | None = Field(default=None, description="Access tier of new blobs: Hot, Cool or Cold.")
 
     storage_option_fields: ClassVar[tuple[str, ...]] = ("access_tier",)
 
@@ -139,7 +140,8 @@ class AzureBackend(StorageBackend):
                 f"for DefaultAzureCredential, or create an AzureCredentials block named '{block_name_for(destination)}'"
             ) from None
         self.container = self.client.get_container_client(destination.bucket or "")
-        self.tier = self.destination.options.get("access_tier")
+        tier = self.destination.options.get("access_tier")
+        self.tier = StandardBlobTier(tier) if tier else None
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key

@@ -68,5 +68,5 @@ def block_options(block: object | None) -> dict[str, str | None]:
     """The storage options a credentials block sets (its fields named like the options)."""
     if block is None:
         return {}
-    names = getattr(block, "_storage_option_fields", ())
+    names = getattr(block, "storage_option_fields", ())
     return {name: getattr(block, name, None) for name in names}

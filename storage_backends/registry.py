@@ -49,12 +49,14 @@ class BackendSpec:
         return getattr(importlib.import_module(self.module), self.class_name)
 
 
+# Only classes / tiers whose objects can be read back at once: the archiver reads its sidecars
+# to decide "already archived" (GLACIER / DEEP_ARCHIVE objects and Azure's Archive tier need
+# a restore first). Move older recordings there with a lifecycle rule instead.
 S3_STORAGE_CLASSES = (
-    "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
-    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE",
+    "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
 )
-GCS_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
-AZURE_ACCESS_TIERS = ("Hot", "Cool", "Cold", "Archive")
+GCS_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")  # all readable at once
+AZURE_ACCESS_TIERS = ("Hot", "Cool", "Cold")
 
 
 def _upper(v: str) -> str:
