@@ -52,6 +52,10 @@ def specs(settings: Settings) -> list[DeploymentSpec]:
             "archive-recordings", "archive-window", "flows/archive.py:archive_recordings",
             "Archive one time window (the backfill's child runs).",
         ),
+        DeploymentSpec(
+            "check-destinations", "check-destinations", "flows/check.py:check_destinations",
+            "Preflight: write, stat, read back and delete a probe at every destination a run would use.",
+        ),
     ]
 
 

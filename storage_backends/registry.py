@@ -110,7 +110,7 @@ SCHEMES: dict[str, str] = {scheme: spec.kind for spec in REGISTRY.values() for s
 #: storage_config.type -> kind
 STORAGE_TYPES: dict[str, str] = {t: spec.kind for spec in REGISTRY.values() for t in spec.storage_types}
 #: a regular expression matching any destination URL's scheme (flow parameter validation)
-SCHEME_PATTERN = r"^(" + "|".join(sorted(SCHEMES, key=lambda s: (-len(s), s))) + r")://"
+SCHEME_PATTERN = r"^(" + "|".join(SCHEMES) + r")://"
 
 
 def spec_for(kind: str) -> BackendSpec:
