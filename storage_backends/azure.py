@@ -17,7 +17,8 @@ an emulator such as Azurite is reached), or ``AZURE_STORAGE_ACCOUNT_URL`` (or
 ``AZURE_STORAGE_SAS_TOKEN``; else ``DefaultAzureCredential`` when ``azure-identity`` is
 installed (managed identity, workload identity, ``az login``).
 
-Storage options: ``access_tier`` (Hot, Cool, Cold; not Archive, whose blobs cannot be read
+Metadata names become C# identifiers, as Azure requires (``rtk-recording-id`` ->
+``rtk_recording_id``). Storage options: ``access_tier`` (Hot, Cool, Cold; not Archive, whose blobs cannot be read
 back without a rehydration: sidecars must stay readable); object metadata names the
 recording and meeting.
 """
@@ -28,11 +29,13 @@ import base64
 import hashlib
 import os
 import posixpath
+import re
 import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -117,6 +120,16 @@ class AzureCredentials(Block):
                 raise NoAzureCredentials(f"no key or SAS token for {url} (and azure-identity is not installed)") from None
             credential = DefaultAzureCredential()
         return BlobServiceClient(account_url=url, credential=credential, **timeouts)
+
+
+def azure_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """Azure metadata names are C# identifiers ('rtk-recording-id' -> 'rtk_recording_id') and
+    values travel in HTTP headers (ASCII only: anything else percent-encoded)."""
+    out = {}
+    for name, value in metadata.items():
+        key = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        out["_" + key if key[:1].isdigit() else key] = quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[]^_`{|}~")
+    return out
 
 
 def _b64(data: bytes) -> str:
@@ -206,7 +219,7 @@ class AzureBackend(StorageBackend):
             blob.commit_block_list(
                 block_ids,
                 content_settings=ContentSettings(content_md5=bytearray(md5.digest())),
-                metadata=dict(metadata) if metadata else None,
+                metadata=azure_metadata(metadata) if metadata else None,
                 standard_blob_tier=self.tier,
                 **conditions,
             )
