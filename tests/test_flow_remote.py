@@ -60,7 +60,9 @@ def test_s3_gcs_and_sftp_from_storage_config(env, s3_env, moto_s3_server, gcs_en
     assert objs[video] == media_bytes(to_s3["id"], "video", 0, to_s3["file_size"])
     audio_key = next(k for k in objs if ".audio." in k)
     assert objs[audio_key] == media_bytes(to_s3["id"], "audio", 0, len(objs[audio_key]))
-    assert json.loads(objs[video + ".metadata.json"])["recording_id"] == to_s3["id"]
+    s3_sidecar = json.loads(objs[video + ".metadata.json"])
+    assert s3_sidecar["recording_id"] == to_s3["id"]
+    assert s3_sidecar["files"][0]["hashes"]["s3-sha256"]  # S3's own SHA-256, checked end to end
 
     gcs = storage.Client(project="rtk-test", credentials=AnonymousCredentials())
     blobs = {b.name: b for b in gcs.list_blobs(gcs_env)}

@@ -225,3 +225,35 @@ def test_upload_stall_timeouts_come_from_the_setting(s3_env, gcs_env, azure_env)
     assert (transport.connection_config.read_timeout, transport.connection_config.timeout) == (7, 7)
     for b in (s3, gcs, az):
         b.close()
+
+
+def test_azure_block_corrupted_in_transit_is_refused_and_nothing_committed(azure_env):
+    """A block whose bytes change after its MD5 was computed (corruption on the way) is
+    refused by the service (validate_content): the put fails, nothing is at the name."""
+    b = open_backend(parse_destination_url(f"az://{azure_env}/p"), settings())
+    corrupted = []
+
+    def corrupt(request):
+        http = request.http_request
+        if "comp=block" in http.url and "blocklist" not in http.url and not corrupted:
+            body = bytearray(http.data if isinstance(http.data, (bytes, bytearray)) else http.data.read())
+            body[100] ^= 0xFF
+            http.set_bytes_body(bytes(body))
+            http.headers["Content-Length"] = str(len(body))
+            corrupted.append(True)
+
+    blob_client_cls = type(b.container.get_blob_client("x"))
+    original = blob_client_cls.stage_block
+
+    def stage_block(self, *args, **kwargs):
+        return original(self, *args, raw_request_hook=corrupt, **kwargs)
+
+    blob_client_cls.stage_block = stage_block
+    try:
+        with pytest.raises(StorageError):
+            b.put("v.mp4", io.BytesIO(os.urandom(1000)), 1000)
+    finally:
+        blob_client_cls.stage_block = original
+    assert corrupted and b.stat("v.mp4") is None
+    assert [blob.name for blob in b.container.list_blobs()] == []
+    b.close()
