@@ -133,3 +133,25 @@ def test_unknown_option_is_refused_before_any_work(capsys):
         main(["check", "--destination", "s3://b/p?storage_klass=STANDARD"])
     assert info.value.code == 2
     assert "unknown storage option 'storage_klass'" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_check_destinations_flow_fails_when_a_destination_does(tmp_path, monkeypatch):
+    """The check-destinations deployment's flow: a table artifact, Failed when one fails."""
+    from prefect.client.orchestration import get_client
+
+    from flows.check import check_destinations
+
+    for key, value in {"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": "a", "REALTIMEKIT_APP_ID": "b",
+                       "ARCHIVE_CREDENTIAL_BLOCKS": "false"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ARCHIVE_DEFAULT_DESTINATION", f"file://{tmp_path}/default")
+    report = check_destinations(destination=None, include_recordings=False)
+    assert [c.status for c in report.checks] == ["ok"]
+    (tmp_path / "f").write_text("x")
+    state = check_destinations(destination=f"file://{tmp_path}/f/x", include_recordings=False, return_state=True)
+    assert state.is_failed() and "1 of 2 destination(s) failed" in state.message
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(limit=50)
+        tables = [a for a in artifact if a.key == "destination-check"]
+    assert tables and "a path component is a file" in tables[0].data
