@@ -163,12 +163,15 @@ class S3Backend(StorageBackend):
         stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         self.bucket = destination.bucket or ""
         # an upload (or any call) that makes no progress for `stall` seconds fails
-        config = Config(
-            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=min(15.0, stall), read_timeout=stall
-        )
-        self.client = (block or S3Credentials()).get_client(destination, settings, config)
         options = self.destination.options
         self.checksum = options.get("checksum", "SHA256") != "off"
+        # checksum=off: no checksum headers at all (botocore adds CRC32s by default), for
+        # S3-compatible stores that refuse them
+        when = {} if self.checksum else {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=min(15.0, stall), read_timeout=stall, **when
+        )
+        self.client = (block or S3Credentials()).get_client(destination, settings, config)
         self.extra_args: dict[str, str] = {}
         if self.checksum:
             self.extra_args["ChecksumAlgorithm"] = "SHA256"

@@ -122,6 +122,9 @@ def test_s3_checksum_that_differs_fails_and_removes_the_object(s3_env):
 def test_s3_checksum_off_for_stores_without_it(s3_env):
     b = open_backend(parse_destination_url(f"s3://{s3_env}/p?checksum=off"), settings())
     assert "ChecksumAlgorithm" not in b.extra_args
+    assert b.client.meta.config.request_checksum_calculation == "when_required"
+    info = b.put("v.mp4", io.BytesIO(b"x" * 1000), 1000)
+    assert info.size == 1000 and "s3-sha256" not in info.hashes
     b.close()
 
 
