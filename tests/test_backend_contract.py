@@ -138,3 +138,32 @@ def test_s3_server_error_mid_upload_aborts_the_multipart_upload(s3_env):
     assert b.stat("video.mp4") is None
     assert not b.client.list_multipart_uploads(Bucket=s3_env).get("Uploads")
     b.close()
+
+
+@pytest.mark.parametrize("size", [1000, SIZE], ids=["small", "multipart"])
+def test_azure_permission_denied_is_permanent_clear_and_leaves_nothing(azure_env, azurite_server, monkeypatch, size):
+    """A SAS token that may read and list but not write: the upload fails at once (permanent,
+    no retry), names the container and the blob, and nothing is committed."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from storage_backends import PermanentStorageError
+    from tests.fixtures.object_stores import AZURITE_ACCOUNT, AZURITE_KEY
+
+    sas = generate_container_sas(
+        AZURITE_ACCOUNT, azure_env, account_key=AZURITE_KEY, permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING", f"BlobEndpoint={azurite_server}/{AZURITE_ACCOUNT};SharedAccessSignature={sas}"
+    )
+    b = open_backend(parse_destination_url(f"az://{azure_env}/pre"), settings(archive_credential_blocks=False))
+    with pytest.raises(PermanentStorageError) as info:
+        b.put("denied/video.mp4", VerifyingReader(media(size), size, b.hash_types), size)
+    message = str(info.value)
+    assert "denied" in message and f"az://{azure_env}/pre/denied/video.mp4" in message, message
+    assert sas.split("sig=")[-1][:20] not in message
+    assert b.stat("denied/video.mp4") is None
+    assert [blob.name for blob in b.container.list_blobs()] == []
+    b.close()
