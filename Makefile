@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the test suite runs real servers from (installed when missing, as root).
+# Debian packages the test suite runs real servers from (installed when missing, as root),
+# and Azurite (npm, pinned in the script) into .azurite/.
 system-deps:
 	@scripts/install-system-deps.sh
 
@@ -46,4 +47,4 @@ bench: bench-deps
 	$(BIN)/python -m bench.report
 
 clean:
-	rm -rf $(VENV) demo-archive .pytest_cache
+	rm -rf $(VENV) demo-archive .pytest_cache .azurite

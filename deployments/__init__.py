@@ -67,6 +67,10 @@ def specs(settings: Settings) -> list[DeploymentSpec]:
             # one scrub at a time (each paces its own storage operations); a second one waits
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         ),
+        DeploymentSpec(
+            "check-destinations", "check-destinations", "flows/check.py:check_destinations",
+            "Preflight: write, stat, read back and delete a probe at every destination a run would use.",
+        ),
     ]
 
 

@@ -9,12 +9,10 @@ from typing import Annotated
 from pydantic import BaseModel, Field, model_validator
 
 from rtk_archiver.settings import Settings
+from storage_backends.registry import SCHEME_PATTERN, url_examples
 
-DESTINATION_PATTERN = r"^(file|s3|gs|gcs|sftp)://"
-DESTINATION_HELP = (
-    "Archive everything here instead of each recording's storage_config: file:///path, "
-    "s3://bucket/prefix, gs://bucket/prefix or sftp://user@host:port/path."
-)
+DESTINATION_PATTERN = SCHEME_PATTERN  # every registered backend's URL schemes
+DESTINATION_HELP = f"Archive everything here instead of each recording's storage_config: {url_examples()}."
 #: a destination override as a flow parameter: the UI form shows it, the server validates it
 DestinationParam = Annotated[str | None, Field(pattern=DESTINATION_PATTERN, description=DESTINATION_HELP)]
 

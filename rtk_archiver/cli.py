@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repair", action="store_true", help="only report; do not archive damaged recordings again")
     p.add_argument("--report", type=Path, metavar="FILE", help="also write the verification report as JSON to FILE")
 
+    p = sub.add_parser("check", help="check every destination a run would use: write, stat, read back, delete a probe")
+    p.add_argument("--since", type=_datetime, help="storage_configs of recordings from here (default: ARCHIVE_LOOKBACK_DAYS ago)")
+    p.add_argument("--until", type=_datetime, help="... up to here (default: now)")
+    p.add_argument("--destination", type=_destination, help="check this destination (a URL) instead of the recordings' own")
+    p.add_argument("--skip-recordings", action="store_true", help="only the default destination and --destination")
+
     p = sub.add_parser("simulator", help="serve a local RealtimeKit Recordings API simulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
@@ -215,6 +221,47 @@ def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
         state = flow(recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run, return_state=True)
     report = report_of(state)  # a run with failed recordings is Failed, and still has its report
     return (report if report is not None else state.result(raise_on_failure=False)), state.message
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    """The preflight (tasks/check.py): a table, exit 1 when any destination fails."""
+    try:
+        settings = load_settings()
+        from flows.windows import resolve_window
+
+        resolve_window(args.since, args.until, settings)
+    except (SettingsError, ValueError) as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from rtk_archiver.prefect_api import PrefectAPIError, private_prefect_api
+
+    try:
+        with private_prefect_api():  # credentials blocks are read from Prefect's API
+            from tasks.check import run_check
+
+            report = run_check(settings, args.since, args.until, args.destination, not args.skip_recordings)
+    except PrefectAPIError as exc:
+        print(f"rtk-archiver: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print_check(report)
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def print_check(report, stream=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream or sys.stdout, width=200)
+    table = Table(title="rtk-archiver check", show_lines=True)
+    for col in ("status", "destination", "used by", "works", "checksums", "options", "reason / fix"):
+        table.add_column(col, overflow="fold")
+    for c in report.checks:
+        detail = "" if c.status == "ok" else (c.reason or "") + (f"\nfix: {c.fix}" if c.fix else "")
+        options = ", ".join(f"{k}={v}" for k, v in sorted(c.options.items()))
+        table.add_row(c.status, c.destination, c.source, ", ".join(c.works), ", ".join(c.checksums), options, detail)
+    console.print(table)
+    failed = len(report.failed)
+    console.print(f"{len(report.checks) - failed} of {len(report.checks)} destination(s) passed" if report.checks else "no destination to check")
 
 
 def _drain_prefect_workers() -> None:
@@ -407,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_archive(args)
     if args.command == "verify":
         return _run_verify(args)
+    if args.command == "check":
+        return _run_check(args)
     if args.command == "simulator":
         from rtk_archiver.simulator import serve
 

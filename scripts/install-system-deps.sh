@@ -1,6 +1,18 @@
 #!/usr/bin/env bash
-# Installs the Debian packages whose servers the tests (and benchmarks) start on loopback, when missing.
+# Installs the Debian packages (and the npm package, Azurite) whose servers the tests (and
+# benchmarks) start on loopback, when missing.
 set -euo pipefail
+# Azurite, the Azure Blob Storage emulator the tests start (npm package, pinned), into .azurite/
+AZURITE_VERSION=3.37.0
+azurite_dir="$(cd "$(dirname "$0")/.." && pwd)/.azurite"
+if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" "$azurite_dir/node_modules/azurite/package.json"; then
+  if command -v npm >/dev/null; then
+    mkdir -p "$azurite_dir"
+    npm install --prefix "$azurite_dir" --no-audit --no-fund --no-save --silent "azurite@$AZURITE_VERSION"
+  else
+    echo "install-system-deps: npm not found; the Azure Blob tests will be skipped" >&2
+  fi
+fi
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from .destination import (
     destination_from_storage_config,
     parse_destination_url,
 )
+from .registry import KINDS, REGISTRY
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
@@ -29,6 +29,8 @@ __all__ = [
     "StorageError",
     "UnsupportedDestination",
     "destination_from_storage_config",
+    "KINDS",
+    "REGISTRY",
     "backend_class",
     "open_backend",
     "preload_backends",
@@ -36,33 +38,22 @@ __all__ = [
 ]
 
 
-#: kind -> (module, class): imported on first use, so a run that only writes locally never
-#: imports boto3, google-cloud-storage or paramiko
-_BACKENDS = {
-    "file": ("storage_backends.local", "LocalBackend"),
-    "s3": ("storage_backends.s3", "S3Backend"),
-    "gcs": ("storage_backends.gcs", "GCSBackend"),
-    "sftp": ("storage_backends.sftp", "SFTPBackend"),
-}
-
-
 def backend_class(kind: str) -> type[StorageBackend]:
-    if kind not in _BACKENDS:
+    """The backend class registered for ``kind`` (``registry.REGISTRY``), imported on first
+    use: a run that only writes locally never imports boto3, google-cloud-storage, ..."""
+    if kind not in REGISTRY:
         raise UnsupportedDestination(f"no backend for {kind!r}")
-    module, name = _BACKENDS[kind]
-    return getattr(importlib.import_module(module), name)
+    return REGISTRY[kind].load()
 
 
 def preload_backends(kinds: Iterable[str]) -> None:
     """Import the backends a run is about to use, once, before its transfers start (their
     libraries take 0.1-0.2 s each to import; concurrent first transfers would wait on it)."""
-    for kind in set(kinds) & set(_BACKENDS):
+    for kind in set(kinds) & set(KINDS):
         backend_class(kind)
 
 
-def open_backend(destination: Destination, settings: "Settings") -> StorageBackend:
-    """Construct the backend for a destination: the one place a destination picks its backend."""
-    cls = backend_class(destination.kind)
-    if destination.kind == "file":
-        return cls(destination)
-    return cls(destination, settings)
+def open_backend(destination: Destination, settings: "Settings | None") -> StorageBackend:
+    """Construct the backend for a destination: the one place a destination picks its backend.
+    Every backend takes ``(destination, settings)``."""
+    return backend_class(destination.kind)(destination, settings)

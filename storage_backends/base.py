@@ -51,7 +51,9 @@ class StorageBackend(ABC):
         """Size (and hashes where the backend has them) of the object at key; None if absent."""
 
     @abstractmethod
-    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
+    def put(
+        self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
+    ) -> ObjectInfo:
         """Stream exactly ``size`` bytes (``None``: unknown, until ``source`` ends) from
         ``source`` to key, with bounded memory; returns what the server stored.
 
@@ -64,6 +66,9 @@ class StorageBackend(ABC):
         there by anyone, at any time before the commit) makes the put fail with ``KeyTaken``
         and leaves that object untouched. ``replace=True`` is only for keys the caller has
         proven are its own (see ``tasks/archive.py``).
+
+        ``metadata``: names of the recording and meeting, stored as object metadata where the
+        store has it (S3, GCS, Azure); file systems (local, SFTP) ignore it.
         """
 
     @abstractmethod

@@ -5,10 +5,15 @@ prefect-aws / prefect-gcp). A recording's ``storage_config`` finds its block by 
 
     s3 / digitalocean:  rtk-s3-<bucket>
     gcs:                rtk-gcs-<bucket>
+    azure:              rtk-azure-<container>
     sftp:               rtk-sftp-<username>-at-<host>
 
-(lower-cased, anything outside [a-z0-9-] replaced by '-'). When no such block exists the
-backend falls back to the standard chains / environment settings.
+(lower-cased, anything outside [a-z0-9-] replaced by '-'). Each block builds its own client
+(``S3Credentials.get_client``, ``GCSCredentials.get_client``, ``AzureCredentials.get_service_client``,
+after prefect-aws's ``AwsCredentials.get_s3_client``); when no such block exists the backend
+uses an empty one, which means the standard chains / environment settings. Blocks of bucket
+stores may also carry storage options (encryption, storage class, tier), for destinations
+that come from a recording's storage_config (URL destinations put them in the query).
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import re
 from typing import TypeVar
 
 from .destination import Destination
+from .registry import REGISTRY
 
 B = TypeVar("B")
 
 
 def block_name_for(destination: Destination) -> str:
-    if destination.kind in ("s3", "gcs"):
+    if REGISTRY[destination.kind].addressing == "bucket":
         raw = f"rtk-{destination.kind}-{destination.bucket}"
     elif destination.kind == "sftp":
         raw = f"rtk-sftp-{destination.username}-at-{destination.host}"
@@ -56,3 +62,11 @@ def load_block(block_cls: type[B], destination: Destination, enabled: bool = Tru
         if "Unable to find block document" in str(exc) or "not found" in str(exc).lower():
             return None
         raise
+
+
+def block_options(block: object | None) -> dict[str, str | None]:
+    """The storage options a credentials block sets (its fields named like the options)."""
+    if block is None:
+        return {}
+    names = getattr(block, "storage_option_fields", ())
+    return {name: getattr(block, name, None) for name in names}

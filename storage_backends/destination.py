@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import posixpath
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from rtk_archiver.models import StorageConfig
 
-BackendKind = Literal["file", "s3", "gcs", "sftp"]
+from .registry import KINDS, REGISTRY, SCHEMES, STORAGE_TYPES, url_examples  # noqa: F401 - STORAGE_TYPES re-exported
 
-#: storage_config.type -> backend kind. Types not listed here are skipped with a reason.
-STORAGE_TYPES: dict[str, BackendKind] = {"aws": "s3", "digitalocean": "s3", "gcs": "gcs", "sftp": "sftp"}
+#: a backend kind: one of ``registry.KINDS`` (checked when a Destination is made)
+BackendKind = str
 
 
 class UnsupportedDestination(Exception):
@@ -26,6 +26,30 @@ class UnsupportedDestination(Exception):
 
 class InvalidDestination(ValueError):
     """A destination is missing something it needs; the message names the field."""
+
+
+def validate_options(kind: str, options: dict[str, str], where: str = "destination URL") -> dict[str, str]:
+    """The storage options, normalised; InvalidDestination naming any unknown option or value."""
+    known = REGISTRY[kind].options
+    out: dict[str, str] = {}
+    for name, value in options.items():
+        opt = known.get(name)
+        if opt is None:
+            accepted = ", ".join(sorted(known)) or "none"
+            raise InvalidDestination(f"unknown storage option {name!r} in the {where} for {kind} (accepted: {accepted})")
+        if value is None or not str(value).strip():
+            raise InvalidDestination(f"storage option {name!r} in the {where} is empty")
+        value = str(value).strip()
+        if opt.normalise is not None:
+            value = opt.normalise(value)
+        if opt.choices is not None and value not in opt.choices:
+            raise InvalidDestination(
+                f"storage option {name}={value!r} in the {where} is not one of {', '.join(opt.choices)}"
+            )
+        out[name] = value
+    if kind == "s3" and "kms_key_id" in out and not out.get("sse", "").startswith("aws:kms"):
+        raise InvalidDestination(f"storage option kms_key_id in the {where} needs sse=aws:kms")
+    return out
 
 
 class Destination(BaseModel):
@@ -43,15 +67,30 @@ class Destination(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     username: str | None = None
     auth_method: Literal["PASSWORD", "KEY"] | None = None
+    #: storage options (encryption, storage class, tier: see ``registry``), from the URL's
+    #: query; a credentials block may add more (``with_options``)
+    options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in REGISTRY:
+            raise ValueError(f"unknown backend kind {v!r} (known: {', '.join(KINDS)})")
+        return v
+
+    def with_options(self, defaults: dict[str, str | None], where: str) -> "Destination":
+        """This destination with ``defaults`` (a credentials block's options) under its own."""
+        given = {k: v for k, v in defaults.items() if v}
+        merged = {**validate_options(self.kind, given, where), **self.options}
+        return self if merged == self.options else self.model_copy(update={"options": merged})
 
     def display_url(self, key: str = "") -> str:
         path = posixpath.join(self.root, key) if key else self.root
-        if self.kind == "file":
-            return "file://" + path
-        if self.kind == "s3":
-            return f"s3://{self.bucket}/{path.lstrip('/')}"
-        if self.kind == "gcs":
-            return f"gs://{self.bucket}/{path.lstrip('/')}"
+        spec = REGISTRY[self.kind]
+        if spec.addressing == "path":
+            return f"{spec.schemes[0]}://" + path
+        if spec.addressing == "bucket":
+            return f"{spec.schemes[0]}://{self.bucket}/{path.lstrip('/')}"
         port = f":{self.port}" if self.port and self.port != 22 else ""
         shown = path if path.startswith("/") else "/~/" + path
         return f"sftp://{self.username}@{self.host}{port}{shown}"
@@ -85,9 +124,11 @@ def _url_port(netloc: str) -> int | None:
 
 
 def parse_destination_url(url: str) -> Destination:
-    """file:///abs/path, s3://bucket/prefix, gs://bucket/prefix, sftp://user@host:port/path.
+    """file:///abs/path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix,
+    sftp://user@host:port/path (the schemes are ``registry.SCHEMES``).
 
-    For sftp, ``/~/dir`` is relative to the login directory (curl's convention) and any
+    Bucket URLs take storage options as query parameters (``s3://b/p?storage_class=STANDARD_IA``);
+    unknown ones are refused. For sftp, ``/~/dir`` is relative to the login directory (curl's convention) and any
     other path is absolute. Passwords in URLs are refused: use SFTP_PASSWORD.
     """
     try:
@@ -98,26 +139,33 @@ def parse_destination_url(url: str) -> Destination:
     scheme = parts.scheme.lower()
     if parts.password is not None:
         raise InvalidDestination("destination URLs must not contain a password (use SFTP_PASSWORD)")
-    if scheme in ("s3", "gs", "gcs") and ("@" in parts.netloc or port is not None):
+    if parts.fragment:
+        raise InvalidDestination("destination URLs take no fragment")
+    if scheme in SCHEMES and REGISTRY[SCHEMES[scheme]].addressing == "bucket" and ("@" in parts.netloc or port is not None):
+        word = REGISTRY[SCHEMES[scheme]].bucket_word
         raise InvalidDestination(
-            f"{scheme}:// URLs take a bucket only, no user or port: {scheme}://bucket/prefix "
+            f"{scheme}:// URLs take a {word} only, no user or port: {scheme}://{word}/prefix "
             "(credentials come from the environment or a credentials block)"
         )
-    if parts.query or parts.fragment:
-        raise InvalidDestination("destination URLs take no query or fragment")
     path = unquote(parts.path)
-    if scheme == "file":
+    kind = SCHEMES.get(scheme)
+    if kind is None:
+        raise InvalidDestination(
+            f"unsupported destination scheme {scheme + '://' if scheme else '(none)'}; use {url_examples()}"
+        )
+    options = _query_options(kind, parts.query)
+    if REGISTRY[kind].addressing == "path":
         if parts.netloc not in ("", "localhost"):
             raise InvalidDestination("file URLs must look like file:///absolute/path")
         if not path.startswith("/"):
             raise InvalidDestination("file URLs need an absolute path: file:///absolute/path")
         return Destination(kind="file", root="/" + _clean_root(path))
-    if scheme in ("s3", "gs", "gcs"):
+    if REGISTRY[kind].addressing == "bucket":
+        word = REGISTRY[kind].bucket_word
         if not parts.hostname:
-            raise InvalidDestination(f"{scheme}:// URLs need a bucket: {scheme}://bucket/prefix")
-        kind: BackendKind = "s3" if scheme == "s3" else "gcs"
-        return Destination(kind=kind, bucket=parts.netloc, root=_clean_root(path), source_type="url")
-    if scheme == "sftp":
+            raise InvalidDestination(f"{scheme}:// URLs need a {word}: {scheme}://{word}/prefix")
+        return Destination(kind=kind, bucket=parts.netloc, root=_clean_root(path), source_type="url", options=options)
+    if REGISTRY[kind].addressing == "host":
         if not parts.hostname:
             raise InvalidDestination("sftp URLs need a host: sftp://user@host:port/path")
         if not parts.username:
@@ -129,10 +177,22 @@ def parse_destination_url(url: str) -> Destination:
         return Destination(
             kind="sftp", host=parts.hostname, port=22 if port is None else port, username=unquote(parts.username), root=root
         )
-    raise InvalidDestination(
-        f"unsupported destination scheme {scheme + '://' if scheme else '(none)'}; "
-        "use file://, s3://, gs:// or sftp://"
-    )
+    raise AssertionError(f"addressing of {kind!r}")  # pragma: no cover - every spec has one
+
+
+def _query_options(kind: str, query: str) -> dict[str, str]:
+    if not query:
+        return {}
+    if not REGISTRY[kind].options:
+        raise InvalidDestination(f"{kind} destination URLs take no query parameters (no storage options)")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise InvalidDestination("the destination URL's query is not name=value&name=value") from None
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise InvalidDestination("a storage option appears twice in the destination URL")
+    return validate_options(kind, dict(pairs))
 
 
 def destination_from_storage_config(sc: StorageConfig) -> Destination:
@@ -143,12 +203,13 @@ def destination_from_storage_config(sc: StorageConfig) -> Destination:
         raise InvalidDestination("storage_config.type is missing")
     kind = STORAGE_TYPES.get(stype)
     if kind is None:
-        raise UnsupportedDestination(f"storage type {stype!r} is not supported (supported: aws, digitalocean, gcs, sftp)")
-    if kind in ("s3", "gcs"):
+        supported = ", ".join(sorted(STORAGE_TYPES))
+        raise UnsupportedDestination(f"storage type {stype!r} is not supported (supported: {supported})")
+    if REGISTRY[kind].addressing == "bucket":
         if not sc.bucket:
             raise InvalidDestination(f"storage_config.bucket is missing for type {stype!r}")
         return Destination(kind=kind, bucket=sc.bucket, region=sc.region, source_type=stype)
-    # sftp
+    # host addressing: sftp
     if not sc.host:
         raise InvalidDestination("storage_config.host is missing for type 'sftp'")
     if not sc.username:

@@ -6,9 +6,13 @@ leaves nothing at the key. GCS reports crc32c for every object (and md5 for most
 computed while streaming and compared with what GCS stored (md5 is not: ~1.4 s of CPU per GiB
 on the benchmark machine, 30x crc32c; sha256 of the whole file goes in the sidecar, as everywhere).
 
-Credentials: a ``GCSCredentials`` block named ``rtk-gcs-<bucket>`` if one exists, else
-Google's application default credentials; with ``STORAGE_EMULATOR_HOST`` set (tests, local
-emulators) anonymous credentials are used.
+Credentials (``GCSCredentials.get_client``): a ``GCSCredentials`` block named
+``rtk-gcs-<bucket>`` if one exists, else Google's application default credentials; with
+``STORAGE_EMULATOR_HOST`` set (tests, local emulators) anonymous credentials are used.
+
+Storage options (URL query or the block's fields): ``storage_class``, ``kms_key_name``;
+object metadata names the recording and meeting (``put(metadata=...)``). An upload that makes
+no progress for ``ARCHIVE_UPLOAD_STALL_SECONDS`` fails (the requests' read timeout).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import os
 import posixpath
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
@@ -30,7 +34,7 @@ from pydantic import Field, SecretStr
 from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
-from .credentials import block_name_for, load_block
+from .credentials import block_name_for, block_options, load_block
 from .destination import Destination
 
 if TYPE_CHECKING:
@@ -49,6 +53,20 @@ class GCSCredentials(Block):
 
     service_account_info: SecretStr | None = Field(default=None, description="Service account key (JSON text).")
     project: str | None = Field(default=None, description="Project id, if not the key's.")
+    storage_class: str | None = Field(default=None, description="Storage class of new objects (NEARLINE, COLDLINE, ...).")
+    kms_key_name: str | None = Field(default=None, description="Cloud KMS key for new objects (projects/.../cryptoKeys/...).")
+
+    storage_option_fields: ClassVar[tuple[str, ...]] = ("storage_class", "kms_key_name")
+
+    def get_client(self) -> storage.Client:
+        """A storage client: this block's service account, else (an empty block) anonymous
+        credentials for an emulator (STORAGE_EMULATOR_HOST), else application default credentials."""
+        if self.service_account_info is not None:
+            info = json.loads(self.service_account_info.get_secret_value())
+            return storage.Client.from_service_account_info(info, project=self.project or info.get("project_id"))
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"), credentials=AnonymousCredentials())
+        return storage.Client(project=self.project)
 
 
 def _hex(b64: str | None) -> str | None:
@@ -62,14 +80,11 @@ class GCSBackend(StorageBackend):
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
         block = load_block(GCSCredentials, destination, settings.archive_credential_blocks if settings else False)
+        self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
+        stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
+        self.timeout = (min(15.0, stall), stall)  # (connect, read): a stalled upload fails
         try:
-            if block is not None and block.service_account_info is not None:
-                info = json.loads(block.service_account_info.get_secret_value())
-                self.client = storage.Client.from_service_account_info(info, project=block.project or info.get("project_id"))
-            elif os.environ.get("STORAGE_EMULATOR_HOST"):
-                self.client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"), credentials=AnonymousCredentials())
-            else:
-                self.client = storage.Client(project=block.project if block else None)
+            self.client = (block or GCSCredentials()).get_client()
         except (DefaultCredentialsError, ValueError) as exc:
             raise PermanentStorageError(
                 f"no GCS credentials for bucket '{destination.bucket}': set up application default credentials "
@@ -102,12 +117,30 @@ class GCSBackend(StorageBackend):
             raise self._fail(exc, "stat", key) from None
         return None if blob is None else self._info(blob)
 
-    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
-        blob = self.bucket.blob(self._key(key), chunk_size=CHUNK_SIZE)
+    def blob_info(self, key: str) -> storage.Blob | None:
+        """The object's resource (storage class, KMS key, metadata): for ``check``."""
+        return self.bucket.get_blob(self._key(key))
+
+    def put(
+        self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
+    ) -> ObjectInfo:
+        options = self.destination.options
+        blob = self.bucket.blob(self._key(key), chunk_size=CHUNK_SIZE, kms_key_name=options.get("kms_key_name"))
+        if "storage_class" in options:
+            blob.storage_class = options["storage_class"]
+        if metadata:
+            blob.metadata = dict(metadata)
         if not replace and self.stat(key) is not None:
             raise KeyTaken(f"gs://{self.destination.bucket}/{self._key(key)} already exists and was not written by this recording's archive: left untouched")
+        # no-clobber at the commit itself: generation 0 = "only if there is no object yet"
+        precondition = {} if replace else {"if_generation_match": 0}
         try:
-            blob.upload_from_file(source, size=size, rewind=False, checksum=None)
+            blob.upload_from_file(source, size=size, rewind=False, checksum=None, timeout=self.timeout, **precondition)
+        except gexc.PreconditionFailed:
+            raise KeyTaken(
+                f"gs://{self.destination.bucket}/{self._key(key)} appeared while uploading and was not written by this "
+                "recording's archive: left untouched"
+            ) from None
         except gexc.GoogleAPIError as exc:
             raise self._fail(exc, "upload", key) from None
         return self.confirm_stored(key, size)

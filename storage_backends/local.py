@@ -94,7 +94,9 @@ class LocalBackend(StorageBackend):
             raise os_error(exc, "stat", path) from None
         return ObjectInfo(size=st.st_size)
 
-    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
+    def put(
+        self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
+    ) -> ObjectInfo:
         final = self._path(key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)

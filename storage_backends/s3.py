@@ -4,6 +4,18 @@ Uploads stream through ``upload_fileobj``: multipart for large files, a bounded 
 parts in memory, and the multipart upload aborted by boto3 if the source or a part fails,
 so nothing is visible at the key until the upload completes.
 
+Checksums: every upload carries S3's own SHA-256 (``ChecksumAlgorithm=SHA256``): the server
+checks every part against it, and ``stat`` (``HeadObject`` with ``ChecksumMode=ENABLED``)
+returns it. ``put`` hashes each part as it reads it (it owns the part size) and compares
+with what S3 reports: the file's sha256 for a single PUT, the composite
+``sha256(part digests) + "-N"`` for a multipart upload. It is reported (hex, with the
+``-N`` suffix of a composite) as the hash ``s3-sha256``, recorded in the sidecar and checked
+again by "already archived". ``checksum=off`` (URL option / block field) leaves it out, for
+S3-compatible stores that lack it.
+
+Storage options (URL query or the block's fields): ``sse`` (AES256, aws:kms), ``kms_key_id``,
+``storage_class``; object metadata names the recording and meeting (``put(metadata=...)``).
+
 Credentials: a ``S3Credentials`` block named ``rtk-s3-<bucket>`` if one exists, else
 boto3's standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles, ...).
 Endpoint: the block's, else ``ARCHIVE_S3_ENDPOINT_URL`` (or, for ``digitalocean``,
@@ -13,9 +25,12 @@ else botocore's own (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import posixpath
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import quote
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -27,7 +42,7 @@ from pydantic import Field, SecretStr
 from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
-from .credentials import block_name_for, load_block
+from .credentials import block_name_for, block_options, load_block
 from .destination import Destination
 
 if TYPE_CHECKING:
@@ -48,6 +63,23 @@ class S3Credentials(Block):
     aws_session_token: SecretStr | None = Field(default=None, description="Session token, for temporary credentials.")
     region_name: str | None = Field(default=None, description="Region, if not the recording's.")
     endpoint_url: str | None = Field(default=None, description="Endpoint for S3-compatible stores (MinIO, R2, ...).")
+    sse: str | None = Field(default=None, description="Server-side encryption: AES256 or aws:kms.")
+    kms_key_id: str | None = Field(default=None, description="KMS key id or ARN (with sse aws:kms).")
+    storage_class: str | None = Field(default=None, description="Storage class (STANDARD_IA, GLACIER_IR, ...).")
+    checksum: str | None = Field(default=None, description="SHA256 (default) or off, for stores without S3 checksums.")
+
+    storage_option_fields: ClassVar[tuple[str, ...]] = ("sse", "kms_key_id", "storage_class", "checksum")
+
+    def get_client(self, destination: Destination, settings: "Settings | None" = None, config: Config | None = None):
+        """A boto3 S3 client for destination: this block's keys, else boto3's standard chain
+        (an empty block = the chain)."""
+        session = boto3.session.Session(
+            region_name=self.region_name or destination.region,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key.get_secret_value() if self.aws_secret_access_key else None,
+            aws_session_token=self.aws_session_token.get_secret_value() if self.aws_session_token else None,
+        )
+        return session.client("s3", endpoint_url=endpoint_for(destination, settings, self), config=config)
 
 
 def endpoint_for(destination: Destination, settings: "Settings | None", block: S3Credentials | None = None) -> str | None:
@@ -62,25 +94,100 @@ def endpoint_for(destination: Destination, settings: "Settings | None", block: S
     return settings.s3_endpoint_url if settings is not None else None
 
 
+class _PartHasher:
+    """Reads through to ``source`` and keeps the sha256 of every ``part_size`` slice of the
+    stream: the parts s3transfer uploads (its parts are ``part_size`` bytes, the last shorter)."""
+
+    def __init__(self, source: Readable, part_size: int) -> None:
+        self.source, self.part_size = source, part_size
+        self.parts: list[bytes] = []
+        self._h = hashlib.sha256()
+        self._filled = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        view, pos = memoryview(data), 0
+        while pos < len(data):
+            take = min(len(data) - pos, self.part_size - self._filled)
+            self._h.update(view[pos : pos + take])
+            pos += take
+            self._filled += take
+            if self._filled == self.part_size:
+                self.parts.append(self._h.digest())
+                self._h, self._filled = hashlib.sha256(), 0
+        return data
+
+    def matches(self, reported: str) -> bool:
+        """Whether S3's checksum (hex, "-N" when the server marks a composite) is the one of
+        the bytes read: the file's sha256 for a single PUT (shorter than one part), else the
+        composite sha256 of the part digests (s3transfer uploads anything from one part size
+        on in parts)."""
+        parts = self.parts + ([self._h.digest()] if self._filled or not self.parts else [])
+        digest, _, count = reported.partition("-")
+        if not self.parts:  # shorter than one part: a single PutObject
+            return not count and digest == parts[0].hex()
+        if count and int(count) != len(parts):
+            return False
+        return digest == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def _s3_hex(value: str | None) -> str | None:
+    """S3's base64 checksum ("...=" or "...=-N") as hex ("..." or "...-N")."""
+    if not value:
+        return None
+    digest, _, count = value.partition("-")
+    try:
+        hexed = base64.b64decode(digest).hex()
+    except ValueError:
+        return None
+    return f"{hexed}-{count}" if count else hexed
+
+
+def _metadata_value(value: str) -> str:
+    """S3 user metadata travels in HTTP headers: ASCII only (anything else percent-encoded)."""
+    return quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[]^_`{|}~")
+
+
 class S3Backend(StorageBackend):
+    hash_types = ()  # s3-sha256 is computed in put, per part
+
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
         block = load_block(S3Credentials, destination, settings.archive_credential_blocks if settings else False)
-        kwargs: dict = {}
-        if block is not None:
-            kwargs = {
-                "aws_access_key_id": block.aws_access_key_id,
-                "aws_secret_access_key": block.aws_secret_access_key.get_secret_value() if block.aws_secret_access_key else None,
-                "aws_session_token": block.aws_session_token.get_secret_value() if block.aws_session_token else None,
-            }
-        region = (block.region_name if block else None) or destination.region
-        session = boto3.session.Session(region_name=region, **kwargs)
+        self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
+        stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         self.bucket = destination.bucket or ""
-        self.client = session.client(
-            "s3",
-            endpoint_url=endpoint_for(destination, settings, block),
-            config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=15, read_timeout=120),
+        # an upload (or any call) that makes no progress for `stall` seconds fails
+        options = self.destination.options
+        self.checksum = options.get("checksum", "SHA256") != "off"
+        # checksum=off: no checksum headers at all (botocore adds CRC32s by default), for
+        # S3-compatible stores that refuse them
+        when = {} if self.checksum else {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=min(15.0, stall), read_timeout=stall, **when
         )
+        self.client = (block or S3Credentials()).get_client(destination, settings, config)
+        # no-clobber at the commit itself (If-None-Match: *), not only the stat before the upload:
+        # the object appears only when PutObject / CompleteMultipartUpload succeeds, and S3
+        # refuses either with 412 when something is at the key by then
+        self._no_clobber: set[str] = set()
+        for op in ("PutObject", "CompleteMultipartUpload"):
+            self.client.meta.events.register(f"before-parameter-build.s3.{op}", self._if_none_match)
+        self.extra_args: dict[str, str] = {}
+        if self.checksum:
+            self.extra_args["ChecksumAlgorithm"] = "SHA256"
+        if "sse" in options:
+            self.extra_args["ServerSideEncryption"] = options["sse"]
+        if "kms_key_id" in options:
+            self.extra_args["SSEKMSKeyId"] = options["kms_key_id"]
+        if "storage_class" in options:
+            self.extra_args["StorageClass"] = options["storage_class"]
         self.transfer_config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=4)
         # s3transfer keeps up to this many parts read from a non-seekable source in memory
         self.transfer_config.max_in_memory_upload_chunks = 4
@@ -117,15 +224,48 @@ class S3Backend(StorageBackend):
             raise self._fail(exc, action, key) from None
 
     def stat(self, key: str) -> ObjectInfo | None:
-        head = self._call("stat", key, self.client.head_object)
-        return None if head is None else ObjectInfo(size=int(head["ContentLength"]))
+        head = self._call("stat", key, self.client.head_object, ChecksumMode="ENABLED")
+        if head is None:
+            return None
+        checksum = _s3_hex(head.get("ChecksumSHA256"))
+        return ObjectInfo(size=int(head["ContentLength"]), hashes={"s3-sha256": checksum} if checksum else {})
 
-    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
+    def head(self, key: str) -> dict | None:
+        """The raw HeadObject answer (storage class, encryption, metadata): for ``check``."""
+        return self._call("stat", key, self.client.head_object, ChecksumMode="ENABLED")
+
+    def _if_none_match(self, params: dict, **kwargs) -> None:
+        if params.get("Key") in self._no_clobber:
+            params["IfNoneMatch"] = "*"
+
+    def put(
+        self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
+    ) -> ObjectInfo:
+        if not replace:
+            self._no_clobber.add(self._key(key))
+            try:
+                return self._put(key, source, size, replace=False, metadata=metadata)
+            finally:
+                self._no_clobber.discard(self._key(key))
+        return self._put(key, source, size, replace=True, metadata=metadata)
+
+    def _put(self, key: str, source: Readable, size: int | None, *, replace: bool, metadata: dict[str, str] | None) -> ObjectInfo:
         if not replace and self.stat(key) is not None:
             raise KeyTaken(f"s3://{self.bucket}/{self._key(key)} already exists and was not written by this recording's archive: left untouched")
+        extra = dict(self.extra_args)
+        if metadata:
+            extra["Metadata"] = {k: _metadata_value(v) for k, v in metadata.items()}
+        hasher = _PartHasher(source, PART_SIZE)
         try:
-            self.client.upload_fileobj(source, self.bucket, self._key(key), Config=self.transfer_config)
-        except (ClientError, BotoCoreError) as exc:
+            self.client.upload_fileobj(hasher, self.bucket, self._key(key), ExtraArgs=extra, Config=self.transfer_config)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise KeyTaken(
+                    f"s3://{self.bucket}/{self._key(key)} appeared while uploading and was not written by this "
+                    "recording's archive: left untouched"
+                ) from None
+            raise self._fail(exc, "upload", key) from None
+        except BotoCoreError as exc:
             raise self._fail(exc, "upload", key) from None
         except Exception as exc:
             # s3transfer wraps errors raised by the source; surface the original one
@@ -133,7 +273,14 @@ class S3Backend(StorageBackend):
             if type(exc).__module__.startswith("s3transfer") and cause is not None:
                 raise cause from None
             raise
-        return self.confirm_stored(key, size)
+        info = self.confirm_stored(key, size)
+        reported = info.hashes.get("s3-sha256")
+        if reported is not None and not hasher.matches(reported):
+            self.delete(key)  # ours: written just now
+            raise StorageError(
+                f"s3://{self.bucket}/{self._key(key)}: S3's SHA-256 checksum differs from the bytes sent; removed"
+            )
+        return info  # without s3-sha256 if the store does not report checksums (some S3-compatibles)
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
         obj = self._call("read", key, self.client.get_object, Range=f"bytes=0-{limit - 1}")

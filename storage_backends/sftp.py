@@ -316,7 +316,9 @@ class SFTPBackend(StorageBackend):
             raise self._os_error(exc, "stat", path) from None
         return ObjectInfo(size=int(attrs.st_size or 0))
 
-    def put(self, key: str, source: Readable, size: int | None, *, replace: bool = False) -> ObjectInfo:
+    def put(
+        self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
+    ) -> ObjectInfo:
         final = self._path(key)
         sftp = self._connect()
         directory, name = posixpath.split(final)

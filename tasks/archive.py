@@ -193,6 +193,7 @@ def _transfer(
                 stream_file(
                     download, backend=backend, key=key, logger=logger,
                     read_ahead=settings.archive_read_ahead_chunks, replace=plan.may_replace(key),
+                    metadata={"rtk-recording-id": recording.id, "rtk-meeting-id": recording.meeting_ref or ""},
                 )
             )
     return files

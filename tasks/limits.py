@@ -29,12 +29,13 @@ from prefect.settings import get_current_settings
 
 from rtk_archiver.prefect_api import private_api_active
 from rtk_archiver.settings import Settings
+from storage_backends.registry import KINDS
 
 API_RATE_LIMIT = "rtk-realtimekit-api"
 TRANSFER_LIMIT = "rtk-transfers-{kind}"
 RECORDING_LOCK = "rtk-recording-lock-{n}"
 RECORDING_LOCKS = 64
-BACKEND_KINDS = ("file", "s3", "gcs", "sftp")
+BACKEND_KINDS = KINDS  # one transfer limit per registered backend
 LEASE_SECONDS = 60  # the server's minimum
 
 

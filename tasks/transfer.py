@@ -200,9 +200,13 @@ def stream_file(
     logger: logging.Logger | logging.LoggerAdapter,
     read_ahead: int = 0,
     replace: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> FileEntry:
     """Stream an opened download straight into ``backend`` at ``key``; returns the verified entry.
-    ``read_ahead``: chunks the download may run ahead of the upload (in a thread)."""
+    ``read_ahead``: chunks the download may run ahead of the upload (in a thread).
+    ``metadata``: object metadata (recording and meeting ids) for backends that store it.
+    Hashes the backend computed and checked itself while uploading (S3's composite sha256,
+    Azure's md5) are recorded in the entry beside the ones computed here."""
     kind, size = download.kind, download.size
     stored = None
     progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
@@ -210,7 +214,8 @@ def stream_file(
         read_ahead = max(read_ahead, -(-backend.read_ahead_bytes // download.chunk_size))
     reader = VerifyingReader(download.chunks(), size, backend.hash_types, on_progress=progress, read_ahead=read_ahead)
     try:
-        stored = backend.put(key, reader, size, replace=replace)
+        extra = {"metadata": metadata} if metadata else {}  # backends without metadata take none
+        stored = backend.put(key, reader, size, replace=replace, **extra)
         reader.verify_end()
     except SizeMismatch as exc:
         if stored is not None:  # a body that turned out too long after the backend committed
@@ -235,6 +240,6 @@ def stream_file(
         name=key.rsplit("/", 1)[-1],
         size=size,
         sha256=digests["sha256"],
-        hashes={k: v for k, v in digests.items() if k != "sha256"},
+        hashes={k: v for k, v in {**stored.hashes, **digests}.items() if k != "sha256"},
         source_url_host=httpx.URL(download.url).host,
     )

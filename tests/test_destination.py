@@ -47,8 +47,10 @@ def test_storage_config_selection():
     assert (d.kind, d.source_type, d.region) == ("s3", "digitalocean", "nyc3")
     d = destination_from_storage_config(StorageConfig(type="sftp", host="h", port=2222.0, username="u", auth_method="KEY"))
     assert (d.kind, d.port, d.auth_method) == ("sftp", 2222, "KEY")
-    with pytest.raises(UnsupportedDestination, match="azure"):
-        destination_from_storage_config(StorageConfig(type="azure", bucket="b"))
+    d = destination_from_storage_config(StorageConfig(type="azure", bucket="c", path="x"))
+    assert (d.kind, d.bucket, d.source_type, d.display_url("k")) == ("azure", "c", "azure", "az://c/k")
+    with pytest.raises(UnsupportedDestination, match="'dropbox' is not supported"):
+        destination_from_storage_config(StorageConfig(type="dropbox", bucket="b"))
     with pytest.raises(InvalidDestination, match="storage_config.bucket"):
         destination_from_storage_config(StorageConfig(type="aws"))
     with pytest.raises(InvalidDestination, match="storage_config.host"):

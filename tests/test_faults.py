@@ -272,7 +272,8 @@ def test_hostile_storage_configs_each_get_a_clear_answer(env, caplog):
     cases = {
         "null": (None, OutcomeKind.ARCHIVED, ""),  # default destination
         "unknown": ({"type": "dropbox", "bucket": "b"}, OutcomeKind.SKIPPED, "'dropbox' is not supported"),
-        "azure": ({"type": "azure", "bucket": "b"}, OutcomeKind.SKIPPED, "'azure' is not supported"),
+        "azure": ({"type": "azure", "bucket": "b"}, OutcomeKind.FAILED, "no Azure credentials for container 'b'"),
+        "azure_no_container": ({"type": "azure"}, OutcomeKind.FAILED, "storage_config.bucket is missing for type 'azure'"),
         "no_type": ({"bucket": "b"}, OutcomeKind.ARCHIVED, ""),  # no type: treated as no storage_config
         "no_bucket": ({"type": "gcs"}, OutcomeKind.FAILED, "storage_config.bucket is missing"),
         "no_host": ({"type": "sftp", "username": "u", "auth_method": "KEY"}, OutcomeKind.FAILED, "storage_config.host"),

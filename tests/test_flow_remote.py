@@ -61,7 +61,9 @@ def test_s3_gcs_and_sftp_from_storage_config(env, s3_env, moto_s3_server, gcs_en
     assert objs[video] == media_bytes(to_s3["id"], "video", 0, to_s3["file_size"])
     audio_key = next(k for k in objs if ".audio." in k)
     assert objs[audio_key] == media_bytes(to_s3["id"], "audio", 0, len(objs[audio_key]))
-    assert json.loads(objs[video + ".metadata.json"])["recording_id"] == to_s3["id"]
+    s3_sidecar = json.loads(objs[video + ".metadata.json"])
+    assert s3_sidecar["recording_id"] == to_s3["id"]
+    assert s3_sidecar["files"][0]["hashes"]["s3-sha256"]  # S3's own SHA-256, checked end to end
 
     gcs = storage.Client(project="rtk-test", credentials=AnonymousCredentials())
     blobs = {b.name: b for b in gcs.list_blobs(gcs_env)}
@@ -137,3 +139,36 @@ def test_failures_are_clear_per_recording_and_leave_nothing(env, s3_env, moto_s3
     everything = caplog.text + captured.out + captured.err + json.dumps([r.model_dump(mode="json") for r in (report, unknown_host)])
     for secret in (secret_pw, wrong_key.splitlines()[1], sshd_server.users["rtkpass"].password, env.token, "test-secret-rtk-archiver-s3"):
         assert secret not in everything
+
+
+def test_azure_from_storage_config_env_then_block(env, azure_env, azurite_server, monkeypatch):
+    """azure recordings are archived into Azure Blob (Azurite): credentials from the
+    environment, then from an AzureCredentials block (with an access tier); S3-like checks:
+    content, sidecar with the blob's MD5, a rerun transfers nothing."""
+    from azure.storage.blob import BlobServiceClient
+
+    from storage_backends.azure import AzureCredentials
+    from tests.fixtures.object_stores import azurite_connection_string
+
+    rec = env.state.add_recording(file_size=9 * 1024 * 1024 + 7, audio=True,
+                                  storage_config={"type": "azure", "bucket": azure_env, "region": "westeurope", "path": "m/2026"})
+    report = archive_recordings()
+    assert outcomes(report)[rec["id"]].kind == OutcomeKind.ARCHIVED, report.outcomes
+    conn = azurite_connection_string(azurite_server)
+    container = BlobServiceClient.from_connection_string(conn).get_container_client(azure_env)
+    video = f"m/2026/{rec['output_file_name']}"
+    assert container.download_blob(video).readall() == media_bytes(rec["id"], "video", 0, rec["file_size"])
+    sidecar = json.loads(container.download_blob(video + ".metadata.json").readall())
+    assert sidecar["recording_id"] == rec["id"]
+    assert sidecar["files"][0]["hashes"]["md5"] == bytes(container.get_blob_client(video).get_blob_properties().content_settings.content_md5).hex()
+    again = archive_recordings()
+    assert outcomes(again)[rec["id"]].kind == OutcomeKind.ALREADY_ARCHIVED and again.bytes_transferred == 0
+
+    # no credentials in the environment: the block named after the container supplies them
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    AzureCredentials(connection_string=conn, access_tier="cool").save(f"rtk-azure-{azure_env}", overwrite=True)
+    other = env.state.add_recording(file_size=3000, storage_config={"type": "azure", "bucket": azure_env, "path": "blk"})
+    report = archive_recordings()
+    assert outcomes(report)[other["id"]].kind == OutcomeKind.ARCHIVED, report.outcomes
+    props = container.get_blob_client(f"blk/{other['output_file_name']}").get_blob_properties()
+    assert props.size == 3000 and props.blob_tier == "Cool"

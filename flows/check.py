@@ -1,0 +1,43 @@
+"""``check-destinations``: the preflight (``tasks/check.py``) as a flow, runnable from the UI.
+
+It publishes the table as an artifact and fails when any destination fails.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.windows import DestinationParam
+from rtk_archiver.settings import load_settings
+from tasks.check import CheckReport, markdown_table, run_check
+
+
+class DestinationCheckFailed(Exception):
+    """At least one destination cannot be archived to (the table says which and why)."""
+
+
+@flow(name="check-destinations", validate_parameters=True)
+def check_destinations(
+    since: datetime | None = None,
+    until: datetime | None = None,
+    destination: DestinationParam = None,
+    include_recordings: bool = True,
+) -> CheckReport:
+    """Write, stat, read back and delete a probe at every destination a run would use: the
+    default destination, ``destination`` if given, and the storage_configs of the recordings
+    in [since, until) (default: the lookback)."""
+    logger = get_run_logger()
+    report = run_check(load_settings(), since, until, destination, include_recordings)
+    table = markdown_table(report)
+    create_markdown_artifact(key="destination-check", markdown="# Destination check\n\n" + table, description="rtk-archiver check")
+    for c in report.checks:
+        if c.status == "failed":
+            logger.error("%s (%s): %s; fix: %s", c.destination, c.source, c.reason, c.fix)
+        else:
+            logger.info("%s (%s): %s %s", c.destination, c.source, c.status, ", ".join(c.works) or c.reason or "")
+    if report.failed:
+        raise DestinationCheckFailed(f"{len(report.failed)} of {len(report.checks)} destination(s) failed the check")
+    return report
