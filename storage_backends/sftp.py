@@ -35,7 +35,7 @@ from rtk_archiver.models import ObjectInfo
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
-from .tempnames import temp_prefix
+from .tempnames import TEMP_MARKER, temp_prefix
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
