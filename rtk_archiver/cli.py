@@ -2,7 +2,7 @@
 
 Flows run against Prefect's embedded API unless ``PREFECT_API_URL`` is set.
 Exit status: 0 when nothing failed, 1 when any recording failed, 2 for bad settings or
-arguments.
+arguments, 130 / 143 when interrupted by SIGINT (Ctrl-C) / SIGTERM.
 """
 
 from __future__ import annotations
@@ -118,17 +118,25 @@ def _run_archive(args: argparse.Namespace) -> int:
         print(f"rtk-archiver: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    from rtk_archiver import interrupt
     from rtk_archiver.prefect_api import PrefectAPIError, private_prefect_api
 
+    result: object = None
+    message: str | None = None
     try:
         with private_prefect_api():
             try:
                 result, message = _run_flow(args, settings)
             finally:
-                _drain_prefect_workers()
+                _drain_prefect_workers(timeout=5 if interrupt.requested() else 15)
     except PrefectAPIError as exc:
-        print(f"rtk-archiver: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        if not interrupt.requested():
+            print(f"rtk-archiver: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    except interrupt.Interrupted:
+        pass
+    if interrupt.requested():
+        return _report_interrupted(args, result)
     if not isinstance(result, ArchiveReport):
         print(f"rtk-archiver: the run failed: {message or result}", file=sys.stderr)
         return EXIT_FAILED
@@ -136,6 +144,35 @@ def _run_archive(args: argparse.Namespace) -> int:
     if getattr(args, "report", None):
         args.report.write_text(result.model_dump_json(indent=2))
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _report_interrupted(args: argparse.Namespace, result: object) -> int:
+    """The summary of a run stopped by Ctrl-C / SIGTERM: recordings it did not finish are
+    ``interrupted`` (nothing partial was kept; the next run archives them); exit 128 + signal."""
+    from rtk_archiver import interrupt
+
+    signum = interrupt.received_signal()
+    name = interrupt.signal_name(signum)
+    if isinstance(result, ArchiveReport):
+        for i, outcome in enumerate(result.outcomes):
+            if outcome.kind == OutcomeKind.FAILED and interrupt.is_interrupt_reason(outcome.reason):
+                result.outcomes[i] = outcome.model_copy(update={"kind": OutcomeKind.INTERRUPTED})
+        print_report(result)
+        if getattr(args, "report", None):
+            args.report.write_text(result.model_dump_json(indent=2))
+        stopped = len(result.of(OutcomeKind.INTERRUPTED))
+        print(
+            f"INTERRUPTED by {name}: {stopped} recording(s) not archived (nothing partial was kept); "
+            "run again to archive them",
+            flush=True,
+        )
+    else:
+        print(
+            f"rtk-archiver: INTERRUPTED by {name} before the run had a report; nothing partial was kept; "
+            "run again to archive the recordings",
+            file=sys.stderr,
+        )
+    return interrupt.exit_code(signum)
 
 
 def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
@@ -154,7 +191,7 @@ def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
     return state.result(raise_on_failure=False), state.message
 
 
-def _drain_prefect_workers() -> None:
+def _drain_prefect_workers(timeout: float = 15) -> None:
     """Send the run's last logs and events while its API server is still up (else Prefect
     retries them at exit against a stopped server, for a minute, and prints an error)."""
     from prefect.events.worker import EventsWorker
@@ -162,7 +199,7 @@ def _drain_prefect_workers() -> None:
 
     for worker in (APILogWorker, EventsWorker):
         try:
-            worker.drain_all(timeout=15)
+            worker.drain_all(timeout=timeout)
         except Exception:  # noqa: BLE001 - best effort: the report is already complete
             pass
 
@@ -241,8 +278,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("archive", "archive-one"):
-        return _run_archive(args)
+    if args.command in ("archive", "archive-one", "demo"):
+        # Ctrl-C / SIGTERM: transfers stop cleanly, the summary says what was not done, and
+        # the exit status is 130 / 143 (see rtk_archiver/interrupt.py); a second one exits at once
+        from rtk_archiver.interrupt import watch_signals
+
+        with watch_signals():
+            return _run_archive(args) if args.command != "demo" else _run_demo(args)
     if args.command == "simulator":
         from rtk_archiver.simulator import serve
 
@@ -250,8 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command in ("serve", "deploy"):
         return _run_deployments(args)
-    if args.command == "demo":
-        return _run_demo(args)
     return EXIT_USAGE
 
 

@@ -132,7 +132,7 @@ def _watch(grace: float) -> None:
 
 
 @contextmanager
-def watch_signals(grace: float = 30.0) -> Iterator[None]:
+def watch_signals(grace: float = 20.0) -> Iterator[None]:
     """Turn SIGINT / SIGTERM into a stop request for the duration of a CLI run.
 
     Call from the main thread before any other thread starts: threads inherit the blocked
