@@ -12,7 +12,6 @@ import pytest
 from flows.archive import archive_recordings
 from rtk_archiver.models import OutcomeKind
 from rtk_archiver.simulator import media_bytes
-from tasks.transfer import error_page_kind
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -131,6 +130,8 @@ def test_chunked_body_without_file_size_into_s3(env, s3_env, moto_s3_server):
 
 def test_sniffing_never_mistakes_media_for_an_error_page():
     import random
+
+    from tasks.transfer import error_page_kind
 
     for i in range(300):  # media starting with '<', '{' or '[' followed by binary bytes
         body = b"<{["[i % 3 : i % 3 + 1] + random.Random(i).randbytes(600)
