@@ -6,7 +6,7 @@ between reads and raise ``Interrupted``, so the backend aborts the upload the wa
 any failing source (temp file removed, S3 multipart aborted, GCS resumable upload never
 finalized). ``Interrupted`` is permanent: Prefect does not retry it.
 
-Signals are taken with ``sigwait`` in a thread of their own, with both signals blocked in
+Signals are taken with ``sigtimedwait`` in a thread of their own, with both signals blocked in
 every other thread: no Python-level handler runs for them, so neither Prefect's SIGTERM
 bridge nor the default KeyboardInterrupt can crash the flow half-way. A second signal, or a
 run that has not wound down ``grace`` seconds after the first, exits at once (``os._exit``;
@@ -113,8 +113,14 @@ def _exit_now(signum: int, why: str) -> None:
     os._exit(exit_code(signum))
 
 
-def _watch(grace: float) -> None:
-    signum = signal.sigwait(SIGNALS)
+def _watch(grace: float, done: threading.Event) -> None:
+    while True:
+        info = signal.sigtimedwait(SIGNALS, 0.5)
+        if info is not None:
+            break
+        if done.is_set():  # the run ended without a signal
+            return
+    signum = info.si_signo
     request(signum)
     name = signal_name(signum)
     _say(
@@ -142,14 +148,17 @@ def watch_signals(grace: float = 20.0) -> Iterator[None]:
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    watcher = threading.Thread(target=_watch, args=(grace,), name="rtk-signal-watch", daemon=True)
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(grace, done), name="rtk-signal-watch", daemon=True)
     watcher.start()
     try:
         yield
     finally:
         if not _requested.is_set():
-            # nobody signalled: leave the watcher waiting (daemon) but give the signals back
-            # their usual meaning for whatever runs after (the interpreter's shutdown)
+            # nobody signalled: stop watching and give the signals back their usual meaning
+            # (after an interrupt the watcher stays, for a second signal during the shutdown)
+            done.set()
+            watcher.join(2)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 

@@ -149,6 +149,8 @@ def test_endless_resets_fail_cleanly_and_the_next_run_completes(env, monkeypatch
     env.state.faults.reset_after = 100_000
     report = archive_recordings()
     assert kinds(report)[rec["id"]] == OutcomeKind.FAILED and "broke" in reasons(report)[rec["id"]]
+    # the final error names the bytes received against those expected (each body broke after 100,000)
+    assert "received 300000 of 1048576 bytes" in reasons(report)[rec["id"]], reasons(report)[rec["id"]]
     assert not any(p.is_file() for p in env.archive.rglob("*"))
     env.state.faults.download_resets = 0
     assert kinds(archive_recordings())[rec["id"]] == OutcomeKind.ARCHIVED

@@ -155,3 +155,57 @@ def test_interrupted_is_never_retried():
     assert is_permanent(interrupt.Interrupted(signal.SIGINT))
     assert interrupt.is_interrupt_reason(str(interrupt.Interrupted(signal.SIGTERM)))
     assert interrupt.exit_code(signal.SIGINT) == 130 and interrupt.exit_code(signal.SIGTERM) == 143
+
+
+# --- the signal watcher, in a small process of its own ---------------------------------------
+
+WATCHER = """
+import sys, threading, time
+from rtk_archiver import interrupt
+with interrupt.watch_signals(grace=float(sys.argv[1])):
+    worker = threading.Thread(target=lambda: time.sleep(60), daemon=True)
+    worker.start()  # started after: signals are not delivered to it
+    print("ready", flush=True)
+    while not interrupt.requested():
+        time.sleep(0.01)
+    print("requested", interrupt.signal_name(interrupt.received_signal()), flush=True)
+    if sys.argv[2] == "wind-down":
+        sys.exit(interrupt.exit_code(interrupt.received_signal()))
+    time.sleep(60)  # a run that does not wind down
+"""
+
+
+def _watcher(grace: float, mode: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", WATCHER, str(grace), mode], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_the_first_signal_is_a_stop_request_the_second_exits_at_once():
+    proc = _watcher(60, "hang")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().strip() == "requested SIGTERM"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(10)
+    assert proc.returncode == 130 and time.monotonic() - started < 5
+    assert "SIGINT again: exiting at once" in proc.stderr.read()
+
+
+def test_a_run_that_does_not_wind_down_is_ended_after_the_grace_period():
+    proc = _watcher(1.5, "hang")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(20)
+    assert proc.returncode == 130 and time.monotonic() - started < 10
+    assert "did not stop within 2 s of SIGINT" in proc.stderr.read()
+
+
+def test_a_run_that_winds_down_exits_with_128_plus_the_signal():
+    proc = _watcher(30, "wind-down")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    assert proc.returncode == 143
+    assert "SIGTERM received: stopping" in proc.stderr.read()
