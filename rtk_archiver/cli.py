@@ -2,7 +2,7 @@
 
 Flows run against Prefect's embedded API unless ``PREFECT_API_URL`` is set.
 Exit status: 0 when nothing failed, 1 when any recording failed, 2 for bad settings or
-arguments.
+arguments, 130 / 143 when interrupted by SIGINT (Ctrl-C) / SIGTERM.
 """
 
 from __future__ import annotations
@@ -186,17 +186,25 @@ def _run_archive(args: argparse.Namespace) -> int:
         print(f"rtk-archiver: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    from rtk_archiver import interrupt
     from rtk_archiver.prefect_api import PrefectAPIError, private_prefect_api
 
+    result: object = None
+    message: str | None = None
     try:
         with private_prefect_api():
             try:
                 result, message = _run_flow(args, settings)
             finally:
-                _drain_prefect_workers()
+                _drain_prefect_workers(timeout=5 if interrupt.requested() else 15)
     except PrefectAPIError as exc:
-        print(f"rtk-archiver: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        if not interrupt.requested():
+            print(f"rtk-archiver: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    except interrupt.Interrupted:
+        pass
+    if interrupt.requested():
+        return _report_interrupted(args, result)
     if not isinstance(result, ArchiveReport):
         print(f"rtk-archiver: the run failed: {message or result}", file=sys.stderr)
         return EXIT_FAILED
@@ -206,19 +214,46 @@ def _run_archive(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.run_failure_message() else EXIT_OK
 
 
+def _report_interrupted(args: argparse.Namespace, result: object) -> int:
+    """The summary of a run stopped by Ctrl-C / SIGTERM: recordings it did not finish are
+    ``interrupted`` (nothing partial was kept; the next run archives them); exit 128 + signal."""
+    from rtk_archiver import interrupt
+
+    signum = interrupt.received_signal()
+    name = interrupt.signal_name(signum)
+    if isinstance(result, ArchiveReport):
+        for i, outcome in enumerate(result.outcomes):
+            if outcome.kind == OutcomeKind.FAILED and interrupt.is_interrupt_reason(outcome.reason):
+                result.outcomes[i] = outcome.model_copy(update={"kind": OutcomeKind.INTERRUPTED})
+        print_report(result)
+        if getattr(args, "report", None):
+            args.report.write_text(result.model_dump_json(indent=2))
+        stopped = len(result.of(OutcomeKind.INTERRUPTED))
+        print(
+            f"INTERRUPTED by {name}: {stopped} recording(s) not archived (nothing partial was kept); "
+            "run again to archive them",
+            flush=True,
+        )
+    else:
+        print(
+            f"rtk-archiver: INTERRUPTED by {name} before the run had a report; nothing partial was kept; "
+            "run again to archive the recordings",
+            file=sys.stderr,
+        )
+    return interrupt.exit_code(signum)
+
+
 def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
     """Run the flow the command names (Prefect is imported here, once its API is known)."""
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     from flows.archive import archive_one, archive_recordings, report_of
 
-    runner = ThreadPoolTaskRunner(max_workers=settings.archive_max_concurrent)
+    # recordings at once and retries come from the settings inside the flows (flows/runtime.py)
     if args.command == "archive":
-        flow = archive_recordings.with_options(task_runner=runner)
-        state = flow(since=args.since, until=args.until, destination=args.destination, dry_run=args.dry_run, return_state=True)
+        state = archive_recordings(
+            since=args.since, until=args.until, destination=args.destination, dry_run=args.dry_run, return_state=True
+        )
     else:
-        flow = archive_one.with_options(task_runner=runner)
-        state = flow(recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run, return_state=True)
+        state = archive_one(recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run, return_state=True)
     report = report_of(state)  # a run with failed recordings is Failed, and still has its report
     return (report if report is not None else state.result(raise_on_failure=False)), state.message
 
@@ -264,7 +299,7 @@ def print_check(report, stream=None) -> None:
     console.print(f"{len(report.checks) - failed} of {len(report.checks)} destination(s) passed" if report.checks else "no destination to check")
 
 
-def _drain_prefect_workers() -> None:
+def _drain_prefect_workers(timeout: float = 15) -> None:
     """Send the run's last logs and events while its API server is still up (else Prefect
     retries them at exit against a stopped server, for a minute, and prints an error)."""
     from prefect.events.worker import EventsWorker
@@ -272,7 +307,7 @@ def _drain_prefect_workers() -> None:
 
     for worker in (APILogWorker, EventsWorker):
         try:
-            worker.drain_all(timeout=15)
+            worker.drain_all(timeout=timeout)
         except Exception:  # noqa: BLE001 - best effort: the report is already complete
             pass
 
@@ -450,8 +485,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("archive", "archive-one"):
-        return _run_archive(args)
+    if args.command in ("archive", "archive-one", "demo"):
+        # Ctrl-C / SIGTERM: transfers stop cleanly, the summary says what was not done, and
+        # the exit status is 130 / 143 (see rtk_archiver/interrupt.py); a second one exits at once
+        from rtk_archiver.interrupt import watch_signals
+
+        with watch_signals():
+            return _run_archive(args) if args.command != "demo" else _run_demo(args)
     if args.command == "verify":
         return _run_verify(args)
     if args.command == "check":
@@ -466,8 +506,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_webhook(args)
     if args.command in ("serve", "deploy"):
         return _run_deployments(args)
-    if args.command == "demo":
-        return _run_demo(args)
     return EXIT_USAGE
 
 

@@ -199,6 +199,7 @@ class OutcomeKind(str, Enum):
     SKIPPED = "skipped"
     PENDING = "pending"  # not finished yet; a later run picks it up
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the run was stopped (Ctrl-C / SIGTERM) before it was archived
 
 
 class RecordingOutcome(BaseModel):

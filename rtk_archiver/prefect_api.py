@@ -7,12 +7,20 @@ it. Launching it here keeps the archiving process small (see BENCHMARKS.md: peak
 
 The server is this run's alone, like the ephemeral one: ``tasks.limits`` does not take shared
 concurrency slots on it (``private_api_active``).
+
+It never outlives the CLI: the child asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``, so even a SIGKILLed CLI takes it along), and it runs in a session of
+its own, so a terminal's Ctrl-C reaches only the CLI, which still needs its API to finish
+the run (and would otherwise print connection errors against a dead server).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from rtk_archiver import interrupt
 
 PRIVATE_API_ENV = "RTK_ARCHIVER_PRIVATE_PREFECT_API"
 STARTUP_TIMEOUT_SECONDS = 120.0  # the first start on a new PREFECT_HOME migrates its database
@@ -60,7 +70,10 @@ def private_prefect_api() -> Iterator[str | None]:
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
     ]
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors,
+            start_new_session=True, preexec_fn=_child_setup(os.getpid()),
+        )
         try:
             _wait_healthy(proc, url, errors)
             os.environ["PREFECT_API_URL"] = url
@@ -70,6 +83,34 @@ def private_prefect_api() -> Iterator[str | None]:
             os.environ.pop("PREFECT_API_URL", None)
             os.environ.pop(PRIVATE_API_ENV, None)
             stop_process(proc)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(parent: int):
+    """``preexec_fn`` for a child that must die with this process: SIGKILL on the parent's
+    death (Linux; it fires when the thread that started the child exits, here the main
+    thread, i.e. the process), exit if the parent already died, and the default signal mask
+    (the CLI blocks SIGINT / SIGTERM in its threads, see ``rtk_archiver.interrupt``).
+    Everything it needs is resolved before the fork."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            libc = None
+    prctl = libc.prctl if libc is not None else None
+    unblock = (signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
+
+    def setup() -> None:
+        signal.pthread_sigmask(*unblock)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: follow it
+            os._exit(1)
+
+    return setup
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -95,5 +136,5 @@ def _wait_healthy(proc: subprocess.Popen, url: str, errors) -> None:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)
+            interrupt.sleep(0.1)  # Ctrl-C while the server starts: stop waiting
     raise PrefectAPIError(f"the Prefect API server did not answer within {STARTUP_TIMEOUT_SECONDS:.0f} s")

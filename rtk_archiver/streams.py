@@ -16,6 +16,8 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
+from rtk_archiver import interrupt
+
 
 class SizeMismatch(Exception):
     """The body was not the size it was announced to be."""
@@ -91,7 +93,12 @@ class ReadAhead:
     def __next__(self) -> bytes:
         if self._done:
             raise StopIteration
-        item = self._queue.get()
+        while True:  # a stop request ends the wait even if the producer is stuck on the network
+            try:
+                item = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                interrupt.check()
         if item is self._END:
             self._done = True
             raise StopIteration
@@ -114,13 +121,15 @@ class VerifyingReader:
     """Non-seekable, read-only file-like over an iterator of byte chunks.
 
     Every chunk is counted and hashed as it arrives (``SizeMismatch`` as soon as the body is
-    longer than expected, or at its end if shorter). With ``read_ahead`` > 0 that happens in
-    a background thread up to ``read_ahead`` chunks ahead of ``read``: call ``close``."""
+    longer than expected, or at its end if shorter; ``expected_size`` None: the body's own
+    end, whatever its size). With ``read_ahead`` > 0 that happens in a background thread up
+    to ``read_ahead`` chunks ahead of ``read``: call ``close``. A stop request
+    (``rtk_archiver.interrupt``) makes ``read`` raise ``Interrupted``."""
 
     def __init__(
         self,
         chunks: Iterable[bytes],
-        expected_size: int,
+        expected_size: int | None,
         hash_names: Iterable[str] = ("sha256",),
         on_progress: Callable[[int], None] | None = None,
         read_ahead: int = 0,
@@ -142,14 +151,14 @@ class VerifyingReader:
             if not chunk:
                 continue
             self.received += len(chunk)
-            if self.received > self.expected_size:
+            if self.expected_size is not None and self.received > self.expected_size:
                 raise SizeMismatch(f"body is longer than the expected {self.expected_size} bytes")
             for h in self.hashers.values():
                 h.update(chunk)
             if self._on_progress is not None:
                 self._on_progress(len(chunk))
             yield bytes(chunk)
-        if self.received != self.expected_size:
+        if self.expected_size is not None and self.received != self.expected_size:
             raise SizeMismatch(f"body ended after {self.received} bytes, expected {self.expected_size}")
 
     # file-like protocol used by boto3, google-cloud-storage, paramiko code and shutil
@@ -173,6 +182,10 @@ class VerifyingReader:
             self._pending_size += len(chunk)
 
     def read(self, size: int = -1) -> bytes:
+        interrupt.check()
+        return self._read(size)
+
+    def _read(self, size: int = -1) -> bytes:
         want = None if size is None or size < 0 else size
         self._fill(want)
         if want is None or want >= self._pending_size:
@@ -198,12 +211,12 @@ class VerifyingReader:
 
     @property
     def complete(self) -> bool:
-        return self._eof and self.bytes_read == self.expected_size
+        return self._eof and (self.expected_size is None or self.bytes_read == self.expected_size)
 
     def verify_end(self) -> None:
         """Confirm the body ends exactly at the expected size (a consumer may stop reading at
         ``expected_size`` without asking for EOF)."""
-        if self.read(1):
+        if self._read(1):  # (never with expected_size None: the backend read to the end)
             raise SizeMismatch(f"body is longer than the expected {self.expected_size} bytes")
 
     def close(self) -> None:

@@ -186,6 +186,7 @@ def _transfer(
                     chunk_size=settings.archive_chunk_size,
                     max_resumes=settings.archive_download_resumes,
                     logger=logger,
+                    stall_seconds=settings.archive_download_stall_seconds,
                 )
             except httpx.HTTPError as exc:
                 raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None

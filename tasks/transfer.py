@@ -3,8 +3,11 @@
 Download and upload run as one stream (httpx -> VerifyingReader -> backend.put), the download
 (and hashing) in a read-ahead thread a few chunks ahead of the upload, so both run at once:
 memory stays bounded by a few chunks whatever the file size. Size is checked against
-``Content-Length`` and the API's ``file_size``; sha256 (and any hash the backend reports)
-is computed on the way and compared with what the backend says it stored.
+``Content-Length`` and the API's ``file_size`` (a body with neither is streamed to its end);
+an error page (HTML / JSON / XML) answered in place of the media is refused; sha256 (and any
+hash the backend reports) is computed on the way and compared with what the backend says
+it stored. A download that stalls or trickles is resumed; a stop request (Ctrl-C, SIGTERM)
+aborts the transfer between reads.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datetime import datetime, timezone
 
 import httpx
 
+from rtk_archiver import interrupt
 from rtk_archiver.models import FileEntry
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.streams import SizeMismatch, VerifyingReader
@@ -39,7 +43,7 @@ class IntegrityError(StorageError):
 class _Progress:
     """Logs a line at most every ``every`` seconds while bytes flow."""
 
-    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, label: str, total: int, every: float = 5.0):
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, label: str, total: int | None, every: float = 5.0):
         self.logger, self.label, self.total, self.every = logger, label, total, every
         self.done = 0
         self.started = self.last = time.monotonic()
@@ -50,8 +54,11 @@ class _Progress:
         if now - self.last >= self.every:
             self.last = now
             rate = self.done / max(now - self.started, 1e-6) / 1e6
-            pct = 100.0 * self.done / self.total if self.total else 100.0
-            self.logger.info("%s: %.0f%% (%d / %d bytes, %.1f MB/s)", self.label, pct, self.done, self.total, rate)
+            if self.total:
+                pct = 100.0 * self.done / self.total
+                self.logger.info("%s: %.0f%% (%d / %d bytes, %.1f MB/s)", self.label, pct, self.done, self.total, rate)
+            else:
+                self.logger.info("%s: %d bytes (size unknown, %.1f MB/s)", self.label, self.done, rate)
 
 
 @functools.cache
@@ -69,14 +76,74 @@ def _expired(expiry: datetime | None) -> bool:
     return expiry is not None and expiry <= datetime.now(timezone.utc)
 
 
+#: a download that receives less than this in ``stall_seconds`` (of waiting on the network) is stalled
+STALL_BYTES = 64 * 1024
+#: bytes of the body looked at to tell an error page from media
+SNIFF_BYTES = 512
+#: Content-Types that are never a recording: an error page answered in its place
+_ERROR_TYPES = frozenset(
+    {"text/html", "application/xhtml+xml", "application/json", "text/json", "application/xml", "text/xml"}
+)
+
+
+class DownloadStalled(httpx.TransportError):
+    """Less than ``STALL_BYTES`` arrived in ``stall_seconds``: resumed like a reset."""
+
+
+class BodyEndedEarly(httpx.RemoteProtocolError):
+    """The body ended before the bytes its Content-Length (or Content-Range) announced."""
+
+
+def _media_type(response: httpx.Response) -> str | None:
+    value = response.headers.get("content-type")
+    return value.split(";", 1)[0].strip().lower() or None if value else None
+
+
+def _is_error_type(media_type: str | None) -> bool:
+    return media_type is not None and (
+        media_type in _ERROR_TYPES or media_type.endswith("+json") or media_type.endswith("+xml")
+    )
+
+
+def error_page_kind(head: bytes) -> str | None:
+    """'HTML', 'XML' or 'JSON' when the first bytes of a body are such a document (an error
+    page in place of the media), else None. Strict: text only (no control bytes), starting
+    with markup or a JSON object / array, so no real media file matches."""
+    text = head[:SNIFF_BYTES]
+    if text.startswith(b"\xef\xbb\xbf"):
+        text = text[3:]
+    stripped = text.lstrip(b" \t\r\n")
+    if not stripped or stripped[:1] not in (b"<", b"{", b"["):
+        return None
+    if any(b < 0x20 and b not in (9, 10, 13) for b in text) or b"\x7f" in text:
+        return None
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(text) - 3:  # not just a character cut at the end of the sample
+            return None
+    if stripped[:1] != b"<":
+        return "JSON"
+    return "XML" if stripped[:5].lower() == b"<?xml" else "HTML"
+
+
 class Download:
     """The body of a presigned URL as a stream of chunks that survives a broken connection.
 
-    A connection reset, a stall (read timeout) or a body cut short is resumed from the byte
-    where it stopped with an HTTP ``Range`` request; a server that ignores ``Range`` answers
-    200 with the whole file, and the bytes already streamed are skipped (a restart of the
-    download, invisible to the upload). A refused or expired URL (401/403/404) is replaced by
-    a fresh one from ``refresh`` (a new GET of the recording), once per request.
+    A connection reset, a body cut short or a stall (less than ``STALL_BYTES`` received in
+    ``stall_seconds`` of waiting, a trickle included, or nothing at all) is resumed from the
+    byte where it stopped with an HTTP ``Range`` request, at most ``max_resumes`` times; a
+    server that ignores ``Range`` answers 200 with the whole file, and the bytes already
+    streamed are skipped (a restart of the download, invisible to the upload). A refused or
+    expired URL (401/403/404) is replaced by a fresh one from ``refresh`` (a new GET of the
+    recording), once per request.
+
+    Wrong bytes are refused: an answer whose Content-Type is an HTML / JSON / XML document,
+    or whose first bytes are one, is an error page, not the media; an empty body is refused
+    unless the API said the file is empty. Without Content-Length (chunked) and without the
+    API's ``file_size``, ``size`` is None and the body is streamed to its end.
+
+    A stop request (``rtk_archiver.interrupt``) raises ``Interrupted`` between reads.
     """
 
     def __init__(
@@ -91,30 +158,56 @@ class Download:
         chunk_size: int,
         max_resumes: int,
         logger: logging.Logger | logging.LoggerAdapter,
+        stall_seconds: float | None = None,
     ) -> None:
         self.http, self.url, self.kind = http, url, kind
         self.expected_size, self.url_expiry, self.refresh = expected_size, url_expiry, refresh
         self.chunk_size, self.max_resumes, self.logger = chunk_size, max_resumes, logger
+        self.stall_seconds = stall_seconds
         self.resumes = 0
+        self.received = 0  # bytes of the body streamed so far
+        self._timeout = self._request_timeout()
         self.response = self._request(0)
-        length = self.response.headers.get("content-length")
-        size = int(length) if length and length.isdigit() else expected_size
-        if size is None:
-            self.close()
-            raise DownloadError(f"{kind} download has no Content-Length and the API gave no file_size")
-        if expected_size is not None and size != expected_size:
+        size = _content_length(self.response)
+        if expected_size is not None and size is not None and size != expected_size:
+            if size <= STALL_BYTES:  # small: say so if it is an error page, not just its size
+                try:
+                    self._sniffed(self.response.read())
+                except httpx.HTTPError:
+                    pass
+                finally:
+                    self.close()
             self.close()
             raise DownloadError(f"{kind} download announces {size} bytes but the API says file_size={expected_size}")
-        self.size = size
+        #: bytes the body must have; None: unknown (no Content-Length, no file_size): to its end
+        self.size: int | None = size if size is not None else expected_size
+
+    def _request_timeout(self) -> httpx.Timeout | None:
+        """The client's timeouts with the read timeout capped at ``stall_seconds``: a body
+        that sends nothing at all is a stall too."""
+        if not self.stall_seconds:
+            return None
+        base = self.http.timeout
+        read = min(base.read, self.stall_seconds) if base.read is not None else self.stall_seconds
+        return httpx.Timeout(connect=base.connect, read=read, write=base.write, pool=base.pool)
 
     def _request(self, start: int) -> httpx.Response:
         headers = {"Accept-Encoding": "identity"}  # the stored bytes are the file's bytes
         if start:
             headers["Range"] = f"bytes={start}-"
+        extra = {"timeout": self._timeout} if self._timeout is not None else {}
         for attempt in (1, 2):
-            response = self.http.send(self.http.build_request("GET", self.url, headers=headers), stream=True)
+            interrupt.check()
+            response = self.http.send(self.http.build_request("GET", self.url, headers=headers, **extra), stream=True)
             status = response.status_code
             if status in (200, 206):
+                media_type = _media_type(response)
+                if _is_error_type(media_type):
+                    response.close()
+                    raise DownloadError(
+                        f"{self.kind} download answered {status} with Content-Type {media_type}: "
+                        "an error page, not the media; nothing was archived"
+                    )
                 return response
             response.close()
             if status in (401, 403, 404) and attempt == 1 and self.refresh is not None:
@@ -145,51 +238,131 @@ class Download:
         if pending:
             yield b"".join(pending)
 
+    def _timed(self, raw: Iterator[bytes]) -> Iterator[bytes]:
+        """``raw`` with stall detection: time is counted only while waiting on the network
+        (not while the consumer holds a piece: a slow upload is not a stalled download)."""
+        window, waited = 0, 0.0
+        while True:
+            started = time.monotonic()
+            try:
+                piece = next(raw)
+            except StopIteration:
+                return
+            except httpx.ReadTimeout:
+                if self.stall_seconds and self._timeout is not None and self._timeout.read == self.stall_seconds:
+                    raise DownloadStalled(f"stalled: nothing received for {self.stall_seconds:g} s") from None
+                raise
+            waited += time.monotonic() - started
+            window += len(piece)
+            if window >= STALL_BYTES:
+                window, waited = 0, 0.0
+            elif self.stall_seconds and waited >= self.stall_seconds:
+                raise DownloadStalled(
+                    f"stalled: {window} bytes in {waited:.0f} s (less than {STALL_BYTES // 1024} KiB "
+                    f"in ARCHIVE_DOWNLOAD_STALL_SECONDS={self.stall_seconds:g})"
+                )
+            yield piece
+
     def _pieces(self) -> Iterator[bytes]:
         # httpx's own regrouping (iter_raw(chunk_size)) cost 2.4x the CPU of the raw reads
         # (0.70 s vs 0.29 s per 512 MiB here): the pieces as read, grouped by ``chunks``.
         pos, skip = 0, 0
+        head: bytes | None = b""  # the body's first bytes, held until sniffed (None: done)
         while True:
             try:
-                for chunk in self.response.iter_raw():
+                for chunk in self._timed(self.response.iter_raw()):
+                    interrupt.check()
                     if skip:  # a server that ignored Range sent the whole file again
                         drop = min(skip, len(chunk))
                         chunk, skip = chunk[drop:], skip - drop
                         if not chunk:
                             continue
+                    if head is not None:
+                        head += chunk
+                        if len(head) < SNIFF_BYTES:
+                            continue
+                        chunk, head = self._sniffed(head), None
                     pos += len(chunk)
+                    self.received = pos
                     yield chunk
-                if pos >= self.size:
+                interrupt.check()
+                if head is not None:  # a body shorter than the sniffed head
+                    chunk, head = self._sniffed(head), None
+                    if chunk:
+                        pos += len(chunk)
+                        self.received = pos
+                        yield chunk
+                if self.size is None or pos >= self.size:
+                    if pos == 0 and not self.expected_size == 0:
+                        raise DownloadError(f"{self.kind} download is empty (0 bytes): not a recording; nothing was archived")
                     return
-                raise httpx.RemoteProtocolError(f"body ended after {pos} of {self.size} bytes")
+                raise BodyEndedEarly(f"body ended after {pos} of {self.size} bytes")
             except httpx.TransportError as exc:
                 self.response.close()
+                if head:  # not handed out yet: asked for again from ``pos``
+                    head = b""
                 self.resumes += 1
                 if self.resumes > self.max_resumes:
+                    of = f"{self.size}" if self.size is not None else "an unknown number of"
                     raise DownloadError(
-                        f"{self.kind} download broke {self.resumes} times; last: {type(exc).__name__}"
+                        f"{self.kind} download broke {self.resumes} times (last: {_describe(exc)}); "
+                        f"received {pos} of {of} bytes"
                     ) from None
                 self.logger.warning(
-                    "%s download interrupted at byte %d of %d (%s): resuming", self.kind, pos, self.size, type(exc).__name__
+                    "%s download interrupted at byte %d of %s (%s): resuming",
+                    self.kind, pos, self.size if self.size is not None else "?", _describe(exc),
                 )
-                time.sleep(min(0.2 * 2**self.resumes, 5.0))
+                interrupt.sleep(min(0.2 * 2**self.resumes, 5.0))
                 self.response = self._request(pos)
                 if self.response.status_code == 206:
-                    first = _range_start(self.response.headers.get("content-range"))
+                    first, total = _content_range(self.response.headers.get("content-range"))
                     if first != pos:
                         raise DownloadError(f"{self.kind} resume asked for byte {pos}, server sent {first}")
+                    if self.size is None and total is not None:
+                        self.size = total
                 else:
                     skip = pos
+                    length = _content_length(self.response)
+                    if self.size is None and length is not None:
+                        self.size = length
+                    elif length is not None and length != self.size:
+                        raise DownloadError(
+                            f"{self.kind} download restarted with {length} bytes, {self.size} before: the file changed"
+                        )
+
+    def _sniffed(self, head: bytes) -> bytes:
+        what = error_page_kind(head)
+        if what is not None:
+            media_type = _media_type(self.response) or "no Content-Type"
+            raise DownloadError(
+                f"{self.kind} download answered {self.response.status_code} ({media_type}) with "
+                f"{'a' if what == 'JSON' else 'an'} {what} document, not the media: an error page; nothing was archived"
+            )
+        return head
 
     def close(self) -> None:
         self.response.close()
 
 
-def _range_start(content_range: str | None) -> int | None:
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (DownloadStalled, BodyEndedEarly)):
+        return str(exc)
+    message = redact_urls(str(exc))[:200]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    length = response.headers.get("content-length")
+    return int(length) if length and length.isdigit() and "chunked" not in response.headers.get("transfer-encoding", "") else None
+
+
+def _content_range(content_range: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size or None) of a ``bytes a-b/total`` header."""
     try:
-        return int(content_range.split(" ", 1)[1].split("-", 1)[0]) if content_range else None
+        span, _, total = content_range.split(" ", 1)[1].partition("/") if content_range else ("", "", "")
+        return int(span.split("-", 1)[0]), int(total) if total.isdigit() else None
     except (IndexError, ValueError):
-        return None
+        return None, None
 
 
 def stream_file(
@@ -203,10 +376,11 @@ def stream_file(
     metadata: dict[str, str] | None = None,
 ) -> FileEntry:
     """Stream an opened download straight into ``backend`` at ``key``; returns the verified entry.
-    ``read_ahead``: chunks the download may run ahead of the upload (in a thread).
-    ``metadata``: object metadata (recording and meeting ids) for backends that store it.
-    Hashes the backend computed and checked itself while uploading (S3's composite sha256,
-    Azure's md5) are recorded in the entry beside the ones computed here."""
+    ``read_ahead``: chunks the download may run ahead of the upload (in a thread). A download
+    of unknown size (``download.size`` None) is streamed to its end and recorded at the
+    bytes received. ``metadata``: object metadata (recording and meeting ids) for backends
+    that store it. Hashes the backend computed and checked itself while uploading (S3's
+    composite sha256, Azure's md5) are recorded in the entry beside the ones computed here."""
     kind, size = download.kind, download.size
     stored = None
     progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
@@ -228,9 +402,10 @@ def stream_file(
         download.close()
 
     digests = reader.hexdigests()
-    if stored.size != size:
+    expected = size if size is not None else reader.received
+    if stored.size != expected:
         backend.delete(key)
-        raise IntegrityError(f"{backend.url(key)} holds {stored.size} bytes after upload, expected {size}")
+        raise IntegrityError(f"{backend.url(key)} holds {stored.size} bytes after upload, expected {expected}")
     for name, value in stored.hashes.items():
         if name in digests and digests[name] != value:
             backend.delete(key)
@@ -238,7 +413,7 @@ def stream_file(
     return FileEntry(
         kind=kind,  # type: ignore[arg-type]
         name=key.rsplit("/", 1)[-1],
-        size=size,
+        size=expected,
         sha256=digests["sha256"],
         hashes={k: v for k, v in {**stored.hashes, **digests}.items() if k != "sha256"},
         source_url_host=httpx.URL(download.url).host,

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from rtk_archiver.api import InvalidRecording, RealtimeKitAPI
 from rtk_archiver.models import OutcomeKind
 from rtk_archiver.settings import load_settings
 from rtk_archiver.simulator import SimulatorServer, media_bytes, media_sha256
+from tests.fixtures.processes import alive, api_child, listening
 from tests.fixtures.sshd import sftp_settings
 from tests.fixtures import run_report
 
@@ -150,6 +150,8 @@ def test_endless_resets_fail_cleanly_and_the_next_run_completes(env, monkeypatch
     env.state.faults.reset_after = 100_000
     report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.FAILED and "broke" in reasons(report)[rec["id"]]
+    # the final error names the bytes received against those expected (each body broke after 100,000)
+    assert "received 300000 of 1048576 bytes" in reasons(report)[rec["id"]], reasons(report)[rec["id"]]
     assert not any(p.is_file() for p in env.archive.rglob("*"))
     env.state.faults.download_resets = 0
     assert kinds(run_report(archive_recordings))[rec["id"]] == OutcomeKind.ARCHIVED
@@ -228,7 +230,8 @@ def test_sftp_connection_dropped_mid_upload_then_completed(env, sshd_server, mon
 
 
 def test_sigkill_mid_transfer_then_rerun(tmp_path):
-    """A real `rtk-archiver archive` process is SIGKILLed mid-transfer; the next run archives
+    """A real `rtk-archiver archive` process is SIGKILLed mid-transfer: its private Prefect API
+    child dies with it (it stayed up, listening, with ~200 MiB); the next run archives
     everything, once, byte for byte, with no temp file left."""
     archive = tmp_path / "archive"
     with SimulatorServer() as sim:
@@ -241,8 +244,7 @@ def test_sigkill_mid_transfer_then_rerun(tmp_path):
         }
         env.pop("PREFECT_API_URL", None)
         cmd = [sys.executable, "-m", "rtk_archiver.cli", "archive", "--destination", f"file://{archive}"]
-        # its own session, so the kill takes its embedded Prefect server down with it
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             temps = [p for p in archive.rglob("*") if ".rtkpart-" in p.name] if archive.exists() else []
@@ -252,8 +254,14 @@ def test_sigkill_mid_transfer_then_rerun(tmp_path):
         else:
             proc.kill()
             pytest.fail("the transfer never started")
-        os.killpg(proc.pid, signal.SIGKILL)
+        child = api_child(proc.pid)
+        assert child is not None and alive(child[0]) and listening(child[1])
+        proc.kill()  # the CLI alone: its private Prefect API child must not outlive it
         proc.wait()
+        deadline = time.monotonic() + 5
+        while (alive(child[0]) or listening(child[1])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child[0]) and not listening(child[1]), "the private Prefect API outlived the SIGKILLed CLI"
         assert not (archive / big["output_file_name"]).exists()
         rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]

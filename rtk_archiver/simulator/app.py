@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -190,10 +190,15 @@ def create_app(state: SimulatorState) -> Starlette:
         size = state.media_size(rec, kind) if rec else None
         if rec is None or size is None:
             return Response("NoSuchKey", status_code=404)
+        faults = state.faults
+        faulty = kind in faults.fault_kinds
         start, end = 0, size  # [start, end)
         status = 200
-        headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4" if kind == "video" else "audio/mp4"}
-        rng = None if state.faults.ignore_range else request.headers.get("range")
+        media_type = faults.media_type if faults.media_type != "" else ("video/mp4" if kind == "video" else "audio/mp4")
+        headers = {"Accept-Ranges": "bytes"}
+        if media_type is not None:
+            headers["Content-Type"] = media_type
+        rng = None if faults.ignore_range else request.headers.get("range")
         if rng:
             parsed = _parse_range(rng, size)
             if parsed is None:
@@ -201,20 +206,32 @@ def create_app(state: SimulatorState) -> Starlette:
             start, end = parsed
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        headers["Content-Length"] = str(end - start)
+        if not (faulty and faults.chunked):  # else Transfer-Encoding: chunked
+            headers["Content-Length"] = str(end - start)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        faults = state.faults
         with state.lock:
             if start == 0:
                 state.downloads[(rid, kind)] += 1
-            reset = faults.download_resets > 0
+            error_page = faulty and faults.error_pages > 0
+            faults.error_pages -= int(error_page)
+            reset = faulty and not error_page and faults.download_resets > 0
             faults.download_resets -= int(reset)
-            stall = not reset and faults.download_stalls > 0
+            stall = faulty and not (error_page or reset) and faults.download_stalls > 0
             faults.download_stalls -= int(stall)
+            trickle = faulty and not (error_page or reset or stall) and faults.download_trickles > 0
+            faults.download_trickles -= int(trickle)
+        if error_page:
+            page_headers = {"Content-Type": faults.error_page_type} if faults.error_page_type else {}
+            return Response(faults.error_page, status_code=200, headers=page_headers, media_type=None)
         # whole 1 MiB blocks: Starlette hands every chunk of a sync iterator to a worker
         # thread, and at 64 KiB that alone cost the simulator ~1 s of CPU per GiB served
         body = iter_media(rid, kind, start, end)
+        if trickle:
+            return StreamingResponse(
+                _trickle(body, faults.reset_after, faults.trickle_bytes, faults.trickle_interval),
+                status_code=status, headers=headers,
+            )
         if reset or stall:
             body = _faulty(body, faults.reset_after, None if reset else faults.stall_seconds)
         return StreamingResponse(body, status_code=status, headers=headers)
@@ -250,6 +267,24 @@ def _faulty(body: Iterator[bytes], after: int, stall: float | None) -> Iterator[
             time.sleep(stall)
         sent += len(chunk)
         yield chunk
+
+
+async def _trickle(body: Iterator[bytes], after: int, size: int, interval: float) -> AsyncIterator[bytes]:
+    """Pass ``after`` bytes, then ``size`` bytes every ``interval`` seconds (a trickle that
+    no per-read timeout ever catches), without holding a worker thread."""
+    sent = 0
+    for block in body:
+        if sent + len(block) <= after:
+            sent += len(block)
+            yield block
+            continue
+        head, rest = block[: max(0, after - sent)], block[max(0, after - sent) :]
+        sent += len(block)
+        if head:
+            yield head
+        for i in range(0, len(rest), size):
+            await asyncio.sleep(interval)
+            yield rest[i : i + size]
 
 
 def _matches(rec: SimRecording, q: Any) -> bool:

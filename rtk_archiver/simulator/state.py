@@ -79,8 +79,18 @@ class Faults:
     reset_after: int = 64 * 1024
     download_stalls: int = 0  # next N downloads stall ``stall_seconds`` after ``reset_after`` bytes
     stall_seconds: float = 5.0
+    download_trickles: int = 0  # next N downloads: ``reset_after`` bytes, then ``trickle_bytes`` every ``trickle_interval`` s
+    trickle_bytes: int = 1
+    trickle_interval: float = 2.0
     ignore_range: bool = False  # answer Range requests with 200 and the whole file
     size_skew: int = 0  # serve file_size + size_skew bytes (longer or shorter than the API says)
+    error_pages: int = 0  # next N downloads answer 200 with ``error_page`` instead of the media
+    error_page: bytes = b"<html><head><title>Error</title></head><body>AccessDenied</body></html>"
+    error_page_type: str | None = "text/html"  # its Content-Type (None: no Content-Type header)
+    media_type: str | None = ""  # Content-Type of the media: "" video/mp4 or audio/mp4; None: none
+    chunked: bool = False  # media without Content-Length (Transfer-Encoding: chunked)
+    hide_file_size: bool = False  # the API serves file_size null
+    fault_kinds: tuple[str, ...] = ("video", "audio")  # the media the download faults apply to
 
 
 class SimulatorState:
@@ -190,7 +200,7 @@ class SimulatorState:
             "download_url": url("video", ".mp4") if has_files else None,
             "audio_download_url": url("audio", ".m4a") if has_files and rec.audio_size else None,
             "download_url_expiry": iso(expiry) if has_files else None,
-            "file_size": rec.file_size if rec.status == "UPLOADED" else None,
+            "file_size": rec.file_size if rec.status == "UPLOADED" and not self.faults.hide_file_size else None,
             "recording_duration": rec.recording_duration,
             "session_id": rec.session_id,
             "storage_config": sc,
