@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,7 +75,7 @@ def private_prefect_api() -> Iterator[str | None]:
             start_new_session=True, preexec_fn=_child_setup(os.getpid()),
         )
         try:
-            _wait_healthy(proc, url, errors)
+            wait_healthy(proc, url, timeout=STARTUP_TIMEOUT_SECONDS, tail=lambda: _tail(errors))
             os.environ["PREFECT_API_URL"] = url
             os.environ[PRIVATE_API_ENV] = "1"
             yield url
@@ -123,18 +123,31 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait()
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, errors) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+def wait_healthy(
+    proc: subprocess.Popen,
+    url: str,
+    *,
+    timeout: float,
+    tail: Callable[[], str],
+    what: str = "the Prefect API server",
+    error: type[Exception] = PrefectAPIError,
+) -> None:
+    """Until ``url``/health answers 200: ``error`` (with ``tail()``, the end of its output)
+    if the process exits first or nothing answers within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                errors.seek(0)
-                tail = errors.read().decode(errors="replace")[-2000:]
-                raise PrefectAPIError(f"the Prefect API server exited with {proc.returncode}: {tail}")
+                raise error(f"{what} exited with {proc.returncode}: {tail()}")
             try:
                 if client.get(f"{url}/health").status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             interrupt.sleep(0.1)  # Ctrl-C while the server starts: stop waiting
-    raise PrefectAPIError(f"the Prefect API server did not answer within {STARTUP_TIMEOUT_SECONDS:.0f} s")
+    raise error(f"{what} did not answer within {timeout:.0f} s")
+
+
+def _tail(errors) -> str:
+    errors.seek(0)
+    return errors.read().decode(errors="replace")[-2000:]

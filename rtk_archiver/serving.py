@@ -76,7 +76,12 @@ def prefect_api() -> Iterator[str | None]:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        _wait_healthy(proc, url, log_path)
+        from rtk_archiver.prefect_api import wait_healthy
+
+        wait_healthy(
+            proc, url, timeout=SERVER_STARTUP_TIMEOUT_SECONDS, what=f"the Prefect server (log {log_path})",
+            tail=lambda: log_path.read_text(errors="replace")[-2000:], error=ServeError,
+        )
         os.environ["PREFECT_API_URL"] = url
         from prefect.context import refresh_global_settings_context
 
@@ -103,25 +108,6 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit("rtk-archiver serve exited before its Prefect server started")
 os.execv(sys.executable, [sys.executable, "-m", "prefect", *sys.argv[2:]])
 """
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT_SECONDS
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise ServeError(f"the Prefect server exited with {proc.returncode} (log {log_path}):\n{tail}")
-            try:
-                if client.get(f"{url}/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-    proc.terminate()
-    raise ServeError(f"the Prefect server did not answer within {SERVER_STARTUP_TIMEOUT_SECONDS:.0f} s (log {log_path})")
 
 
 def serve(deployments: Sequence[Any], *, limit: int | None = None) -> int:
