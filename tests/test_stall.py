@@ -15,6 +15,7 @@ from flows.archive import archive_recordings
 from rtk_archiver.models import OutcomeKind
 from rtk_archiver.simulator import media_bytes
 from tasks.transfer import Download
+from tests.fixtures import run_report
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -38,7 +39,7 @@ def test_trickle_is_a_stall_and_is_resumed_with_range(env):
     faults.reset_after = rec["file_size"] // 2
     faults.trickle_interval = 0.2
     started = time.monotonic()
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert outcome(report, rec).kind == OutcomeKind.ARCHIVED, outcome(report, rec).reason
     assert time.monotonic() - started < 30
     assert (env.archive / rec["output_file_name"]).read_bytes() == media_bytes(rec["id"], "video", 0, rec["file_size"])
@@ -55,7 +56,7 @@ def test_endless_trickle_fails_once_resumes_are_spent(env, monkeypatch):
     faults.reset_after = 256 * 1024
     faults.trickle_interval = 0.2
     started = time.monotonic()
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     took = time.monotonic() - started
     got = outcome(report, rec)
     assert got.kind == OutcomeKind.FAILED

@@ -12,6 +12,7 @@ import pytest
 from flows.archive import archive_recordings
 from rtk_archiver.models import OutcomeKind
 from rtk_archiver.simulator import media_bytes
+from tests.fixtures import run_report
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -49,13 +50,13 @@ def test_audio_answering_an_html_error_page_fails_clearly_and_the_next_run_archi
     faults = env.state.faults
     faults.error_pages, faults.fault_kinds = 5, ("audio",)
     faults.error_page = b"<html>Denied</html>"  # 18 bytes
-    got = outcome(archive_recordings(), rec)
+    got = outcome(run_report(archive_recordings), rec)
     assert got.kind == OutcomeKind.FAILED
     assert "audio download answered 200 with Content-Type text/html: an error page" in got.reason, got.reason
     assert not (env.archive / audio_name(rec)).exists()
     assert not (env.archive / (rec["output_file_name"] + ".metadata.json")).exists()  # not "archived"
     faults.error_pages = 0
-    assert outcome(archive_recordings(), rec).kind == OutcomeKind.ARCHIVED
+    assert outcome(run_report(archive_recordings), rec).kind == OutcomeKind.ARCHIVED
     assert_archived_with_audio(env, rec)
 
 
@@ -76,7 +77,7 @@ def test_error_pages_are_refused_by_type_or_by_their_first_bytes(env, case):
     rec = env.state.add_recording(file_size=40_000, audio=True)
     env.state.faults.hide_file_size = case != "xml-type-and-video-file-size"  # no size to compare with
     env.state.faults.error_pages, env.state.faults.error_page_type, env.state.faults.error_page = 5, content_type, page
-    got = outcome(archive_recordings(), rec)
+    got = outcome(run_report(archive_recordings), rec)
     assert got.kind == OutcomeKind.FAILED
     assert expected in got.reason and "error page" in got.reason, got.reason
     assert not [p for p in env.archive.rglob("*") if p.is_file()]
@@ -86,7 +87,7 @@ def test_an_empty_media_body_is_refused(env):
     rec = env.state.add_recording(file_size=40_000, audio=True)
     faults = env.state.faults
     faults.error_pages, faults.fault_kinds, faults.error_page, faults.error_page_type = 5, ("audio",), b"", "audio/mp4"
-    got = outcome(archive_recordings(), rec)
+    got = outcome(run_report(archive_recordings), rec)
     assert got.kind == OutcomeKind.FAILED and "audio download is empty (0 bytes)" in got.reason, got.reason
 
 
@@ -95,7 +96,7 @@ def test_real_media_with_a_generic_or_missing_type_is_archived(env, media_type):
     rec = env.state.add_recording(file_size=300_000, audio=True)
     env.state.faults.media_type = media_type
     env.state.faults.hide_file_size = True
-    assert outcome(archive_recordings(), rec).kind == OutcomeKind.ARCHIVED
+    assert outcome(run_report(archive_recordings), rec).kind == OutcomeKind.ARCHIVED
     assert_archived_with_audio(env, rec)
 
 
@@ -107,7 +108,7 @@ def test_chunked_bodies_without_file_size_are_streamed_to_their_end(env):
     faults = env.state.faults
     faults.chunked = faults.hide_file_size = True
     faults.download_resets, faults.reset_after = 1, 700_000  # one body breaks off: resumed with Range
-    report = archive_recordings()
+    report = run_report(archive_recordings)
     assert {outcome(report, r).kind for r in (plain, broken)} == {OutcomeKind.ARCHIVED}, report.outcomes
     assert_archived_with_audio(env, plain)
     assert (env.archive / broken["output_file_name"]).read_bytes() == media_bytes(broken["id"], "video", 0, broken["file_size"])
@@ -119,7 +120,7 @@ def test_chunked_body_without_file_size_into_s3(env, s3_env, moto_s3_server):
 
     rec = env.state.add_recording(file_size=9 * 1024 * 1024 + 5, audio=True)  # multipart
     env.state.faults.chunked = env.state.faults.hide_file_size = True
-    report = archive_recordings(destination=f"s3://{s3_env}/chunked")
+    report = run_report(archive_recordings, destination=f"s3://{s3_env}/chunked")
     assert outcome(report, rec).kind == OutcomeKind.ARCHIVED, outcome(report, rec).reason
     client = boto3.client("s3", endpoint_url=moto_s3_server, region_name="us-east-1")
     body = client.get_object(Bucket=s3_env, Key=f"chunked/{rec['output_file_name']}")["Body"].read()
