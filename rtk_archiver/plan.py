@@ -31,13 +31,14 @@ guess.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable
 from enum import Enum
 
 from pydantic import BaseModel, Field
 
 from rtk_archiver.models import ObjectInfo, OutcomeKind, Recording, Sidecar
-from rtk_archiver.naming import RecordingKeys, keys_for, safe_relative_path
+from rtk_archiver.naming import RecordingKeys, keys_for, safe_relative_path, split_ext
 from storage_backends.destination import (
     Destination,
     InvalidDestination,
@@ -194,13 +195,28 @@ class RecordingPlan(BaseModel):
         return key in self.own
 
 
+def own_names(cand: RecordingKeys, sidecar: Sidecar) -> set[str]:
+    """The names a sidecar at ``cand.sidecar`` may claim for its recording: the candidate's
+    own video and audio names, and the audio name of the earlier layout (``<stem>.audio.<ext>``).
+    Anything else it lists (another file's name, ``../x``, a path) is never trusted: a sidecar
+    planted or damaged cannot make the archiver replace, or count as archived, a file that is
+    not this recording's."""
+    video = posixpath.basename(cand.video)
+    allowed = {video} | ({posixpath.basename(cand.audio)} if cand.audio else set())
+    legacy_audio = re.compile(re.escape(split_ext(video)[0]) + r"\.audio\.[A-Za-z0-9]{1,5}")
+    return {n for n in sidecar.names() if n in allowed or legacy_audio.fullmatch(n)}
+
+
 def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, ObjectInfo | None]) -> bool:
     """True when the complete sidecar's every file is at the destination, at its size and
-    with the hashes the backend reports."""
+    with the hashes the backend reports, under names that are this recording's own (its video
+    under the video name)."""
     if sidecar.state != "complete" or not sidecar.files:
         return False
-    kinds = {f.kind for f in sidecar.files}
-    if "video" not in kinds:
+    trusted = own_names(keys, sidecar)
+    if any(f.name not in trusted for f in sidecar.files):
+        return False
+    if not any(f.kind == "video" and keys.beside(f.name) == keys.video for f in sidecar.files):
         return False
     for entry in sidecar.files:
         info = objects.get(keys.beside(entry.name))
@@ -215,7 +231,8 @@ def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, Object
 
 def _with_recorded_names(cand: RecordingKeys, sidecar: Sidecar) -> RecordingKeys:
     """Keep the names an earlier run recorded for its files (older layouts stay as they are)."""
-    audio = next((f.name for f in sidecar.files if f.kind == "audio"), None)
+    trusted = own_names(cand, sidecar)
+    audio = next((f.name for f in sidecar.files if f.kind == "audio" and f.name in trusted), None)
     if audio and cand.audio:
         return cand.model_copy(update={"audio": cand.beside(audio)})
     return cand
@@ -253,7 +270,7 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
                 continue
             keys = _with_recorded_names(cand, sc)
             claim(t, keys)
-            own = [keys.sidecar] + [keys.beside(n) for n in sorted(sc.names())]
+            own = [keys.sidecar] + [keys.beside(n) for n in sorted(own_names(cand, sc))]
             total = sum(f.size for f in sc.files)
             if rid not in force and is_archived(sc, keys, seen.objects):
                 plans[rid] = RecordingPlan(

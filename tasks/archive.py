@@ -23,7 +23,7 @@ from rtk_archiver.api import ApiError, RealtimeKitAPI
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import FileEntry, OutcomeKind, Recording, RecordingOutcome, Sidecar
 from rtk_archiver.naming import redact_urls
-from rtk_archiver.plan import Action, RecordingPlan, is_archived
+from rtk_archiver.plan import Action, RecordingPlan, is_archived, own_names
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import PermanentStorageError, StorageBackend, open_backend
 from storage_backends.base import KeyTaken
@@ -85,10 +85,11 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
             f"{backend.url(keys.sidecar)} was taken by something else while this run was planning; nothing "
             "was written for this recording and the next run picks another name"
         ) from None
-    objects = {keys.beside(n): backend.stat(keys.beside(n)) for n in seen.sidecar.names()}
+    names = own_names(keys, seen.sidecar)
+    objects = {keys.beside(n): backend.stat(keys.beside(n)) for n in names}
     if is_archived(seen.sidecar, keys, objects):
         return None
-    own = {keys.sidecar} | {keys.beside(n) for n in seen.sidecar.names()} | set(keys.all())
+    own = {keys.sidecar} | {keys.beside(n) for n in names} | set(keys.all())
     return plan.model_copy(update={"own": sorted(own), "sidecar_is_own": True})
 
 

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from rtk_archiver.models import Sidecar
-from rtk_archiver.plan import Observed, SidecarSeen, Target
+from rtk_archiver.plan import Observed, SidecarSeen, Target, own_names
 from rtk_archiver.settings import load_settings
 from storage_backends import Destination, StorageBackend, StorageError, open_backend
 from tasks.retry import is_permanent, retry_transient
@@ -43,7 +43,7 @@ def survey_one(backend: StorageBackend, target: Target) -> Observed:
     for cand in target.candidates:
         seen = obs.sidecars[cand.sidecar] = read_sidecar_seen(backend, cand.sidecar)
         if seen.sidecar is not None and seen.sidecar.recording_id == rid:
-            for name in sorted(seen.sidecar.names()):
+            for name in sorted(own_names(cand, seen.sidecar)):
                 stat(cand.beside(name))
             for key in cand.all():
                 if key != cand.sidecar:

@@ -64,6 +64,9 @@ def test_s3_gcs_and_sftp_from_storage_config(env, s3_env, moto_s3_server, gcs_en
     s3_sidecar = json.loads(objs[video + ".metadata.json"])
     assert s3_sidecar["recording_id"] == to_s3["id"]
     assert s3_sidecar["files"][0]["hashes"]["s3-sha256"]  # S3's own SHA-256, checked end to end
+    head = boto3.client("s3", endpoint_url=moto_s3_server, region_name="us-east-1").head_object(Bucket=s3_env, Key=video)
+    assert head["Metadata"]["rtk-recording-id"] == to_s3["id"]  # object metadata names the recording
+    assert head["Metadata"]["rtk-meeting-id"] == (to_s3.get("meeting") or {}).get("id", to_s3.get("meeting_id"))
 
     gcs = storage.Client(project="rtk-test", credentials=AnonymousCredentials())
     blobs = {b.name: b for b in gcs.list_blobs(gcs_env)}

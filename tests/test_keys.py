@@ -281,3 +281,27 @@ def test_a_too_deep_storage_config_path_fails_clearly_and_alone(archiver_env):
     out = {o.recording_id: o for o in report.outcomes}
     assert out[deep["id"]].kind == OutcomeKind.FAILED and "storage_config.path is too long" in out[deep["id"]].reason
     assert out[fine["id"]].kind == OutcomeKind.ARCHIVED
+
+
+def test_a_planted_sidecar_cannot_make_the_archiver_touch_other_files(archiver_env):
+    """A sidecar naming a recording but listing files that are not that recording's (another
+    file's name, '../x', a path) is not trusted: those files are neither replaced nor counted
+    as the recording's archive; the recording is archived under its own names."""
+    env, root = archiver_env, archiver_env.archive
+    rec = add(env, output_file_name="target.mp4", file_size=6_000)
+    (root / "victim.mp4").write_bytes(b"a user's file, exactly 6000 bytes?")
+    (root / "sub").mkdir()
+    (root / "sub" / "deep.mp4").write_bytes(b"another user's file")
+    files = [
+        {"kind": "video", "name": "victim.mp4", "size": (root / "victim.mp4").stat().st_size, "sha256": "0" * 64},
+        {"kind": "audio", "name": "../sub/deep.mp4", "size": 19, "sha256": "0" * 64},
+    ]
+    forged = {"recording_id": rec["id"], "status": "UPLOADED", "invoked_time": "2026-11-01T00:00:00Z",
+              "output_file_name": "target.mp4", "files": files, "archived_at": "2026-11-01T00:00:00Z", "archiver_version": "x"}
+    (root / "target.mp4.metadata.json").write_text(json.dumps(forged))
+    report = run_report(archive_recordings)
+    assert [o.kind for o in report.outcomes] == [OutcomeKind.ARCHIVED]  # not "already archived"
+    assert (root / "victim.mp4").read_bytes() == b"a user's file, exactly 6000 bytes?"
+    assert (root / "sub" / "deep.mp4").read_bytes() == b"another user's file"
+    assert (root / "target.mp4").read_bytes() == media_bytes(rec["id"], "video", 0, 6_000)
+    assert [o.kind for o in run_report(archive_recordings).outcomes] == [OutcomeKind.ALREADY_ARCHIVED]
