@@ -114,7 +114,9 @@ def main() -> int:
                 started_wall = datetime.now(timezone.utc)
                 started = time.monotonic()
                 sim.state.set_status(rec["id"], "UPLOADED")
-                wait(lambda: sidecar.exists(), 120, lambda: serve.log_text()[-3000:], interval=0.02)
+                # archived = the complete sidecar (a claim is written before the files)
+                wait(lambda: sidecar.exists() and b'"state": "complete"' in sidecar.read_bytes(), 120,
+                     lambda: serve.log_text()[-3000:], interval=0.02)
                 total = time.monotonic() - started
                 sim.webhooks.flush(5)
                 ack = next(d for d in reversed(sim.webhooks.deliveries) if d.event["recording"]["id"] == rec["id"])

@@ -443,7 +443,7 @@ def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver
         started = time.monotonic()
         sim.state.set_status(fast["id"], "UPLOADED")
         archived = sim.archive / fast["output_file_name"]
-        _wait(lambda: (sim.archive / (fast["output_file_name"] + ".metadata.json")).exists(), 60,
+        _wait(lambda: _complete(sim.archive / (fast["output_file_name"] + ".metadata.json")), 60,
               lambda: f"the webhook's run to archive it\n{serve.log_text()[-3000:]}\n{receiver.log_text()[-2000:]}")
         latency = time.monotonic() - started
         assert archived.stat().st_size == 300_000
@@ -472,6 +472,12 @@ def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver
         assert sim.state.downloads[(lost["id"], "video")] == 1
         assert sim.state.downloads[(fast["id"], "video")] == 1  # the poll found it archived
         assert "Traceback" not in receiver.log_text()
+
+
+def _complete(sidecar) -> bool:
+    """The recording is archived: its sidecar is there and complete (not only the claim
+    written before the files)."""
+    return sidecar.exists() and json.loads(sidecar.read_text()).get("state") == "complete"
 
 
 def _healthy(port: int) -> bool:
