@@ -52,7 +52,9 @@ def _start_slow_run(sim: SimulatorServer, archive: Path, prefect_home: Path):
     }
     env.pop("PREFECT_API_URL", None)
     cmd = [*CLI, "archive", "--destination", f"file://{archive}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a process group of its own, as a terminal's foreground job: Ctrl-C reaches the whole group
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         temps = _temps(archive)
@@ -75,7 +77,10 @@ def test_signal_mid_transfer_stops_cleanly_and_reports_interrupted(tmp_path, pre
     with SimulatorServer() as sim:
         proc, (api_pid, api_port), (small, slow, queued) = _start_slow_run(sim, archive, prefect_home)
         signalled = time.monotonic()
-        proc.send_signal(signum)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)  # a terminal's Ctrl-C: every process of the foreground group
+        else:
+            proc.send_signal(signum)  # `kill PID`
         try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
