@@ -33,6 +33,16 @@ def _temps(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".rtkpart-" in p.name] if root.exists() else []
 
 
+def _largest_temp(root: Path) -> int:
+    sizes = [0]
+    for temp in _temps(root):
+        try:
+            sizes.append(temp.stat().st_size)
+        except FileNotFoundError:  # renamed into place (the small recording) meanwhile
+            pass
+    return max(sizes)
+
+
 def _start_slow_run(sim: SimulatorServer, archive: Path, prefect_home: Path):
     """A CLI run whose downloads trickle at ~160 KiB/s after 256 KiB: one small recording is
     archived, a big one is mid-transfer when the caller signals, another waits its turn."""
@@ -57,8 +67,7 @@ def _start_slow_run(sim: SimulatorServer, archive: Path, prefect_home: Path):
                             start_new_session=True)
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
-        temps = _temps(archive)
-        if temps and temps[0].stat().st_size > 512 * 1024 and proc.poll() is None:
+        if _largest_temp(archive) > 512 * 1024 and proc.poll() is None:
             child = api_child(proc.pid)
             assert child is not None, "no private Prefect API child found"
             return proc, child, (small, slow, queued)
@@ -79,8 +88,9 @@ def test_signal_mid_transfer_stops_cleanly_and_reports_interrupted(tmp_path, pre
         signalled = time.monotonic()
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signum)  # a terminal's Ctrl-C: every process of the foreground group
-        else:
-            proc.send_signal(signum)  # `kill PID`
+        else:  # a service manager's stop: SIGTERM to every process of the unit, its API child too
+            proc.send_signal(signum)
+            os.kill(api_pid, signum)
         try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
