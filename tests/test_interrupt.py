@@ -99,7 +99,7 @@ def test_signal_mid_transfer_stops_cleanly_and_reports_interrupted(tmp_path, pre
             pytest.fail(f"still running 60 s after {signum.name}: {err[-3000:]}")
         took = time.monotonic() - signalled
     assert proc.returncode == 128 + signum, (proc.returncode, out[-3000:], err[-3000:])
-    assert took < 15, f"{signum.name} took {took:.1f} s to stop the run"
+    assert took < 18, f"{signum.name} took {took:.1f} s to stop the run"
     assert not _temps(archive), "an aborted upload left its temp file"
     assert (archive / small["output_file_name"]).read_bytes() == media_bytes(small["id"], "video", 0, small["file_size"])
     assert not (archive / slow["output_file_name"]).exists() and not (archive / queued["output_file_name"]).exists()
