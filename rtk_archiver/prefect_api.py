@@ -9,9 +9,11 @@ The server is this run's alone, like the ephemeral one: ``tasks.limits`` does no
 concurrency slots on it (``private_api_active``).
 
 It never outlives the CLI: the child asks the kernel for SIGKILL when its parent dies
-(``PR_SET_PDEATHSIG``, so even a SIGKILLed CLI takes it along), and it runs in a session of
-its own, so a terminal's Ctrl-C reaches only the CLI, which still needs its API to finish
-the run (and would otherwise print connection errors against a dead server).
+(``PR_SET_PDEATHSIG``, so even a SIGKILLed CLI takes it along) and stops when its stdin
+closes. It runs in a session of its own and ignores SIGINT / SIGTERM, so a terminal's Ctrl-C
+or a service manager's SIGTERM to the whole group reaches only the CLI, which still needs
+its API to finish the run (and would otherwise print connection errors against a dead
+server for minutes).
 """
 
 from __future__ import annotations
@@ -65,13 +67,10 @@ def private_prefect_api() -> Iterator[str | None]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    cmd = [
-        sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
-    ]
+    cmd = [sys.executable, "-c", _SERVE, "--app-dir", app_dir, "--port", str(port)]
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors,
+            cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
             start_new_session=True, preexec_fn=_child_setup(os.getpid()),
         )
         try:
@@ -82,7 +81,45 @@ def private_prefect_api() -> Iterator[str | None]:
         finally:
             os.environ.pop("PREFECT_API_URL", None)
             os.environ.pop(PRIVATE_API_ENV, None)
-            stop_process(proc)
+            _stop_server(proc)
+
+
+#: The child: uvicorn serving Prefect's API (as Prefect's ephemeral mode does: UI and
+#: services off) in a thread, so uvicorn installs no signal handlers; SIGINT and SIGTERM are
+#: ignored (a terminal's Ctrl-C, or a service manager's SIGTERM to the whole group, is the
+#: CLI's to handle: it still needs its API to finish the run); it stops when its stdin closes
+#: (the CLI is done, or gone) and dies with the CLI (PR_SET_PDEATHSIG, ``_child_setup``).
+_SERVE = """
+import signal, sys, threading
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sys.path.insert(0, sys.argv[sys.argv.index("--app-dir") + 1])
+import uvicorn
+port = int(sys.argv[sys.argv.index("--port") + 1])
+config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
+                        log_level="error", lifespan="on")
+server = uvicorn.Server(config)
+thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+thread.start()
+eof = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.buffer.read(), eof.set()), daemon=True).start()
+while thread.is_alive() and not eof.wait(0.2):  # until the CLI closes stdin, or the server fails
+    pass
+server.should_exit = True
+thread.join(15)
+sys.exit(0 if server.started and not thread.is_alive() else 1)
+"""
+
+
+def _stop_server(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Ask the API child to stop (its stdin closes), kill it if it does not within ``timeout``."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
 
 
 PR_SET_PDEATHSIG = 1

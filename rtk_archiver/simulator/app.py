@@ -229,7 +229,7 @@ def create_app(state: SimulatorState) -> Starlette:
         body = iter_media(rid, kind, start, end)
         if trickle:
             return StreamingResponse(
-                _trickle(body, faults.reset_after, faults.trickle_bytes, faults.trickle_interval),
+                _trickle(body, faults.reset_after, faults.trickle_bytes, faults.trickle_interval, faults.trickle_max_seconds),
                 status_code=status, headers=headers,
             )
         if reset or stall:
@@ -269,10 +269,14 @@ def _faulty(body: Iterator[bytes], after: int, stall: float | None) -> Iterator[
         yield chunk
 
 
-async def _trickle(body: Iterator[bytes], after: int, size: int, interval: float) -> AsyncIterator[bytes]:
+async def _trickle(
+    body: Iterator[bytes], after: int, size: int, interval: float, limit: float | None
+) -> AsyncIterator[bytes]:
     """Pass ``after`` bytes, then ``size`` bytes every ``interval`` seconds (a trickle that
-    no per-read timeout ever catches), without holding a worker thread."""
+    no per-read timeout ever catches), without holding a worker thread; after ``limit``
+    seconds of trickling (if set) the connection drops."""
     sent = 0
+    started = time.monotonic()
     for block in body:
         if sent + len(block) <= after:
             sent += len(block)
@@ -284,6 +288,8 @@ async def _trickle(body: Iterator[bytes], after: int, size: int, interval: float
             yield head
         for i in range(0, len(rest), size):
             await asyncio.sleep(interval)
+            if limit is not None and time.monotonic() - started > limit:
+                raise ConnectionResetError("injected connection reset after a trickle")
             yield rest[i : i + size]
 
 

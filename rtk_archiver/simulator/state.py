@@ -82,6 +82,7 @@ class Faults:
     download_trickles: int = 0  # next N downloads: ``reset_after`` bytes, then ``trickle_bytes`` every ``trickle_interval`` s
     trickle_bytes: int = 1
     trickle_interval: float = 2.0
+    trickle_max_seconds: float | None = None  # then drop the connection (None: trickle to the end)
     ignore_range: bool = False  # answer Range requests with 200 and the whole file
     size_skew: int = 0  # serve file_size + size_skew bytes (longer or shorter than the API says)
     error_pages: int = 0  # next N downloads answer 200 with ``error_page`` instead of the media
