@@ -38,7 +38,7 @@ def force_ids_supported() -> bool:
 # -- list() on every backend -------------------------------------------------------------------
 
 
-@pytest.fixture(params=["file", "s3", "gcs", "sftp"])
+@pytest.fixture(params=["file", "s3", "gcs", "azure", "sftp"])
 def backend(request, tmp_path) -> StorageBackend:
     kind = request.param
     if kind == "file":
@@ -49,6 +49,9 @@ def backend(request, tmp_path) -> StorageBackend:
         b.plant_temp = None
     elif kind == "gcs":
         b = open_backend(parse_destination_url(f"gs://{request.getfixturevalue('gcs_env')}/pre"), settings())
+        b.plant_temp = None
+    elif kind == "azure":
+        b = open_backend(parse_destination_url(f"az://{request.getfixturevalue('azure_env')}/pre"), settings())
         b.plant_temp = None
     else:
         b = request.getfixturevalue("sftp_backend_factory")()
@@ -135,6 +138,15 @@ class Store:
             self.bucket = request.getfixturevalue("gcs_env")
             self.client = storage.Client(project="rtk-test", credentials=AnonymousCredentials()).bucket(self.bucket)
             self.storage_config = {"type": "gcs", "bucket": self.bucket, "path": "meetings"}
+        elif kind == "azure":
+            import os
+
+            from azure.storage.blob import BlobServiceClient
+
+            self.bucket = request.getfixturevalue("azure_env")
+            conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
+            self.client = BlobServiceClient.from_connection_string(conn).get_container_client(self.bucket)
+            self.storage_config = {"type": "azure", "bucket": self.bucket, "path": "calls"}
         else:
             sshd = request.getfixturevalue("sshd_server")
             monkeypatch.setenv("SFTP_PASSWORD", sshd.users["rtkpass"].password)
@@ -152,6 +164,8 @@ class Store:
             return (self.root / key).read_bytes()
         if self.kind == "s3":
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        if self.kind == "azure":
+            return self.client.download_blob(key).readall()
         return self.client.blob(key).download_as_bytes()
 
     def write(self, key: str, data: bytes) -> None:
@@ -159,6 +173,8 @@ class Store:
             (self.root / key).write_bytes(data)
         elif self.kind == "s3":
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        elif self.kind == "azure":
+            self.client.upload_blob(key, data, overwrite=True)
         else:
             self.client.blob(key).upload_from_string(data)
 
@@ -167,6 +183,8 @@ class Store:
             (self.root / key).unlink()
         elif self.kind == "s3":
             self.client.delete_object(Bucket=self.bucket, Key=key)
+        elif self.kind == "azure":
+            self.client.delete_blob(key)
         else:
             self.client.blob(key).delete()
 
@@ -197,7 +215,7 @@ def corrupt_events(monkeypatch):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize("kind", ["file", "s3", "gcs", "sftp"])
+@pytest.mark.parametrize("kind", ["file", "s3", "gcs", "azure", "sftp"])
 def test_scrub_finds_a_deleted_and_a_modified_file_and_archives_them_again(kind, request, archiver_env, monkeypatch, corrupt_events):
     from flows.archive import archive_recordings
 
