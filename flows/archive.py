@@ -46,6 +46,7 @@ def _outcome(plan: RecordingPlan, dry_run: bool) -> RecordingOutcome:
     return RecordingOutcome(
         recording_id=rec.id, output_file_name=rec.output_file_name, kind=kind, reason=plan.reason,
         destination=where if kind != OutcomeKind.FAILED else None, bytes_total=plan.bytes_total,
+        retry_later=plan.retry_later,
     )
 
 

@@ -23,19 +23,22 @@ from rtk_archiver.settings import load_settings
 POLL_MARK = "rtk_archiver_poll_mark"
 
 
-def next_mark(report: ArchiveReport, previous: datetime, started: datetime) -> datetime:
+def next_mark(report: ArchiveReport, previous: datetime, started: datetime, floor: datetime | None = None) -> datetime:
     """Where the next poll starts: ``started``, or earlier for what is not done yet.
 
     Never past a recording that failed, for any reason, or is still pending: the mark stays
     at or before its reference time (stopped, else invoked). One whose time is unknown (a
     malformed answer) keeps the mark where it was (``previous``), so the next window still
-    reaches it."""
+    reaches it. Skipped recordings that a configuration change could archive (no default
+    destination, a storage type not supported) hold it too."""
     mark = started
     for o in report.outcomes:
-        if o.kind not in (OutcomeKind.FAILED, OutcomeKind.PENDING):
+        if o.kind not in (OutcomeKind.FAILED, OutcomeKind.PENDING) and not o.retry_later:
             continue
         mark = min(mark, o.reference_time if o.reference_time is not None else previous)
-    return min(mark, started)
+    # never further back than the lookback (RealtimeKit's files are gone by then): a recording
+    # that can never be archived does not make every later window grow for ever
+    return max(min(mark, started), floor) if floor is not None else min(mark, started)
 
 
 @flow(name="poll-recordings", validate_parameters=True)
@@ -55,7 +58,7 @@ def poll_recordings(
     report = report_of(state)
     if report is None:  # the window itself failed (listing, settings): the mark stays
         raise RuntimeError(f"the archive run failed: {state.message}")
-    mark = next_mark(report, previous, now)
+    mark = next_mark(report, previous, now, floor=now - timedelta(days=settings.archive_lookback_days))
     Variable.set(POLL_MARK, mark.isoformat(), overwrite=True)
     get_run_logger().info("Next poll starts from %s (minus %d min overlap)", mark.isoformat(), overlap_minutes)
     return run_state(report)

@@ -162,6 +162,8 @@ class Sidecar(BaseModel):
     schema_version: int = 2
     state: Literal["claimed", "complete"] = "complete"  # sidecars of schema 1 were complete
     claimed: list[str] = Field(default_factory=list)
+    #: which attempt wrote a claim (a first attempt only ever removes its own claim)
+    claim_token: str | None = None
     recording_id: str
     meeting_id: str | None = None
     meeting_title: str | None = None
@@ -213,6 +215,9 @@ class RecordingOutcome(BaseModel):
     seconds: float = 0.0
     #: when the recording stopped (or was invoked, if it has not stopped yet)
     reference_time: datetime | None = None
+    #: skipped for now, but a later run may archive it once the configuration allows it (no
+    #: default destination, a storage type not supported yet): the poll's mark waits for it
+    retry_later: bool = False
 
 
 class RecordingRisk(BaseModel):

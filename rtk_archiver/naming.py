@@ -129,17 +129,20 @@ def video_name(output_file_name: str, recording_id: str | None = None) -> str:
     return _bounded(name, output_file_name if recording_id is None else f"{output_file_name}\x00{recording_id}")
 
 
-def keys_for(recording: Recording, disambiguate: bool = False, directory: str | None = None) -> RecordingKeys:
+def keys_for(
+    recording: Recording, disambiguate: bool = False, directory: str | None = None, id_suffix: str = ""
+) -> RecordingKeys:
     """``<directory>/<video>``, ``<video>.audio.<ext>`` and ``<video>.metadata.json`` beside it.
 
     ``directory`` defaults to the recording's ``storage_config.path`` made relative and safe.
     With ``disambiguate`` the recording id is added to the video name (when another recording
     or a file the archiver did not write has the plain name). The three kinds of names end
     differently (see ``video_name``) and audio and sidecar names extend the whole video name,
-    so the keys of two recordings with different video names never meet."""
+    so the keys of two recordings with different video names never meet. ``id_suffix``: a
+    further name with the id (when even the name with the id is taken)."""
     if directory is None:
         directory = safe_relative_path(recording.storage_config.path if recording.storage_config else None)
-    video = video_name(recording.output_file_name, recording.id if disambiguate else None)
+    video = video_name(recording.output_file_name, recording.id + id_suffix if disambiguate else None)
     audio = f"{video}.audio{_audio_ext(recording.audio_download_url)}" if recording.audio_download_url else None
 
     def join(name: str) -> str:

@@ -4,8 +4,8 @@ A run is planned in three steps; only the middle one does I/O:
 
 1. ``targets_for`` (pure): per recording, whether it can be archived now, its destination
    (the run's override, else its ``storage_config``, else the default destination) and the
-   only names it may ever take there, in order: the plain name, then the name with its id
-   (``rtk_archiver.naming.keys_for``).
+   only names it may ever take there, in order: the plain name, the name with its id, and a
+   second name with its id (``rtk_archiver.naming.keys_for``).
 2. ``tasks.survey`` (I/O): what the destination holds at those names (sidecars, sizes).
 3. ``plan_run`` (pure): the verdict and the keys of every recording, from 1 and 2.
 
@@ -107,6 +107,7 @@ class Target(BaseModel):
     destination: Destination | None = None
     candidates: list[RecordingKeys] = Field(default_factory=list)  # plain name first, then with the id
     contested: bool = False  # another recording of the run wants one of its plain names
+    retry_later: bool = False  # skipped for a reason a configuration change can remove
 
     @property
     def place_id(self) -> str:
@@ -130,21 +131,22 @@ def targets_for(
             dest = resolve_destination(rec, override, default)
             dest, directory = place(rec, dest, from_storage_config=not override and bool(rec.storage_config and rec.storage_config.type))
         except UnsupportedDestination as exc:
-            targets.append(Target(recording=rec, verdict=OutcomeKind.SKIPPED, reason=str(exc)))
+            targets.append(Target(recording=rec, verdict=OutcomeKind.SKIPPED, reason=str(exc), retry_later=True))
             continue
         except InvalidDestination as exc:
             targets.append(Target(recording=rec, verdict=OutcomeKind.FAILED, reason=str(exc)))
             continue
-        candidates = [keys_for(rec, False, directory), keys_for(rec, True, directory)]
+        candidates = [keys_for(rec, False, directory), keys_for(rec, True, directory), keys_for(rec, True, directory, "~2")]
         targets.append(Target(recording=rec, destination=dest, candidates=candidates))
-    wanted: dict[tuple[str, str], int] = {}
+    # contested: one of its names (any candidate) is also a name another recording of the run
+    # may take; then the survey looks at all its candidates, not only up to the first free one
+    wanted: dict[tuple[str, str], set[str]] = {}
     for t in targets:
-        if t.candidates:
-            for key in t.candidates[0].all():
-                wanted[(t.place_id, _fold(key))] = wanted.get((t.place_id, _fold(key)), 0) + 1
+        for cand in t.candidates:
+            for key in cand.all():
+                wanted.setdefault((t.place_id, _fold(key)), set()).add(t.recording.id)
     for t in targets:
-        if t.candidates:
-            t.contested = any(wanted[(t.place_id, _fold(k))] > 1 for k in t.candidates[0].all())
+        t.contested = any(len(wanted[(t.place_id, _fold(k))]) > 1 for c in t.candidates for k in c.all())
     return targets
 
 
@@ -189,22 +191,26 @@ class RecordingPlan(BaseModel):
     own: list[str] = Field(default_factory=list)
     #: the sidecar already at ``keys.sidecar`` names this recording
     sidecar_is_own: bool = False
+    retry_later: bool = False
+    #: set by the archive task once it has written its claim (see tasks/archive.py)
+    claim_token: str | None = None
     bytes_total: int = 0
 
     def may_replace(self, key: str) -> bool:
         return key in self.own
 
 
-def own_names(cand: RecordingKeys, sidecar: Sidecar) -> set[str]:
+def own_names(cand: RecordingKeys, sidecar: Sidecar, *, legacy: bool = True) -> set[str]:
     """The names a sidecar at ``cand.sidecar`` may claim for its recording: the candidate's
     own video and audio names, and the audio name of the earlier layout (``<stem>.audio.<ext>``).
     Anything else it lists (another file's name, ``../x``, a path) is never trusted: a sidecar
     planted or damaged cannot make the archiver replace, or count as archived, a file that is
-    not this recording's."""
+    not this recording's. ``legacy=False``: without the earlier layout's audio name, which the
+    archiver only reads, never replaces (a new recording's audio may have that name now)."""
     video = posixpath.basename(cand.video)
     allowed = {video} | ({posixpath.basename(cand.audio)} if cand.audio else set())
     legacy_audio = re.compile(re.escape(split_ext(video)[0]) + r"\.audio\.[A-Za-z0-9]{1,5}")
-    return {n for n in sidecar.names() if n in allowed or legacy_audio.fullmatch(n)}
+    return {n for n in sidecar.names() if n in allowed or (legacy and legacy_audio.fullmatch(n))}
 
 
 def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, ObjectInfo | None]) -> bool:
@@ -218,6 +224,8 @@ def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, Object
         return False
     if not any(f.kind == "video" and keys.beside(f.name) == keys.video for f in sidecar.files):
         return False
+    if keys.audio is not None and not any(f.kind == "audio" for f in sidecar.files):
+        return False  # the recording has an audio file now that the archive lacks
     for entry in sidecar.files:
         info = objects.get(keys.beside(entry.name))
         if info is None or info.size != entry.size:
@@ -227,15 +235,6 @@ def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, Object
             if known is not None and known != value:
                 return False
     return True
-
-
-def _with_recorded_names(cand: RecordingKeys, sidecar: Sidecar) -> RecordingKeys:
-    """Keep the names an earlier run recorded for its files (older layouts stay as they are)."""
-    trusted = own_names(cand, sidecar)
-    audio = next((f.name for f in sidecar.files if f.kind == "audio" and f.name in trusted), None)
-    if audio and cand.audio:
-        return cand.model_copy(update={"audio": cand.beside(audio)})
-    return cand
 
 
 def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: Iterable[str] = ()) -> list[RecordingPlan]:
@@ -255,7 +254,9 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
     for t in targets:
         rid = t.recording.id
         if t.verdict is not None or not t.candidates:
-            plans[rid] = RecordingPlan(recording=t.recording, action=Action.NONE, verdict=t.verdict, reason=t.reason)
+            plans[rid] = RecordingPlan(
+                recording=t.recording, action=Action.NONE, verdict=t.verdict, reason=t.reason, retry_later=t.retry_later
+            )
             continue
         seen = observed.get(rid) or Observed()
         if seen.error is not None:
@@ -268,9 +269,9 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
             sc = seen.sidecars.get(cand.sidecar, SidecarSeen()).sidecar
             if sc is None or sc.recording_id != rid:
                 continue
-            keys = _with_recorded_names(cand, sc)
+            keys = cand
             claim(t, keys)
-            own = [keys.sidecar] + [keys.beside(n) for n in sorted(own_names(cand, sc))]
+            own = [keys.sidecar] + [keys.beside(n) for n in sorted(own_names(cand, sc, legacy=False))]
             total = sum(f.size for f in sc.files)
             if rid not in force and is_archived(sc, keys, seen.objects):
                 plans[rid] = RecordingPlan(
@@ -305,13 +306,14 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
                 )
                 break
         else:
-            names = " and ".join(posixpath.basename(c.video) for c in t.candidates)
+            names = ", ".join(posixpath.basename(c.video) for c in t.candidates)
             plans[rid] = RecordingPlan(
                 recording=t.recording, action=Action.NONE, verdict=OutcomeKind.FAILED, destination=t.destination,
                 reason=(
-                    f"{names} (or their audio / sidecar names) are taken at {t.place_id or 'the destination'} by files "
-                    "this recording's archive did not write; they are left untouched. Move them away, or archive "
-                    "this recording with --destination elsewhere"
+                    f"every name this recording may take ({names}, or their audio / sidecar names) is taken at "
+                    f"{t.place_id or 'the destination'}, by files this recording's archive did not write or by other "
+                    "recordings; nothing is overwritten. Move the files away, or archive this recording with "
+                    "--destination elsewhere"
                 ),
             )
     return [plans[t.recording.id] for t in targets]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import datetime, timezone
 
 import httpx
@@ -25,7 +26,7 @@ from rtk_archiver.models import FileEntry, OutcomeKind, Recording, RecordingOutc
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.plan import Action, RecordingPlan, is_archived, own_names
 from rtk_archiver.settings import Settings, load_settings
-from storage_backends import PermanentStorageError, StorageBackend, open_backend
+from storage_backends import PermanentStorageError, StorageBackend, StorageError, open_backend
 from storage_backends.base import KeyTaken
 from tasks.limits import api_throttle, archiving_slot
 from tasks.survey import read_sidecar_seen
@@ -37,11 +38,20 @@ class KeyConflict(PermanentStorageError):
     taken by something else. Nothing was written; the next run plans again."""
 
 
-def _sidecar(recording: Recording, files: list[FileEntry], *, claimed: list[str] | None = None) -> Sidecar:
+class OverlappingArchive(StorageError):
+    """Another run archiving the same recording stored a file first. Transient: the retry
+    finds that run's sidecar naming this recording, and either finds it archived or carries
+    on over the recording's own files."""
+
+
+def _sidecar(
+    recording: Recording, files: list[FileEntry], *, claimed: list[str] | None = None, token: str | None = None
+) -> Sidecar:
     meeting = recording.meeting
     return Sidecar(
         state="claimed" if claimed is not None else "complete",
         claimed=claimed or [],
+        claim_token=token,
         recording_id=recording.id,
         meeting_id=recording.meeting_ref,
         meeting_title=meeting.title if meeting else None,
@@ -70,12 +80,13 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     keys = plan.layout
     assert keys is not None
     names = [keys.name_of(k) for k in (keys.video, keys.audio) if k]
-    claim = _encode(_sidecar(plan.recording, [], claimed=names))
+    token = uuid.uuid4().hex
+    claim = _encode(_sidecar(plan.recording, [], claimed=names, token=token))
     try:
         backend.put_bytes(keys.sidecar, claim, replace=plan.sidecar_is_own)
         # the files themselves stay no-clobber unless an earlier sidecar of this recording
         # lists them: a file that appeared since the survey is never overwritten
-        return plan.model_copy(update={"own": sorted(set(plan.own) | {keys.sidecar})})
+        return plan.model_copy(update={"own": sorted(set(plan.own) | {keys.sidecar}), "claim_token": token})
     except KeyTaken:
         pass
     # someone was quicker: fine if it is this recording (an overlapping run), else stop
@@ -89,7 +100,7 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     objects = {keys.beside(n): backend.stat(keys.beside(n)) for n in names}
     if is_archived(seen.sidecar, keys, objects):
         return None
-    own = {keys.sidecar} | {keys.beside(n) for n in names} | set(keys.all())
+    own = {keys.sidecar} | set(keys.all())  # this recording's current names, never an older layout's
     return plan.model_copy(update={"own": sorted(own), "sidecar_is_own": True})
 
 
@@ -122,9 +133,15 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
         files: list[FileEntry] = []
         try:
             _transfer(recording, backend, current, settings, logger, files)
-        except BaseException:
+        except BaseException as exc:
+            overlapping = isinstance(exc, KeyTaken) and _named_by_sidecar(backend, current)
             if not files and not current.sidecar_is_own:
                 _release_claim(backend, current)
+            if overlapping:
+                raise OverlappingArchive(
+                    f"a file of {recording.id} was stored by someone else while this run uploaded it (an overlapping "
+                    f"run of the same recording?): {exc}; retried over this recording's own files"
+                ) from None
             raise
         backend.put_bytes(current.layout.sidecar, _encode(_sidecar(recording, files)), replace=True)
 
@@ -144,12 +161,25 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
     )
 
 
-def _release_claim(backend: StorageBackend, plan: RecordingPlan) -> None:
-    """A first attempt that failed before any file was stored leaves nothing behind: its own
-    claim is removed (a later attempt or run claims again)."""
+def _named_by_sidecar(backend: StorageBackend, plan: RecordingPlan) -> bool:
+    """The sidecar at the plan's key names this recording (its claim, or an overlapping run's)."""
     assert plan.layout is not None
     try:
-        backend.delete(plan.layout.sidecar)
+        seen = read_sidecar_seen(backend, plan.layout.sidecar)
+    except Exception:  # noqa: BLE001 - then it is not known to be ours
+        return False
+    return seen.sidecar is not None and seen.sidecar.recording_id == plan.recording.id
+
+
+def _release_claim(backend: StorageBackend, plan: RecordingPlan) -> None:
+    """A first attempt that failed before any file was stored leaves nothing behind: its own
+    claim is removed (a later attempt or run claims again). Only that claim: if an overlapping
+    run of the same recording has written the sidecar since, it stays."""
+    assert plan.layout is not None
+    try:
+        seen = read_sidecar_seen(backend, plan.layout.sidecar)
+        if seen.sidecar is not None and seen.sidecar.state == "claimed" and seen.sidecar.claim_token == plan.claim_token:
+            backend.delete(plan.layout.sidecar)
     except Exception:  # noqa: BLE001 - the transfer's error is the one to report
         pass
 

@@ -78,16 +78,19 @@ def survey_destination(destination: Destination, targets: list[Target]) -> dict[
         return b
 
     def one(target: Target) -> tuple[str, Observed]:
-        return target.recording.id, survey_one(backend(), target)
+        try:
+            return target.recording.id, survey_one(backend(), target)
+        except StorageError as exc:
+            if not is_permanent(exc):
+                raise  # the task is retried
+            # one odd entry (a symlink out of the root, a directory at a sidecar name) fails
+            # the recording it belongs to, not the whole destination
+            return target.recording.id, Observed(error=str(exc), permanent=True)
 
     try:
         workers = max(1, min(settings.archive_max_concurrent, len(targets)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtk-survey") as pool:
             return dict(pool.map(one, targets))
-    except StorageError as exc:
-        if not is_permanent(exc):
-            raise
-        return {t.recording.id: Observed(error=str(exc), permanent=True) for t in targets}
     finally:
         for b in opened:
             try:

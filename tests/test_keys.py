@@ -107,6 +107,7 @@ def test_files_the_archiver_did_not_write_are_never_overwritten(archiver_env):
         (root / name).write_bytes(data)
     rid_both = str(uuid.uuid4())
     (root / video_name("both.mp4", rid_both)).write_bytes(b"the name with the id taken too")
+    (root / video_name("both.mp4", rid_both + "~2")).write_bytes(b"and the last name it may take")
     recs = [
         add(env, output_file_name="taken.mp4", file_size=10_000),
         add(env, output_file_name="side.mp4", file_size=11_000),
@@ -119,10 +120,11 @@ def test_files_the_archiver_did_not_write_are_never_overwritten(archiver_env):
         assert out[rec["id"]].kind == OutcomeKind.ARCHIVED
         assert rec["id"] in out[rec["id"]].destination  # archived under the name with its id
     assert out[both["id"]].kind == OutcomeKind.FAILED
-    assert "taken" in out[both["id"]].reason and "left untouched" in out[both["id"]].reason
+    assert "taken" in out[both["id"]].reason and "nothing is overwritten" in out[both["id"]].reason
     for name, data in theirs.items():
         assert (root / name).read_bytes() == data
     assert (root / video_name("both.mp4", rid_both)).read_bytes() == b"the name with the id taken too"
+    assert (root / video_name("both.mp4", rid_both + "~2")).read_bytes() == b"and the last name it may take"
     assert_each_archived_intact(root, recs)
     before = snapshot(root)
     again = run_report(archive_recordings)
