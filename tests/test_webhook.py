@@ -443,7 +443,7 @@ def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver
         started = time.monotonic()
         sim.state.set_status(fast["id"], "UPLOADED")
         archived = sim.archive / fast["output_file_name"]
-        _wait(lambda: _complete(sim.archive / (fast["output_file_name"] + ".metadata.json")), 60,
+        _wait(lambda: _complete(sim.archive / (fast["output_file_name"] + ".metadata.json")), 150,
               lambda: f"the webhook's run to archive it\n{serve.log_text()[-3000:]}\n{receiver.log_text()[-2000:]}")
         latency = time.monotonic() - started
         assert archived.stat().st_size == 300_000
