@@ -27,19 +27,14 @@ import httpx
 from bench.common import REPO, parse_size, save, size_label
 from rtk_archiver.simulator import SimulatorServer
 from tests.fixtures import free_port
+from tests.fixtures import wait_until
 from tests.fixtures.prefect_server import running_prefect_server, running_serve
 
 TARGET_SECONDS = 15.0
 
 
 def wait(check, timeout: float, what, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
+    return wait_until(check, timeout, what, interval)
 
 
 def automation_ready(api_url: str) -> bool:

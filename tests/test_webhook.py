@@ -39,6 +39,7 @@ from rtk_archiver.webhook import (
     parse_public_key,
 )
 from tests.fixtures import free_port
+from tests.fixtures import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RID = "7f3c0a9e-1b2c-4d5e-8f90-123456789abc"
@@ -380,14 +381,8 @@ def test_simulator_sends_signed_webhooks_on_stop_and_upload_lost_and_duplicated(
 # ----------------------------------------------------------------------------- end to end (slow)
 
 
-def _wait(check, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
+def _wait(check, timeout: float, what, interval: float = 0.25):
+    return wait_until(check, timeout, what, interval)
 
 
 def _manual_runs_for(api_url: str, recording_id: str) -> list:
