@@ -426,6 +426,7 @@ def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver
            "PREFECT_HOME": str(tmp_path / "prefect-client-home")}
     from tests.fixtures.prefect_server import running_serve
 
+    _forget_automations(prefect_server.api_url)
     # serve from the repository root (the deployments' entrypoints are relative to it)
     with running_serve(prefect_server.api_url, cwd=ROOT, env=env, log_path=tmp_path / "serve.log") as serve, \
             running_serve(prefect_server.api_url, "--port", str(rx_port), cwd=tmp_path, env=env,
@@ -487,3 +488,13 @@ def _automation_exists(api_url: str) -> bool:
 
     r = h.post(f"{api_url}/automations/filter", json={}, timeout=5)
     return r.status_code == 200 and any(a["name"] == "archive-on-upload" for a in r.json())
+
+
+def _forget_automations(api_url: str) -> None:
+    """The shared server may hold the trigger of an earlier serve (another test's, for a
+    deployment since deleted): remove it, so that waiting for the trigger waits for this serve's."""
+    import httpx as h
+
+    for a in h.post(f"{api_url}/automations/filter", json={}, timeout=5).json():
+        if a["name"] == "archive-on-upload":
+            h.delete(f"{api_url}/automations/{a['id']}", timeout=5)
