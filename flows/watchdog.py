@@ -84,9 +84,16 @@ def assess(
             return RecordingRisk(recording_id=rec.id, output_file_name=rec.output_file_name, deadline=deadline, reason=reason)
 
         if not rec.download_url:
+            expired = (rec.download_url_expiry is not None and rec.download_url_expiry <= now) or (
+                retention_end is not None and retention_end <= now
+            )
+            if not expired:
+                # no URL and nothing expired: RealtimeKit's bucket is disabled for it (its files
+                # went straight to the storage_config's destination): nothing here can be lost
+                continue
             failed = f" (it failed: {outcome.reason})" if outcome is not None and outcome.kind == OutcomeKind.FAILED else ""
             watch.lost.append(risk(retention_end, f"never archived{failed}, and RealtimeKit has no download URL for it "
-                                                  "any more (its files expired, or its RealtimeKit bucket is disabled)"))
+                                                  "any more (its files expired)"))
             continue
         if retention_end is not None and retention_end <= now:
             watch.lost.append(risk(retention_end, f"{why}; RealtimeKit's 7-day retention ended {_when(retention_end)}"))

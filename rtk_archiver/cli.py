@@ -474,10 +474,22 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
         print(f"Simulator serving {args.count} recordings at {sim.base_url}")
         print(f"Archiving every stopped recording into {target}")
-        ns = argparse.Namespace(
-            command="archive", since=None, until=None, destination=f"file://{target}", dry_run=False
-        )
-        code = _run_archive(ns)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            report_path = Path(tmp) / "report.json"
+            ns = argparse.Namespace(
+                command="archive", since=None, until=None, destination=f"file://{target}", dry_run=False,
+                report=report_path,
+            )
+            code = _run_archive(ns)
+            report = ArchiveReport.model_validate_json(report_path.read_text()) if report_path.exists() else None
+    if code == EXIT_FAILED and report is not None and not report.failed:
+        # the simulator serves, on purpose, recordings whose files expired days ago: a real run
+        # fails on them (someone must be told); the demo shows the watchdog and exits 0
+        print("\nThe LOST / AT RISK lines come from the simulator's expired recordings, served on purpose: "
+              "a real run ends Failed on them so that someone is notified.")
+        code = EXIT_OK
     files = sorted(p for p in target.rglob("*") if p.is_file())
     print(f"\n{len(files)} file(s) under {target}")
     return code

@@ -60,11 +60,13 @@ def test_assess_names_what_expires_soon_with_its_deadline():
 
 
 def test_assess_lost_when_files_are_gone_unless_archived():
-    no_url = rec(url=False)
+    no_url = rec(url=False, stopped_ago=timedelta(days=7, hours=1))  # its files expired with the retention
+    bucket_disabled = rec(url=False)  # no URL, nothing expired: its files went straight to its storage_config
     past_retention = rec(stopped_ago=timedelta(days=7, minutes=1), expiry_in=timedelta(hours=1))
     archived_before = rec(url=False, stopped_ago=timedelta(days=7, hours=2))
-    outcomes = [outcome(r, OutcomeKind.SKIPPED, "no download_url") for r in (no_url, past_retention, archived_before)]
-    watch = assess([no_url, past_retention, archived_before], outcomes, NOW, 48, archived_ids={archived_before.id})
+    recs = [no_url, bucket_disabled, past_retention, archived_before]
+    outcomes = [outcome(r, OutcomeKind.SKIPPED, "no download_url") for r in recs]
+    watch = assess(recs, outcomes, NOW, 48, archived_ids={archived_before.id})
     assert watch.at_risk == []
     by_id = {r.recording_id: r for r in watch.lost}
     assert set(by_id) == {no_url.id, past_retention.id}
@@ -134,7 +136,11 @@ def test_watchdog_fires_before_expiry_and_reports_a_loss_once(archiver_env, even
     # unsupported, 1 day old: 6 days left, not yet at risk
     young = sim.state.add_recording(file_size=1000, stopped_time=now - timedelta(days=1), storage_config=azure)
     # never had files on RealtimeKit: lost
-    no_files = sim.state.add_recording(file_size=1000, bucket_enabled=False)
+    # files gone from RealtimeKit (7 days over), never archived: lost
+    no_files = sim.state.add_recording(file_size=1000, bucket_enabled=False,
+                                       stopped_time=datetime.now(timezone.utc) - timedelta(days=7, hours=2))
+    # RealtimeKit's bucket disabled: its files went straight to the customer's storage: not lost
+    sim.state.add_recording(file_size=1000, bucket_enabled=False)
     # archived now, then its files expire on RealtimeKit: not a loss
     archived = sim.state.add_recording(file_size=1000, stopped_time=now - timedelta(days=6, hours=23))
     fine = sim.state.add_recording(file_size=1000)
@@ -175,7 +181,11 @@ def test_watchdog_fires_before_expiry_and_reports_a_loss_once(archiver_env, even
 @pytest.mark.usefixtures("prefect_harness")
 def test_watchdog_dry_run_reports_without_events_or_memory(archiver_env, events):
     sim = archiver_env
-    no_files = sim.state.add_recording(file_size=1000, bucket_enabled=False)
+    # files gone from RealtimeKit (7 days over), never archived: lost
+    no_files = sim.state.add_recording(file_size=1000, bucket_enabled=False,
+                                       stopped_time=datetime.now(timezone.utc) - timedelta(days=7, hours=2))
+    # RealtimeKit's bucket disabled: its files went straight to the customer's storage: not lost
+    sim.state.add_recording(file_size=1000, bucket_enabled=False)
     soon = sim.state.add_recording(file_size=1000)  # URL expires within the simulator's hour
     report = archive_with_watchdog(dry_run=True)
     assert [r.recording_id for r in report.lost] == [no_files["id"]]
