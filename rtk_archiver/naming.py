@@ -156,6 +156,13 @@ def keys_for(
     )
 
 
+def candidate_keys(recording: Recording, directory: str | None = None) -> list[RecordingKeys]:
+    """The only names a recording may ever take, in order: its plain name, the name with its
+    id, and a second name with its id (``rtk_archiver.plan`` picks one; the scrub looks for
+    sidecars at all of them)."""
+    return [keys_for(recording, False, directory), keys_for(recording, True, directory), keys_for(recording, True, directory, "~2")]
+
+
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
 
 

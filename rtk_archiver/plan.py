@@ -5,7 +5,7 @@ A run is planned in three steps; only the middle one does I/O:
 1. ``targets_for`` (pure): per recording, whether it can be archived now, its destination
    (the run's override, else its ``storage_config``, else the default destination) and the
    only names it may ever take there, in order: the plain name, the name with its id, and a
-   second name with its id (``rtk_archiver.naming.keys_for``).
+   second name with its id (``rtk_archiver.naming.candidate_keys``).
 2. ``tasks.survey`` (I/O): what the destination holds at those names (sidecars, sizes).
 3. ``plan_run`` (pure): the verdict and the keys of every recording, from 1 and 2.
 
@@ -38,7 +38,7 @@ from enum import Enum
 from pydantic import BaseModel, Field
 
 from rtk_archiver.models import ObjectInfo, OutcomeKind, Recording, Sidecar
-from rtk_archiver.naming import RecordingKeys, keys_for, safe_relative_path, split_ext
+from rtk_archiver.naming import RecordingKeys, candidate_keys, safe_relative_path, split_ext
 from storage_backends.destination import (
     Destination,
     InvalidDestination,
@@ -136,7 +136,7 @@ def targets_for(
         except InvalidDestination as exc:
             targets.append(Target(recording=rec, verdict=OutcomeKind.FAILED, reason=str(exc)))
             continue
-        candidates = [keys_for(rec, False, directory), keys_for(rec, True, directory), keys_for(rec, True, directory, "~2")]
+        candidates = candidate_keys(rec, directory)
         targets.append(Target(recording=rec, destination=dest, candidates=candidates))
     # contested: one of its names (any candidate) is also a name another recording of the run
     # may take; then the survey looks at all its candidates, not only up to the first free one

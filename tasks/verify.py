@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import ObjectInfo, Recording, Sidecar
-from rtk_archiver.naming import keys_for, redact_urls
+from rtk_archiver.naming import candidate_keys, redact_urls
 from rtk_archiver.settings import load_settings
 from storage_backends import Destination, StorageBackend, open_backend
 from storage_backends.base import StorageError
@@ -252,5 +252,5 @@ def find_archives(recordings: list[Recording], destination: str | None = None) -
 
 
 def sidecar_keys(recording: Recording) -> Iterable[str]:
-    """Where the archiver puts this recording's sidecar (plain name, or with its id)."""
-    return {keys_for(recording, False).sidecar, keys_for(recording, True).sidecar}
+    """Where the archiver puts this recording's sidecar (any of the names it may take)."""
+    return {keys.sidecar for keys in candidate_keys(recording)}
