@@ -6,9 +6,10 @@ keys the archiver proved are its own, replacing (``rename``). The final name onl
 a complete file.
 
 Temp files are ``.<name>.<digest of the full name>.rtkpart-<random>``, and their writer holds
-an exclusive ``flock`` on them from the moment they exist until they are gone. Cleanup only
-removes a temp file of the same final name whose lock it can take and which is older than a
-few seconds: its writer is dead (a killed run), never a live upload of another run.
+an exclusive ``flock`` on them until they are gone. Cleanup only removes a temp file of the
+same final name whose lock it can take: its writer is dead (a killed run), never a live upload
+of another run. A writer that loses the instant between creating its temp file and locking it
+to a cleanup sees its name gone once it holds the lock, and starts over under a new name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import errno
 import fcntl
 import glob
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +29,6 @@ from .destination import Destination
 from .tempnames import TEMP_MARKER, temp_prefix
 
 COPY_CHUNK = 1024 * 1024
-#: a temp file whose lock is free is abandoned once it is this old (a live writer takes its
-#: lock microseconds after creating it)
-ABANDONED_AFTER_SECONDS = 10.0
 
 #: OS errors that no retry can fix: named, failed at once
 PERMANENT_ERRNOS = {
@@ -108,13 +105,12 @@ class LocalBackend(StorageBackend):
             raise KeyTaken(f"{final} already exists and was not written by this recording's archive: left untouched")
         prefix = temp_prefix(final.name)
         self._remove_abandoned(final.parent, prefix)
-        tmp = final.parent / f"{prefix}{uuid.uuid4().hex[:12]}"
+        tmp: Path | None = None
         written = 0
         fd = -1
         reading = False
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours until the temp file is gone
+            tmp, fd = self._locked_temp(final.parent, prefix)
             with os.fdopen(os.dup(fd), "wb") as out:
                 while True:
                     reading = True  # the source's own errors propagate as they are
@@ -139,7 +135,8 @@ class LocalBackend(StorageBackend):
                     ) from None
                 os.unlink(tmp)
         except BaseException as exc:
-            _unlink_quietly(tmp)
+            if tmp is not None:
+                _unlink_quietly(tmp)
             if isinstance(exc, OSError) and not reading and not isinstance(exc, FileExistsError):
                 raise os_error(exc, "write", final) from None
             raise
@@ -149,9 +146,28 @@ class LocalBackend(StorageBackend):
         _fsync_dir(final.parent)
         return ObjectInfo(size=written)
 
+    @staticmethod
+    def _locked_temp(directory: Path, prefix: str) -> tuple[Path, int]:
+        """A new temp file, locked, still at its name. A cleanup can take the lock of a file
+        created an instant ago and remove it; the lock then comes to us on a nameless file,
+        which we give up for a new name."""
+        for _ in range(100):
+            tmp = directory / f"{prefix}{uuid.uuid4().hex[:12]}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a cleanup holds it for an instant at most
+                if _same_file(tmp, fd):
+                    return tmp, fd  # ours until the temp file is gone
+            except BaseException:
+                os.close(fd)
+                _unlink_quietly(tmp)
+                raise
+            os.close(fd)
+        raise StorageError(f"could not create a temp file next to {directory / prefix!s}: removed each time")
+
     def _remove_abandoned(self, directory: Path, prefix: str) -> None:
-        """Temp files of this final name whose writer is gone (a killed run): lock free, and
-        older than ``ABANDONED_AFTER_SECONDS``. A live upload holds its lock: never touched."""
+        """Temp files of this final name whose writer is gone (a killed run): their lock is
+        free. A live upload holds its lock: never touched."""
         for stale in directory.glob(f"{glob.escape(prefix)}*"):
             try:
                 fd = os.open(stale, os.O_RDONLY | os.O_CLOEXEC)
@@ -162,9 +178,8 @@ class LocalBackend(StorageBackend):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # a live upload
-                if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER_SECONDS:
-                    continue  # just created: its writer may not hold its lock yet
-                _unlink_quietly(stale)
+                if _same_file(stale, fd):  # not finished and removed by its writer meanwhile
+                    _unlink_quietly(stale)
             finally:
                 os.close(fd)
 
@@ -221,6 +236,15 @@ class LocalBackend(StorageBackend):
                     yield chunk
         except OSError as exc:
             raise os_error(exc, "read", path) from None
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def _unlink_quietly(path: Path) -> None:

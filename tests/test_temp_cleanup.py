@@ -59,11 +59,38 @@ def test_local_cleanup_spares_live_uploads_and_removes_abandoned_ones(tmp_path):
     finally:
         writer.kill()
         writer.wait()
-    # the writer is gone (killed run): the next write of that name removes its temp file
-    os.utime(live, (time.time() - 3600,) * 2)
+    # the writer is gone (killed run): the next write of that name removes its temp file at
+    # once, however recent (a rerun right after a SIGKILL leaves nothing behind)
+    os.utime(live)
     backend.put(name, io.BytesIO(b"v2"), 2, replace=True)
     assert not live.exists() and other_name.exists()
     assert (root / name).read_bytes() == b"v2"
+
+
+def test_local_concurrent_writers_of_one_name_never_lose_their_temp_files(tmp_path):
+    """Many writers of one final name at once: each one's cleanup runs while the others create
+    and lock their temp files. None may lose its temp file (ENOENT), and none is left behind."""
+    import threading
+
+    root = tmp_path / "root"
+    root.mkdir()
+    backend = open_backend(parse_destination_url(f"file://{root}"), settings())
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            for j in range(40):
+                backend.put("same.mp4", io.BytesIO(b"x" * 10), 10, replace=True)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in root.iterdir()) == ["same.mp4"]
 
 
 def test_sftp_cleanup_spares_live_uploads_and_removes_abandoned_ones(sftp_backend_factory):
