@@ -202,68 +202,22 @@ def _state(server: PrefectServer, run_id: str) -> dict:
     return _api(server, "GET", f"/flow_runs/{run_id}").json()["state"]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("kill", ["host-lost", "serve-only"])
-def test_a_killed_run_ends_crashed_unaided_and_a_restarted_serve_archives_it_once(prefect_server, archiver_env, tmp_path, kill):
-    """``host-lost``: serve and its flow-run process SIGKILLed together (a lost host, the OOM
-    killer taking the container): nothing is left to report, the run stayed Running for ever.
-    ``serve-only``: SIGKILL of serve alone: its flow-run process went on transferring on its
-    own beside the restarted serve. Either way now: no process of the dead serve is left, the
-    automation marks the run Crashed by itself, and a rerun on a restarted serve archives every
-    recording, once, byte for byte, with nothing partial left."""
-    recs = [archiver_env.state.add_recording(file_size=700_000 + i, audio=(i == 0)) for i in range(2)]
-    faults = archiver_env.state.faults
+def _trickle(env) -> None:
+    """Downloads stall after 96 KiB (1 KiB every 0.5 s after that): killed mid-transfer."""
+    faults = env.state.faults
     faults.download_trickles, faults.reset_after, faults.trickle_bytes, faults.trickle_interval = 10, 96 * 1024, 1024, 0.5
-    archive = archiver_env.archive
-    env = dict(FAST_DEATH)
-    try:
-        with running_serve(prefect_server.api_url, cwd=tmp_path, env=env, log_path=tmp_path / "serve-1.log") as serve:
-            run_id = _manual_run(prefect_server, serve, [r["id"] for r in recs])
-            _wait("the run to be Running with both downloads under way",
-                  lambda: _state(prefect_server, run_id)["type"] == "RUNNING"
-                  and len([p for p in archive.iterdir() if TEMP_MARKER in p.name]) >= 2, 90)
-            time.sleep(1)
-            pgid = serve.proc.pid  # its own session and group (running_serve)
-            before = _group(pgid)
-            assert len(before) >= 2, before  # serve and the run's process
-            log = serve.log_text()
-            assert "automation rtk-archiver-crash-dead-runs" in log and "without a heartbeat for 45 s" in log, log[-3000:]
-            killed = time.monotonic()
-            if kill == "host-lost":
-                os.killpg(pgid, signal.SIGKILL)
-            else:
-                serve.proc.kill()
-            serve.proc.wait()
-            # no process of the dead serve goes on transferring beside the next one
-            try:
-                _wait("the dead serve's flow-run processes to be gone", lambda: not _group(pgid), 10, interval=0.1)
-            except AssertionError:
-                os.killpg(pgid, signal.SIGKILL)
-                raise AssertionError(f"flow-run processes outlived serve's SIGKILL: {before}")
-            assert _state(prefect_server, run_id)["type"] == "RUNNING"  # nobody told the server
-        faults.download_trickles = 0
 
-        # restarted at once, as a service manager does; the rerun is asked for at once too
-        with running_serve(prefect_server.api_url, cwd=tmp_path, env=env, log_path=tmp_path / "serve-2.log") as serve:
-            rerun_id = _manual_run(prefect_server, serve, [r["id"] for r in recs])
-            crashed = _wait("the automation to mark the dead run Crashed",
-                            lambda: (s := _state(prefect_server, run_id))["type"] != "RUNNING" and s, 120, interval=1)
-            crashed_after = time.monotonic() - killed
-            assert crashed["type"] == "CRASHED" and crashed["message"].startswith("No heartbeat for 45 s"), crashed
-            done = _wait("the rerun to end", lambda: (s := _state(prefect_server, rerun_id))["type"] in
-                         ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and s, 150, interval=1)
-            rerun_after = time.monotonic() - killed
-            assert done["type"] == "COMPLETED", (done, serve.log_text()[-4000:])
-    finally:  # the session's server is shared: leave no 45 s automation behind
-        with _client(prefect_server) as client:
-            for a in client.read_automations_by_name(CRASH_AUTOMATION):
-                client.delete_automation(a.id)
 
-    # every recording archived once, byte for byte: one video (and audio), one complete sidecar
+def _temp_files(archive: Path) -> list[Path]:
+    return [p for p in archive.iterdir() if TEMP_MARKER in p.name]
+
+
+def _archived_once(archive: Path, recs: list[dict], audio: int = 0) -> None:
+    """Every recording archived once, byte for byte: its video (and audio) and one complete
+    sidecar naming them, nothing partial, no second copy under another name."""
     files = sorted(p.name for p in archive.iterdir())
     assert not [f for f in files if TEMP_MARKER in f], files
-    assert len(files) == 5, files  # 2 videos, 1 audio, 2 sidecars: no second copy under another name
+    assert len(files) == 2 * len(recs) + audio, files
     for rec in recs:
         video = archive / rec["output_file_name"]
         assert hashlib.sha256(video.read_bytes()).hexdigest() == media_sha256(rec["id"], "video", rec["file_size"])
@@ -273,8 +227,114 @@ def test_a_killed_run_ends_crashed_unaided_and_a_restarted_serve_archives_it_onc
         for entry in doc["files"]:
             data = (archive / entry["name"]).read_bytes()
             assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
-    print(f"{kill}: the dead run was marked Crashed {crashed_after:.0f} s after the kill; "
-          f"the rerun completed {rerun_after:.0f} s after it")
+
+
+def _crashed_by_the_automation(server: PrefectServer, run_id: str, timeout: float = 120) -> dict:
+    state = _wait("the automation to mark the dead run Crashed",
+                  lambda: (s := _state(server, run_id))["type"] != "RUNNING" and s, timeout, interval=1)
+    assert state["type"] == "CRASHED" and state["message"].startswith("No heartbeat for 45 s"), state
+    return state
+
+
+@pytest.fixture
+def dead_run_automation(prefect_server):
+    """The automation, with the shortest crash window Prefect's minimum heartbeat allows;
+    removed afterwards (the session's server is shared)."""
+    yield
+    with _client(prefect_server) as client:
+        for a in client.read_automations_by_name(CRASH_AUTOMATION):
+            client.delete_automation(a.id)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_killed_run_ends_crashed_unaided_and_a_rerun_archives_it(prefect_server, archiver_env, tmp_path, monkeypatch,
+                                                                   dead_run_automation):
+    """A run SIGKILLed mid-transfer (here a CLI run against the shared server: nothing at all is
+    left to report it) stayed Running for ever; the automation now marks it Crashed by itself
+    within ARCHIVE_CRASHED_AFTER_SECONDS of its last heartbeat, and a rerun archives the
+    recording, once, byte for byte."""
+    for key, value in FAST_DEATH.items():
+        monkeypatch.setenv(key, value)
+    with _client(prefect_server) as client:
+        apply_crashed_runs_automation(load_settings(), client)
+    rec = archiver_env.state.add_recording(file_size=700_000, audio=True)
+    _trickle(archiver_env)
+    archive = archiver_env.archive
+    env = {**os.environ, **FAST_DEATH, "PREFECT_API_URL": prefect_server.api_url,
+           "PREFECT_HOME": str(tmp_path / "prefect-client-home"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "rtk_archiver.cli", "archive-one", rec["id"]]
+    with open(tmp_path / "cli-1.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait("the download to be under way", lambda: _temp_files(archive) or proc.poll() is not None, 120, interval=0.2)
+        assert proc.poll() is None, (tmp_path / "cli-1.log").read_text()[-3000:]
+        run_id = _run_of(prefect_server, "archive-one", rec["id"])
+        assert _state(prefect_server, run_id)["type"] == "RUNNING"
+    finally:
+        proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    _crashed_by_the_automation(prefect_server, run_id)
+    crashed_after = time.monotonic() - killed
+    archiver_env.state.faults.download_trickles = 0
+    rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    _archived_once(archive, [rec], audio=1)
+    print(f"the killed run was marked Crashed {crashed_after:.0f} s after the kill (heartbeats every 30 s, "
+          f"crash window 45 s); the rerun took {time.monotonic() - killed - crashed_after:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_serve_sigkilled_mid_transfer_its_runs_die_with_it_and_a_restarted_serve_archives_them_once(
+        prefect_server, archiver_env, tmp_path, dead_run_automation):
+    """SIGKILL of serve alone (kill -9, the OOM killer): its flow-run process went on
+    transferring on its own beside the restarted serve. Now it dies with serve at once, the
+    automation marks its run Crashed unaided, and the rerun on the restarted serve (asked for
+    at once, as an operator would) archives every recording once, byte for byte."""
+    recs = [archiver_env.state.add_recording(file_size=700_000 + i, audio=(i == 0)) for i in range(2)]
+    _trickle(archiver_env)
+    archive = archiver_env.archive
+    with running_serve(prefect_server.api_url, cwd=tmp_path, env=FAST_DEATH, log_path=tmp_path / "serve-1.log") as serve:
+        run_id = _manual_run(prefect_server, serve, [r["id"] for r in recs])
+        _wait("the run to be Running with both downloads under way",
+              lambda: _state(prefect_server, run_id)["type"] == "RUNNING" and len(_temp_files(archive)) >= 2, 120)
+        pgid = serve.proc.pid  # its own session and group (running_serve)
+        before = _group(pgid)
+        assert len(before) >= 2, before  # serve and the run's process
+        log = serve.log_text()
+        assert "automation rtk-archiver-crash-dead-runs" in log and "without a heartbeat for 45 s" in log, log[-3000:]
+        serve.proc.kill()
+        serve.proc.wait()
+        killed = time.monotonic()
+        try:  # no process of the dead serve goes on transferring beside the next one
+            _wait("the dead serve's flow-run processes to be gone", lambda: not _group(pgid), 10, interval=0.1)
+        except AssertionError:
+            os.killpg(pgid, signal.SIGKILL)
+            raise AssertionError(f"flow-run processes outlived serve's SIGKILL: {before}") from None
+    assert _state(prefect_server, run_id)["type"] == "RUNNING"  # nobody told the server
+    archiver_env.state.faults.download_trickles = 0
+
+    with running_serve(prefect_server.api_url, cwd=tmp_path, env=FAST_DEATH, log_path=tmp_path / "serve-2.log") as serve:
+        rerun_id = _manual_run(prefect_server, serve, [r["id"] for r in recs])
+        _crashed_by_the_automation(prefect_server, run_id)
+        crashed_after = time.monotonic() - killed
+        done = _wait("the rerun to end", lambda: (s := _state(prefect_server, rerun_id))["type"] in
+                     ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and s, 150, interval=1)
+        rerun_after = time.monotonic() - killed
+        assert done["type"] == "COMPLETED", (done, serve.log_text()[-4000:])
+    _archived_once(archive, recs, audio=1)
+    print(f"serve SIGKILLed: its run was marked Crashed {crashed_after:.0f} s after the kill; "
+          f"the rerun on the restarted serve completed {rerun_after:.0f} s after it")
+
+
+def _run_of(server: PrefectServer, flow_name: str, recording_id: str) -> str:
+    """The id of the latest run of ``flow_name`` whose parameters name the recording."""
+    body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC", "limit": 50}
+    runs = _api(server, "POST", "/flow_runs/filter", json=body).json()
+    (run,) = [r for r in runs if recording_id in json.dumps(r["parameters"])][:1]
+    return run["id"]
 
 
 @pytest.mark.slow
