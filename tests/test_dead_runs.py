@@ -147,6 +147,14 @@ def test_a_flow_run_process_of_serve_dies_with_it(parent):
             os.kill(child, signal.SIGKILL)
 
 
+def test_a_flow_run_process_whose_serve_is_already_gone_runs_nothing():
+    """serve SIGKILLed between starting a flow-run process and that process following it."""
+    gone = subprocess.run([sys.executable, "-c", "import flows; print('ran')"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "RTK_ARCHIVER_SERVE_PID": "1"})
+    assert gone.returncode == 1 and "ran" not in gone.stdout
+    assert "the serve process (1) that started this flow run is gone: not running it" in gone.stderr
+
+
 # --- slow: a real server, a real serve ------------------------------------------------------------
 
 def _api(server: PrefectServer, method: str, path: str, **kw):
@@ -247,7 +255,7 @@ def dead_run_automation(prefect_server):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)  # with the session's server start (~25 s idle, 100+ s on a loaded machine)
 def test_a_killed_run_ends_crashed_unaided_and_a_rerun_archives_it(prefect_server, archiver_env, tmp_path, monkeypatch,
                                                                    dead_run_automation):
     """A run SIGKILLed mid-transfer (here a CLI run against the shared server: nothing at all is
@@ -286,7 +294,7 @@ def test_a_killed_run_ends_crashed_unaided_and_a_rerun_archives_it(prefect_serve
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_serve_sigkilled_mid_transfer_its_runs_die_with_it_and_a_restarted_serve_archives_them_once(
         prefect_server, archiver_env, tmp_path, dead_run_automation):
     """SIGKILL of serve alone (kill -9, the OOM killer): its flow-run process went on
