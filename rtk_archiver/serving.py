@@ -196,9 +196,8 @@ def follow_serve() -> None:
     os.environ.pop(SERVE_PID_ENV, None)  # not for processes this one starts
     try:
         import ctypes
-        import ctypes.util
 
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # this process's own libc: no library look-up
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             return
     except (OSError, AttributeError):  # not Linux: the heartbeat automation still marks such runs Crashed
