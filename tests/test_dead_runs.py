@@ -5,11 +5,13 @@ processes dying with serve.
 - Fast: the automation and the heartbeat job variables are the same in deployments/ and in
   prefect.yaml; the settings refuse a crash window shorter than a heartbeat; a flow-run process
   of serve dies with serve (SIGKILL included), other processes are left alone.
-- Slow, end to end (a real ``prefect server``, real ``rtk-archiver serve``; ~70-100 s each on
-  2 busy cores, most of it Prefect's minimum heartbeat period plus the crash window):
-  a run is SIGKILLed mid-transfer, either with its serve (the host is lost) or by SIGKILL of
-  serve alone; its processes are gone at once, the automation marks it Crashed unaided, a
-  restarted serve reruns it, and every recording ends up archived once, byte for byte.
+- Slow, end to end (a real ``prefect server``; 118 s and 158 s measured on 2 cores under a
+  load of ~20, most of it the crash window, 45 s, the shortest Prefect's minimum heartbeat
+  of 30 s allows, and the dead run's recording-lock leases, 60 s): a run SIGKILLed
+  mid-transfer (a CLI run against the server) ends Crashed by the automation unaided and a
+  rerun archives it; ``rtk-archiver serve`` SIGKILLed mid-transfer: its flow-run process is
+  gone at once, the automation marks its run Crashed unaided, and a restarted serve's rerun
+  archives every recording once, byte for byte.
 """
 
 from __future__ import annotations
