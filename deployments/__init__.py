@@ -1,6 +1,8 @@
 """The deployments, defined once: ``rtk-archiver serve`` builds them from here, and
 ``deployments/prefect.yaml`` (for ``prefect deploy --all``) says the same (a test keeps the two
-in step)."""
+in step). With them goes one automation, ``rtk-archiver-crash-dead-runs``: a run of the
+archiver's flows whose heartbeats stop (its process died: host lost, OOM kill, SIGKILL) is
+marked Crashed (README, "When a run dies")."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from rtk_archiver.settings import Settings
+from rtk_archiver.settings import Settings, flow_run_env
 
 # The directory that holds the flows/ package (a checkout, or site-packages for an installed
 # wheel): entrypoints ("flows/poll.py:poll_recordings") are relative to it, never to the
@@ -108,3 +110,91 @@ def load_flow(entrypoint: str):
     from prefect.flows import load_flow_from_entrypoint
 
     return load_flow_from_entrypoint(module_entrypoint(entrypoint), use_placeholder_flow=False)
+
+
+def job_variables(settings: Settings) -> dict[str, Any]:
+    """The work pool's job variables of every deployment (``rtk-archiver deploy``; the same in
+    prefect.yaml): each flow-run process heartbeats every ARCHIVE_HEARTBEAT_SECONDS."""
+    return {"env": flow_run_env(settings)}
+
+
+# --- Dead runs: heartbeats and the automation that marks their absence Crashed -------------
+# Every flow of the project (also archive-one, which the CLI runs): the automation only ever
+# touches runs of these flows, never another project's on a shared server.
+ARCHIVER_FLOWS = (
+    "poll-recordings", "archive-manual", "backfill-recordings", "archive-recordings", "archive-one",
+    "verify-archive", "check-destinations",
+)
+CRASH_AUTOMATION = "rtk-archiver-crash-dead-runs"
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+# A run is watched from the moment it is Pending (its process may die before its first
+# heartbeat, or before it is even Running); each heartbeat starts the clock again.
+WATCH_FROM = {HEARTBEAT_EVENT} | {f"prefect.flow-run.{s}" for s in ("Pending", "Running", "Retrying")}
+# ... until it is over, or waits on purpose without a process (a flow retry, a pause)
+WATCH_UNTIL = {HEARTBEAT_EVENT} | {
+    f"prefect.flow-run.{s}"
+    for s in ("Running", "Retrying", "Completed", "Failed", "Cancelled", "Crashed", "AwaitingRetry", "Paused", "Suspended")
+}
+
+
+def crashed_runs_automation(settings: Settings):
+    """A run of the archiver's flows with no heartbeat (nor end) for ARCHIVE_CRASHED_AFTER_SECONDS
+    since its last heartbeat (or since it became Pending / Running) is marked Crashed: a
+    proactive trigger, Prefect's "zombie flow runs" recipe, scoped to this project's flows."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    seconds = settings.archive_crashed_after_seconds
+    return AutomationCore(
+        name=CRASH_AUTOMATION,
+        description=(
+            f"rtk-archiver: a run of its flows without a heartbeat for {seconds} s is marked Crashed (its process "
+            "died: host lost, OOM kill, SIGKILL); the next poll or a rerun archives its recordings."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            posture=Posture.Proactive,
+            after=WATCH_FROM,
+            expect=WATCH_UNTIL,
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(ARCHIVER_FLOWS)},
+            for_each={"prefect.resource.id"},  # one clock per flow run
+            threshold=1,
+            within=timedelta(seconds=seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                name="Crashed",
+                message=(
+                    f"No heartbeat for {seconds} s: the process running this flow run died (host lost, OOM kill, "
+                    "SIGKILL). Nothing partial is at a final name; the next poll or a rerun archives its recordings."
+                ),
+            )
+        ],
+    )
+
+
+def apply_crashed_runs_automation(settings: Settings, client=None) -> str:
+    """Create or update the automation (by name): the same whichever of serve / deploy runs,
+    however often. Returns "created", "updated" or "unchanged"."""
+    from prefect.client.orchestration import get_client
+
+    wanted = crashed_runs_automation(settings)
+    if client is None:
+        with get_client(sync_client=True) as client:
+            return apply_crashed_runs_automation(settings, client)
+    existing = sorted(client.read_automations_by_name(CRASH_AUTOMATION), key=lambda a: str(a.id))
+    for extra in existing[1:]:  # two serves that started at once: keep one
+        client.delete_automation(extra.id)
+    if not existing:
+        client.create_automation(wanted)
+        return "created"
+    have = existing[0]
+    fields = set(type(wanted).model_fields)
+    # compared as models (python mode: the event sets compare as sets, in any order)
+    if type(wanted).model_validate(have.model_dump(include=fields)).model_dump() == wanted.model_dump():
+        return "unchanged"
+    client.update_automation(have.id, wanted)
+    return "updated"

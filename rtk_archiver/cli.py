@@ -386,7 +386,7 @@ def _run_deployments(args: argparse.Namespace) -> int:
     from prefect import Flow
     from prefect.types.entrypoint import EntrypointType
 
-    from deployments import PROJECT_ROOT, load_flow, specs
+    from deployments import PROJECT_ROOT, apply_crashed_runs_automation, job_variables, load_flow, specs
     from tasks.limits import ensure_limits
 
     if args.command == "serve":
@@ -395,6 +395,7 @@ def _run_deployments(args: argparse.Namespace) -> int:
         try:
             with prefect_api():  # PREFECT_API_URL, or a Prefect server with its scheduler started here
                 ensure_limits(settings)
+                _apply_automation(settings, apply_crashed_runs_automation)
                 deps = [
                     load_flow(s.entrypoint).to_deployment(
                         name=s.name, description=s.description, interval=s.interval,
@@ -403,21 +404,31 @@ def _run_deployments(args: argparse.Namespace) -> int:
                     )
                     for s in specs(settings)
                 ]
-                return serve(deps, limit=args.limit)
+                return serve(deps, limit=args.limit, heartbeat_seconds=settings.archive_heartbeat_seconds)
         except ServeError as exc:
             print(f"rtk-archiver: {exc}", file=sys.stderr)
             return EXIT_FAILED
     ensure_limits(settings)
     _ensure_pool(args.pool)
+    _apply_automation(settings, apply_crashed_runs_automation)
     for s in specs(settings):
         Flow.from_source(source=str(PROJECT_ROOT), entrypoint=s.entrypoint).deploy(
             name=s.name, work_pool_name=args.pool, description=s.description, interval=s.interval,
             concurrency_limit=s.concurrency_limit, parameters=s.parameters, triggers=s.triggers or None,
+            job_variables=job_variables(settings),  # the flow-run processes' heartbeats
             print_next_steps=False,
         )
         print(f"deployed {s.full_name} on work pool {args.pool!r}")
     print(f"start workers with: prefect worker start --pool {args.pool}")
     return EXIT_OK
+
+
+def _apply_automation(settings, apply) -> None:
+    """The automation that marks runs whose heartbeats stopped Crashed (deployments/)."""
+    outcome = apply(settings)
+    print(f"automation rtk-archiver-crash-dead-runs {outcome}: a run without a heartbeat for "
+          f"{settings.archive_crashed_after_seconds} s is marked Crashed (heartbeats every "
+          f"{settings.archive_heartbeat_seconds} s)", flush=True)
 
 
 def _run_webhook(args: argparse.Namespace) -> int:

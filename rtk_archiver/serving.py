@@ -20,6 +20,13 @@ it to be:
 
 A second signal while stopping exits at once (status 128 + signal), as does a stop that takes
 longer than ``STOP_TIMEOUT_SECONDS``.
+
+SIGKILL (``kill -9``, the OOM killer) cannot be handled; the flow-run processes serve started
+die with it all the same (``follow_serve``, run by every flow-run process when it imports the
+flows: ``PR_SET_PDEATHSIG`` with SIGKILL), so a restarted serve never works beside runs of the
+dead one. Those runs then stop heartbeating, and the deployments' automation marks them Crashed
+after ``ARCHIVE_CRASHED_AFTER_SECONDS`` (``deployments.crashed_runs_automation``); the next
+poll, or a rerun, archives their recordings (README, "When a run dies").
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 STOP_TIMEOUT_SECONDS = 30.0
+#: set by serve for the flow-run processes it starts: its pid (see ``follow_serve``)
+SERVE_PID_ENV = "RTK_ARCHIVER_SERVE_PID"
+PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVER_STARTUP_TIMEOUT_SECONDS = 180.0  # the first start migrates a new database
 SERVER_LOG_NAME = "rtk-archiver-server.log"
@@ -110,11 +120,14 @@ os.execv(sys.executable, [sys.executable, "-m", "prefect", *sys.argv[2:]])
 """
 
 
-def serve(deployments: Sequence[Any], *, limit: int | None = None) -> int:
-    """Serve ``deployments`` (RunnerDeployment) until SIGTERM/SIGINT; returns the exit status."""
+def serve(deployments: Sequence[Any], *, limit: int | None = None, heartbeat_seconds: int | None = None) -> int:
+    """Serve ``deployments`` (RunnerDeployment) until SIGTERM/SIGINT; returns the exit status.
+    ``heartbeat_seconds``: the flow-run processes' heartbeat period (ARCHIVE_HEARTBEAT_SECONDS)."""
     from prefect.runner import Runner
 
-    runner = Runner(limit=limit, pause_on_shutdown=True)
+    # inherited by every flow-run process: they die with this one (follow_serve)
+    os.environ[SERVE_PID_ENV] = str(os.getpid())
+    runner = Runner(limit=limit, pause_on_shutdown=True, heartbeat_seconds=heartbeat_seconds)
     for deployment in deployments:
         runner.add_deployment(deployment)
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
@@ -164,3 +177,32 @@ async def _stop(runner: Any, running: asyncio.Future) -> None:
         await running
     except asyncio.CancelledError:
         pass
+
+
+def follow_serve() -> None:
+    """In a flow-run process started by ``serve``: die with serve, however serve ends (Linux:
+    the kernel sends SIGKILL when serve's process ends, ``PR_SET_PDEATHSIG``). A serve that is
+    already gone: exit now, run nothing. Anywhere else (the CLI, a worker's flow runs, serve
+    itself): nothing. Called once per process when the flows are imported (``flows/__init__``).
+
+    SIGKILL, not SIGTERM: the process ends at once, as if its host were lost, which every
+    write path already survives (nothing partial at a final name; a stale temp file is
+    removed by the next write of that name); a SIGTERMed run would wait for its transfer
+    threads and keep transferring beside the restarted serve."""
+    raw = os.environ.get(SERVE_PID_ENV, "")
+    if not raw.isdigit() or int(raw) == os.getpid():
+        return
+    serve_pid = int(raw)
+    os.environ.pop(SERVE_PID_ENV, None)  # not for processes this one starts
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)  # this process's own libc: no library look-up
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # not Linux: the heartbeat automation still marks such runs Crashed
+        return
+    if os.getppid() != serve_pid:  # serve died before the line above
+        print(f"rtk-archiver: the serve process ({serve_pid}) that started this flow run is gone: not running it",
+              file=sys.stderr, flush=True)
+        os._exit(1)

@@ -23,6 +23,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 #: the longest wait between two task retries (ARCHIVE_RETRY_DELAY_SECONDS x 3^(retries - 1))
 MAX_RETRY_WAIT_SECONDS = 24 * 3600
+#: flow-run heartbeats: Prefect's minimum period (flows.heartbeat_frequency >= 30) and ours
+MIN_HEARTBEAT_SECONDS = 30
+DEFAULT_HEARTBEAT_SECONDS = 30
+#: a run is marked Crashed no sooner than one heartbeat period plus this after its last heartbeat
+CRASH_MARGIN_SECONDS = 15
 
 
 class SettingsError(Exception):
@@ -125,6 +130,18 @@ class Settings(BaseSettings):
         description="A delivery id or (recording, status) seen within this long is acknowledged and ignored.",
     )
 
+    # --- Dead runs (README "When a run dies") -------------------------------------------------
+    archive_heartbeat_seconds: int = Field(
+        default=DEFAULT_HEARTBEAT_SECONDS, ge=MIN_HEARTBEAT_SECONDS, le=3600,
+        description="Seconds between a flow run's heartbeat events, on every path (Prefect's "
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY, formerly PREFECT_RUNNER_HEARTBEAT_FREQUENCY; Prefect's minimum is 30).",
+    )
+    archive_crashed_after_seconds: int = Field(
+        default=120, ge=MIN_HEARTBEAT_SECONDS + CRASH_MARGIN_SECONDS, le=24 * 3600,
+        description="A run of the archiver's flows without a heartbeat for this long is marked Crashed by the "
+        "deployments' automation (at least ARCHIVE_HEARTBEAT_SECONDS + 15).",
+    )
+
     @field_validator("cloudflare_api_token")
     @classmethod
     def _token(cls, v: SecretStr) -> SecretStr:
@@ -154,6 +171,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"ARCHIVE_RETRY_DELAY_SECONDS x 3^(ARCHIVE_TASK_RETRIES - 1), the longest wait between retries, "
                 f"must be at most {MAX_RETRY_WAIT_SECONDS} seconds (one day): lower either"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _crash_window(self) -> "Settings":
+        if self.archive_crashed_after_seconds < self.archive_heartbeat_seconds + CRASH_MARGIN_SECONDS:
+            raise ValueError(
+                f"ARCHIVE_CRASHED_AFTER_SECONDS must be at least ARCHIVE_HEARTBEAT_SECONDS + {CRASH_MARGIN_SECONDS} "
+                "(a live run would be marked Crashed between two heartbeats)"
             )
         return self
 
@@ -225,3 +251,26 @@ def project_defaults() -> dict[str, str]:
 def apply_project_defaults() -> None:
     for key, value in project_defaults().items():
         os.environ.setdefault(key, value)
+    os.environ.update(flow_run_env())
+
+
+def heartbeat_seconds_from_env() -> int:
+    """``ARCHIVE_HEARTBEAT_SECONDS`` read before anything else (the settings as a whole may
+    not load yet: a missing token): the default when unset or invalid (``load_settings`` then
+    names the bad variable)."""
+    raw = os.environ.get("ARCHIVE_HEARTBEAT_SECONDS", "").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        return DEFAULT_HEARTBEAT_SECONDS
+    return value if MIN_HEARTBEAT_SECONDS <= value <= 3600 else DEFAULT_HEARTBEAT_SECONDS
+
+
+def flow_run_env(settings: Settings | None = None) -> dict[str, str]:
+    """Prefect settings every flow-run process of the archiver runs with, on every path: the
+    CLI (``apply_project_defaults``), ``serve``'s runner (``rtk_archiver.serving``) and the work
+    pool's processes (the deployments' job variables, ``deployments/``). Their heartbeats are
+    what the deployments' automation watches (``deployments.crashed_runs_automation``): it
+    marks a run Crashed after ``ARCHIVE_CRASHED_AFTER_SECONDS`` without one."""
+    seconds = settings.archive_heartbeat_seconds if settings is not None else heartbeat_seconds_from_env()
+    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(seconds)}
