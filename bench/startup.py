@@ -83,7 +83,7 @@ wrap(cli, "_run_flow_directly", "direct run: starts", "direct run: flow returned
 wrap(cli, "print_report", None, "report printed")
 if os.environ.get("RTK_BENCH_FORCE_API") == "1" and hasattr(cli, "_runs_without_prefect_api"):
     cli._runs_without_prefect_api = lambda *a, **kw: False
-code = cli.main(sys.argv[1:])
+code = cli.main()  # as the console script calls it (the arguments from sys.argv)
 mark("main returned")
 sys.exit(code)
 """

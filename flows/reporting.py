@@ -18,6 +18,13 @@ from rtk_archiver.display import markdown_text, printable
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
 from storage_backends.credentials import prefect_api_available
 
+
+def _in_prefect_run() -> bool:
+    """Artifacts belong to a flow or task run (none when ``flows.direct`` runs a flow's body)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
 class Progress:
     """A progress artifact for long runs, updated at most every ``every`` seconds."""
 
@@ -25,7 +32,7 @@ class Progress:
         self.total, self.done, self.every = total, 0, every
         self.last = time.monotonic()
         self.artifact_id = None
-        if total and prefect_api_available():
+        if total and _in_prefect_run():
             self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
 
     def advance(self) -> None:
@@ -51,7 +58,7 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
 
 
 def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
-    if not prefect_api_available():
+    if not _in_prefect_run():
         return
     rows = [
         {

@@ -228,3 +228,15 @@ def test_a_garbage_signal_number_from_an_interrupted_wait_is_not_a_stop_request(
     monkeypatch.setattr(interrupt.signal, "sigtimedwait", fake_wait)
     interrupt._watch(1.0, done)
     assert not interrupt.requested()
+
+
+def test_startup_benchmark_runs(tmp_path):
+    """bench/startup.py still runs (its figure is not checked here: see BENCHMARKS.md)."""
+    env = {"RTK_BENCH_RESULTS": str(tmp_path), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "bench.startup", "--runs", "1", "--variants", "archive-one"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "startup.json").read_text())
+    one = data["results"]["this checkout: archive-one"]
+    assert one["runs"] == 1 and one["seconds"] > 0 and 0 < one["max_rss_mib"] < 1000
+    assert "direct run: flow returned" in [p["phase"] for p in one["phases"]]
