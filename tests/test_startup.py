@@ -225,9 +225,16 @@ def test_a_garbage_signal_number_from_an_interrupted_wait_is_not_a_stop_request(
             done.set()
             return None
 
+    def exit_now(signum, why):
+        raise AssertionError(f"would exit the process: {why}")
+
     monkeypatch.setattr(interrupt.signal, "sigtimedwait", fake_wait)
-    interrupt._watch(1.0, done)
-    assert not interrupt.requested()
+    monkeypatch.setattr(interrupt, "_exit_now", exit_now)
+    try:
+        interrupt._watch(0.5, done)
+        assert not interrupt.requested()
+    finally:
+        interrupt.reset()
 
 
 def test_startup_benchmark_runs(tmp_path):
