@@ -31,14 +31,10 @@ from contextvars import ContextVar
 from typing import Any
 
 from rtk_archiver import interrupt
+from rtk_archiver.naming import redact_urls
 
 LOGGER = "rtk_archiver"
 _pool: ContextVar[ThreadPoolExecutor | None] = ContextVar("rtk_direct_pool", default=None)
-
-
-def active() -> bool:
-    """True while a flow body runs here (``run``), i.e. without Prefect's engine."""
-    return _pool.get() is not None
 
 
 def logger() -> logging.Logger:
@@ -93,13 +89,12 @@ class DirectTask:
             except Exception as exc:
                 if attempt >= self.retries or not self._retry(exc):
                     why = "retries are exhausted" if attempt >= self.retries and self.retries else "not retried"
-                    logger().error("Task run %r failed (%s): %s: %s", self.name, why, type(exc).__name__, exc)
+                    logger().error("Task run %r failed (%s): %s", self.name, why, _describe(exc))
                     raise
                 delay = self.delays[min(attempt, len(self.delays) - 1)]
                 attempt += 1
                 logger().warning(
-                    "Task run %r failed: %s: %s - retry %d/%d in %g second(s)",
-                    self.name, type(exc).__name__, exc, attempt, self.retries, delay,
+                    "Task run %r failed: %s - retry %d/%d in %g second(s)", self.name, _describe(exc), attempt, self.retries, delay
                 )
                 interrupt.sleep(delay)
 
@@ -117,24 +112,35 @@ class DirectTask:
         return DirectFuture(self._pool.submit(self.run, *args, **kwargs))
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception for the log, without the signed query of a download URL in it."""
+    return redact_urls(f"{type(exc).__name__}: {exc}")
+
+
 def direct_task(task: Any, retries: int, delays: list[float]) -> DirectTask | None:
     """The task as run by ``run`` (None outside one: Prefect runs it)."""
     pool = _pool.get()
     return DirectTask(task, retries, delays, pool) if pool is not None else None
 
 
-def _console_logging() -> None:
-    """The run's log lines on stderr, as Prefect's console handler shows them."""
+@contextmanager
+def _console_logging() -> Iterator[None]:
+    """The run's log lines on stderr, as Prefect's console handler shows them (the logger is
+    left as it was afterwards)."""
     log = logger()
-    if any(getattr(h, "_rtk_direct", False) for h in log.handlers):
-        return
+    saved = (log.level, log.propagate)
     handler = logging.StreamHandler(sys.stderr)
-    handler._rtk_direct = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
     level = os.environ.get("PREFECT_LOGGING_LEVEL", "INFO").upper()
+    log.addHandler(handler)
     log.setLevel(level if isinstance(logging.getLevelName(level), int) else logging.INFO)
     log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 @contextmanager
@@ -154,19 +160,18 @@ def run(flow: Any, max_workers: int, **parameters: Any) -> tuple[object, str | N
     exception the body raised."""
     from prefect.states import State
 
-    _console_logging()
     name = getattr(flow, "name", None) or flow.fn.__name__
-    logger().info("Running %s without a Prefect API (PREFECT_API_URL is not set)", name)
-    with running(max_workers):
-        try:
-            returned = flow.fn(**parameters)
-        except Exception as exc:  # noqa: BLE001 - the run's failure, reported like Prefect's
-            message = f"Flow run encountered an exception: {type(exc).__name__}: {exc}"
-            logger().error("Finished in state Failed(%r)", message)
-            return exc, message
-    if isinstance(returned, State):
-        data = returned.data
-        logger().info("Finished in state %s(%r)", returned.type.value.title(), returned.message)
-        return data, returned.message
-    logger().info("Finished in state Completed()")
-    return returned, None
+    with _console_logging():
+        logger().info("Running %s without a Prefect API (PREFECT_API_URL is not set)", name)
+        with running(max_workers):
+            try:
+                returned = flow.fn(**parameters)
+            except Exception as exc:  # noqa: BLE001 - the run's failure, reported like Prefect's
+                message = f"Flow run encountered an exception: {_describe(exc)}"
+                logger().error("Finished in state Failed(%r)", message)
+                return exc, message
+        if isinstance(returned, State):
+            logger().info("Finished in state %s(%r)", returned.type.value.title(), returned.message)
+            return returned.data, returned.message
+        logger().info("Finished in state Completed()")
+        return returned, None
