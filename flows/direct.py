@@ -37,6 +37,11 @@ LOGGER = "rtk_archiver"
 _pool: ContextVar[ThreadPoolExecutor | None] = ContextVar("rtk_direct_pool", default=None)
 
 
+def active() -> bool:
+    """True while a flow body runs here (``run``), without Prefect's engine and API."""
+    return _pool.get() is not None
+
+
 def logger() -> logging.Logger:
     return logging.getLogger(LOGGER)
 

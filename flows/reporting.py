@@ -16,14 +16,7 @@ from prefect.events import emit_event
 
 from rtk_archiver.display import markdown_text, printable
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
-from storage_backends.credentials import prefect_api_available
-
-
-def _in_prefect_run() -> bool:
-    """Artifacts belong to a flow or task run (none when ``flows.direct`` runs a flow's body)."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+from flows import direct
 
 class Progress:
     """A progress artifact for long runs, updated at most every ``every`` seconds."""
@@ -32,7 +25,7 @@ class Progress:
         self.total, self.done, self.every = total, 0, every
         self.last = time.monotonic()
         self.artifact_id = None
-        if total and _in_prefect_run():
+        if total and not direct.active():
             self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
 
     def advance(self) -> None:
@@ -48,7 +41,7 @@ EVENT_FOR = {OutcomeKind.ARCHIVED: "rtk.recording.archived", OutcomeKind.FAILED:
 
 def emit_outcome_event(outcome: RecordingOutcome) -> None:
     name = EVENT_FOR.get(outcome.kind)
-    if name is None or not prefect_api_available():
+    if name is None or direct.active():
         return
     emit_event(
         event=name,
@@ -58,7 +51,7 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
 
 
 def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
-    if not _in_prefect_run():
+    if direct.active():
         return
     rows = [
         {

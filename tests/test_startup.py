@@ -117,11 +117,13 @@ def _args(recording_id: str = "rec-1", destination: str | None = None) -> argpar
 
 @pytest.fixture
 def no_api(archiver_env, monkeypatch):
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    from prefect.settings import get_current_settings
+    """No Prefect API configured (the session's test harness may have set one in-process)."""
+    from types import SimpleNamespace
 
-    if get_current_settings().api.url:
-        pytest.skip("a Prefect API is configured in this process")
+    import prefect.settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(prefect.settings, "get_current_settings", lambda: SimpleNamespace(api=SimpleNamespace(url=None)))
     return archiver_env
 
 
@@ -142,6 +144,13 @@ def test_only_runs_that_cannot_need_a_credentials_block_go_without_prefect(no_ap
     monkeypatch.setenv("ARCHIVE_CREDENTIAL_BLOCKS", "false")
     assert _runs_without_prefect_api(_args(s3["id"]), load_settings())
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a server: the run belongs there
+    assert not _runs_without_prefect_api(_args(plain["id"]), settings)
+    monkeypatch.delenv("PREFECT_API_URL")  # ... also when chosen in-process (a test harness)
+    from types import SimpleNamespace
+
+    import prefect.settings
+
+    monkeypatch.setattr(prefect.settings, "get_current_settings", lambda: SimpleNamespace(api=SimpleNamespace(url="http://127.0.0.1:9/api")))
     assert not _runs_without_prefect_api(_args(plain["id"]), settings)
 
 
