@@ -42,6 +42,7 @@ BENCH_ARGS ?=
 bench: bench-deps
 	$(BIN)/python -m bench.listing
 	$(BIN)/python -m bench.small
+	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.large $(BENCH_ARGS)
 	$(BIN)/python -m bench.webhook
 	$(BIN)/python -m bench.report

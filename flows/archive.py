@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 
@@ -18,6 +18,7 @@ from flows.watchdog import watch_for_loss
 from flows.windows import resolve_window
 from flows.reporting import Progress, emit_outcome_event, publish_report
 from rtk_archiver.api import InvalidRecording
+from rtk_archiver.log import run_logger
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.plan import Action, Observed, RecordingPlan, Target, plan_run, targets_for
@@ -80,7 +81,7 @@ def archive_all(
     archive task per recording that needs a transfer, bounded by the task runner; one
     recording's failure never stops the others. ``force_ids``: archive these again over their
     own files even if they look archived (the scrub found them damaged)."""
-    logger = get_run_logger()
+    logger = run_logger()
     targets = targets_for(recordings, destination, settings.archive_default_destination)
     preload_backends({t.destination.kind for t in targets if t.destination is not None})
     plans = plan_run(targets, survey(targets, settings), force_ids)
@@ -151,7 +152,7 @@ def finish_report(report: ArchiveReport) -> ArchiveReport | State:
         emit_outcome_event(outcome)
     publish_report(report)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
-    get_run_logger().info("Summary: %s; %d bytes transferred", counts or "nothing to do", report.bytes_transferred)
+    run_logger().info("Summary: %s; %d bytes transferred", counts or "nothing to do", report.bytes_transferred)
     return run_state(report)
 
 

@@ -1,5 +1,6 @@
 """What a run shows in the Prefect UI: a table artifact per recording, a markdown summary,
-and one event per archived or failed recording (for automations / notifications)."""
+and one event per archived or failed recording (for automations / notifications). None of
+them without a Prefect API to send them to (a flow body run by ``flows.direct``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from prefect.events import emit_event
 
 from rtk_archiver.display import markdown_text, printable
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
+from flows import direct
 
 class Progress:
     """A progress artifact for long runs, updated at most every ``every`` seconds."""
@@ -22,7 +24,9 @@ class Progress:
     def __init__(self, total: int, every: float = 2.0) -> None:
         self.total, self.done, self.every = total, 0, every
         self.last = time.monotonic()
-        self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive") if total else None
+        self.artifact_id = None
+        if total and not direct.active():
+            self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
 
     def advance(self) -> None:
         self.done += 1
@@ -37,7 +41,7 @@ EVENT_FOR = {OutcomeKind.ARCHIVED: "rtk.recording.archived", OutcomeKind.FAILED:
 
 def emit_outcome_event(outcome: RecordingOutcome) -> None:
     name = EVENT_FOR.get(outcome.kind)
-    if name is None:
+    if name is None or direct.active():
         return
     emit_event(
         event=name,
@@ -47,6 +51,8 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
 
 
 def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
+    if direct.active():
+        return
     rows = [
         {
             # text from the API (ids, names, reasons) with control / bidi characters escaped

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.direct import direct_task
 from rtk_archiver.settings import Settings, SettingsError, load_settings
 
 DEFAULT_MAX_CONCURRENT = 4
@@ -26,6 +27,10 @@ def retry_delays(settings: Settings) -> list[float]:
 
 
 def retrying(task: Any, settings: Settings) -> Any:
+    # a flow body the CLI runs without Prefect (flows/direct.py) runs its tasks itself
+    direct = direct_task(task, settings.archive_task_retries, retry_delays(settings))
+    if direct is not None:
+        return direct
     return task.with_options(retries=settings.archive_task_retries, retry_delay_seconds=retry_delays(settings))
 
 

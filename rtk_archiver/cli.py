@@ -187,12 +187,21 @@ def _run_archive(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     from rtk_archiver import interrupt
-    from rtk_archiver.prefect_api import PrefectAPIError, private_prefect_api
 
     result: object = None
     message: str | None = None
+    if args.command == "archive-one" and _runs_without_prefect_api(args, settings):
+        try:
+            result, message = _run_flow_directly(args, settings)
+        except interrupt.Interrupted:
+            pass
+        return _finish_archive(args, result, message)
+
+    from rtk_archiver.prefect_api import PrefectAPIError, private_prefect_api
+
     try:
-        with private_prefect_api():
+        # Prefect and the flows are imported while the private API server starts
+        with private_prefect_api(while_starting=_import_flows):
             try:
                 result, message = _run_flow(args, settings)
             finally:
@@ -203,6 +212,13 @@ def _run_archive(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     except interrupt.Interrupted:
         pass
+    return _finish_archive(args, result, message)
+
+
+def _finish_archive(args: argparse.Namespace, result: object, message: str | None) -> int:
+    """The summary table, the --report file and the exit status of an archive run."""
+    from rtk_archiver import interrupt
+
     if interrupt.requested():
         return _report_interrupted(args, result)
     if not isinstance(result, ArchiveReport):
@@ -212,6 +228,71 @@ def _run_archive(args: argparse.Namespace) -> int:
     if getattr(args, "report", None):
         args.report.write_text(result.model_dump_json(indent=2))
     return EXIT_FAILED if result.run_failure_message() else EXIT_OK
+
+
+def _import_flows() -> None:
+    import flows.archive  # noqa: F401 - Prefect and the flows (~2 s of CPU)
+
+
+def _runs_without_prefect_api(args: argparse.Namespace, settings) -> bool:
+    """Whether ``archive-one`` runs its flow's body here, without Prefect's engine and API
+    (``flows.direct``), instead of starting a private Prefect API server for one recording
+    (~6 s of CPU, most of the run's time: see BENCHMARKS.md, "CLI start-up").
+
+    Only when no Prefect server is configured (``PREFECT_API_URL``: the run belongs there,
+    with its limits, history and events), and the run cannot need a credentials Block:
+    ``ARCHIVE_CREDENTIAL_BLOCKS=false``, or the recording goes to a local directory. Blocks
+    live in Prefect's database, which only its API reads; a recording going to S3, GCS,
+    Azure or SFTP with blocks enabled still runs on the private API, as before."""
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    if "prefect" in sys.modules:  # a caller (a test harness) may have chosen an API in-process
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().api.url:
+            return False
+    if not settings.archive_credential_blocks:
+        return True
+    return _needs_no_credentials(args, settings)
+
+
+def _needs_no_credentials(args: argparse.Namespace, settings) -> bool:
+    """True when every destination the recording can go to is a local directory. Without
+    ``--destination`` the recording's storage_config decides: it is fetched once (no retry;
+    when that fails the run takes the usual path, which retries)."""
+    from rtk_archiver.plan import targets_for
+    from storage_backends import parse_destination_url
+    from storage_backends.registry import REGISTRY
+
+    def local(url: str | None) -> bool:
+        return url is None or REGISTRY[parse_destination_url(url).kind].addressing == "path"
+
+    if args.destination:
+        return local(args.destination)
+    from rtk_archiver.api import RealtimeKitAPI
+
+    try:
+        with RealtimeKitAPI(settings.model_copy(update={"api_max_retries": 0})) as api:
+            recording = api.get_recording(args.recording_id)
+    except Exception:  # noqa: BLE001 - the usual path reports it (with retries)
+        return False
+    targets = targets_for([recording], None, settings.archive_default_destination)
+    return all(t.destination is None or REGISTRY[t.destination.kind].addressing == "path" for t in targets)
+
+
+def _run_flow_directly(args: argparse.Namespace, settings) -> tuple[object, str | None]:
+    """``archive-one``'s flow body without Prefect's engine (``flows.direct``): the same
+    plan, tasks, outcomes and report; a failed run's report comes with its state's message."""
+    from flows import direct
+    from flows.archive import RecordingsFailed, archive_one
+
+    result, message = direct.run(
+        archive_one, settings.archive_max_concurrent,
+        recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run,
+    )
+    if isinstance(result, RecordingsFailed):
+        return result.report, message
+    return result, message
 
 
 def _report_interrupted(args: argparse.Namespace, result: object) -> int:
@@ -507,6 +588,17 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _dispatch(argv)
+    if argv is None:  # the process's own command line: it exits next
+        # the interpreter's teardown walked every object Prefect and pydantic created (0.6-0.8 s
+        # of CPU, a quarter of an archive-one run); frozen objects are left to the exit
+        import gc
+
+        gc.freeze()
+    return code
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("archive", "archive-one", "demo"):
         # Ctrl-C / SIGTERM: transfers stop cleanly, the summary says what was not done, and

@@ -116,7 +116,10 @@ def _exit_now(signum: int, why: str) -> None:
 def _watch(grace: float, done: threading.Event) -> None:
     while True:
         info = signal.sigtimedwait(SIGNALS, 0.5)
-        if info is not None:
+        # CPython returns an uninitialised siginfo (a signal number like 1198092880) when
+        # the wait is interrupted (EINTR: a stop / continue, another signal) just as its
+        # timeout runs out: only SIGINT / SIGTERM are stop requests
+        if info is not None and info.si_signo in SIGNALS:
             break
         if done.is_set():  # the run ended without a signal
             return
@@ -133,7 +136,7 @@ def _watch(grace: float, done: threading.Event) -> None:
         if left <= 0:
             _exit_now(signum, f"the run did not stop within {grace:.0f} s of {name}: exiting now")
         info = signal.sigtimedwait(SIGNALS, left)
-        if info is not None:
+        if info is not None and info.si_signo in SIGNALS:
             _exit_now(info.si_signo, f"{signal_name(info.si_signo)} again: exiting at once")
 
 
