@@ -23,8 +23,17 @@ from tasks.listing import get_recording, list_meeting_recordings
 RecordingIds = Annotated[list[Identifier], Checked(ID_LIST_RULES)]
 
 EMPTY_REQUEST = "recording_ids, a meeting_id, or both"
-#: neither recording_ids nor meeting_id (absent, empty or null): what the server refuses
-_EMPTY = {"type": "object", "properties": {"recording_ids": {"maxItems": 0}, "meeting_id": {"type": "null"}}}
+#: neither recording_ids nor meeting_id (absent, empty or null): refused by the server; the
+#: error is put on recording_ids when it is there (the UI's form shows it under that field),
+#: else on the request
+_EMPTY_RULE = {
+    "if": {"type": "object", "properties": {"recording_ids": {"maxItems": 0}, "meeting_id": {"type": "null"}}},
+    "then": {
+        "if": {"required": ["recording_ids"]},
+        "then": {"properties": {"recording_ids": expect(EMPTY_REQUEST)}},
+        "else": expect(EMPTY_REQUEST),
+    },
+}
 
 
 class ManualRequest(BaseModel):
@@ -32,9 +41,7 @@ class ManualRequest(BaseModel):
 
     # unknown keys are refused (not stored with the run and ignored); the empty request is
     # refused by the server too (the JSON schema's if/then), not only by the check below
-    model_config = ConfigDict(
-        extra="forbid", hide_input_in_errors=True, json_schema_extra={"if": _EMPTY, "then": expect(EMPTY_REQUEST)}
-    )
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, json_schema_extra=_EMPTY_RULE)
 
     recording_ids: RecordingIds = Field(
         default_factory=list,

@@ -14,14 +14,22 @@ the whole 5,000-id list "... is too long", ``anyOf``: the whole request). ``cons
 exception: its message is "'<the constant>' was expected". So each rule here is an ``if``
 (what is refused) ``then`` (a ``const`` whose text says what is expected instead), chained
 with ``else`` so exactly one error comes out; keywords that would echo the value (pattern,
-maxLength, maxItems) are left out of the schema (pydantic still checks them in Python).
+maxLength, maxItems) are left out of the schema. A rule on an optional value sits on the
+whole ``X | None``, not inside ``anyOf`` (whose message is "<the value> is not valid under any
+of the given schemas"): ``anyOf`` is a weak match for ``best_match``, so the ``const`` wins.
+
+Where this cannot reach: keys of the top-level parameters that the flow does not take (Prefect's
+``ParameterSchema`` has no ``additionalProperties``), and a value whose type is wrong (``type``'s
+message repeats the value: "5 is not of type 'string'").
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -61,12 +69,17 @@ class Checked:
     def schema(self) -> dict[str, Any]:
         return refusals(*self.rules)
 
-    def first_refusal(self, value: Any) -> str | None:
-        """The message of the first rule ``value`` (JSON-like: str, list, dict, None) breaks."""
+    @cached_property
+    def _validators(self) -> list[tuple[Any, str]]:
         from jsonschema import Draft202012Validator
 
-        for when, message in self.rules:
-            if Draft202012Validator(when).is_valid(value):
+        return [(Draft202012Validator(when), message) for when, message in self.rules]
+
+    def first_refusal(self, value: Any) -> str | None:
+        """The message of the first rule ``value`` (JSON-like: str, list, dict, None) breaks
+        (checked with jsonschema, as the server does)."""
+        for validator, message in self._validators:
+            if validator.is_valid(value):
                 return message
         return None
 
@@ -104,7 +117,7 @@ DESTINATION_MAX_LENGTH = 2048
 
 #: a password in the URL's user part: ``scheme://user:password@host``, also ``%3A``-encoded
 #: (the user part is everything before the last '@' of the authority, as urllib reads it)
-_PASSWORD = r"^[A-Za-z][A-Za-z0-9+.-]*:(//)?[^/?#]*(:|%3[Aa])[^/?#]*@"
+_PASSWORD = r"^\s*[A-Za-z][A-Za-z0-9+.-]*:(//)?[^/?#]*(:|%3[Aa])[^/?#]*@"
 _CONTROL = r"[\u0000-\u001f\u007f-\u009f]"
 #: no '..' path segment (also %2e-encoded): the archive's root stays where the URL says
 _NO_DOT_DOT = r"(?!.*(/|%2[Ff])(\.|%2[Ee]){2}(/|%2[Ff]|\?|$))"
@@ -112,25 +125,31 @@ _PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2]
 _PATH = r"(/[^?#]*)?"
 
 
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
 def _scheme_pattern(kind: str) -> str:
+    """What ``parse_destination_url`` accepts for one backend (schemes in any case, as urllib)."""
     spec = REGISTRY[kind]
-    schemes = "(" + "|".join(spec.schemes) + ")://"
+    schemes = "(" + "|".join(_any_case(s) for s in spec.schemes) + ")"
     if spec.addressing == "path":
-        return schemes + r"(localhost)?/[^?#]*"
+        return schemes + r":(//(localhost)?/|/(?!/))[^?#]*"
     if spec.addressing == "host":
-        return schemes + r"[^/?#@:\s\[\]]+@([^/?#@:\s\[\]]+|\[[0-9A-Fa-f:.]+\])(:" + _PORT + ")?" + _PATH
+        return schemes + r"://[^/?#@:\s\[\]]+@([^/?#@:\s\[\]]+|\[[0-9A-Fa-f:.]+\])(:" + _PORT + "?)?" + _PATH
     query = ""
     if spec.options:
         option = "(" + "|".join(sorted(spec.options)) + ")=[^&#\\s]+"
-        query = r"(\?" + option + "(&" + option + ")*)?"
-    return schemes + r"[^/?#@:\s]+" + _PATH + query
+        query = r"(\?(" + option + "(&" + option + ")*)?)?"
+    return schemes + r"://[^/?#@:\s]+" + _PATH + query
 
 
 #: a URL with the scheme of a registered backend
 DESTINATION_PATTERN = SCHEME_PATTERN
 #: a destination URL the archiver accepts: a registered scheme, the parts its addressing
-#: takes (no user or port for buckets, a user for SFTP), only known storage options
-DESTINATION_URL_PATTERN = "^" + _NO_DOT_DOT + "(" + "|".join(_scheme_pattern(k) for k in REGISTRY) + ")$"
+#: takes (no user or port for buckets, a user for SFTP), only known storage options; spaces
+#: around it are ignored (as parse_destination_url does)
+DESTINATION_URL_PATTERN = "^ *" + _NO_DOT_DOT + "(" + "|".join(_scheme_pattern(k) for k in REGISTRY) + ") *$"
 
 DESTINATION_EXPECTED = (
     f"a destination URL such as {url_examples()} (bucket URLs take storage options as ?name=value, "

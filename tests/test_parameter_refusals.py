@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -180,8 +180,21 @@ ACCEPTED: dict[str, tuple[str, dict]] = {
 @dataclass
 class Deployed:
     server: PrefectServer
-    refusing: dict[str, str]  # full name -> deployment id (no run may ever be created)
-    accepting: dict[str, str]  # full name -> deployment id (for the accepted values)
+    client: SyncPrefectClient  # one client for the module (a new one per request costs ~1 s)
+    ids: dict[str, str]  # full name -> deployment id (a run an accepted case creates is deleted at once)
+
+    def runs(self, deployment_id: str) -> int:
+        return len(self.client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))))
+
+    def ask(self, deployment_id: str, parameters: dict) -> tuple[int, str]:
+        """Ask for a run: (409, the server's answer) or (201, ...) with the run deleted again."""
+        try:
+            run = self.client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+        except PrefectHTTPStatusError as exc:
+            return exc.response.status_code, exc.response.text
+        self.client.delete_flow_run(run.id)
+        return 201, f"accepted: run {run.id} was created"
 
 
 def _register(tag: str) -> dict[str, str]:
@@ -195,34 +208,18 @@ def _register(tag: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def deployed(prefect_server: PrefectServer) -> Iterator[Deployed]:
     tag = uuid.uuid4().hex[:8]
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
-        found = Deployed(prefect_server, _register(f"refusing-{tag}"), _register(f"accepting-{tag}"))
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}), get_client(sync_client=True) as client:
+        found = Deployed(prefect_server, client, _register(f"refusals-{tag}"))
         yield found
-        with get_client(sync_client=True) as client:
-            for dep in [*found.refusing.values(), *found.accepting.values()]:
-                client.delete_deployment(dep)
-
-
-def _runs(deployment_id: str) -> int:
-    with get_client(sync_client=True) as client:
-        return len(client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))))
-
-
-def _refused(deployment_id: str, parameters: dict) -> tuple[int, str]:
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
-        except PrefectHTTPStatusError as exc:
-            return exc.response.status_code, exc.response.text
-        client.delete_flow_run(run.id)
-        return 201, f"accepted: run {run.id} was created"
+        for dep in found.ids.values():
+            client.delete_deployment(dep)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_refused_before_a_run_exists(deployed, name):
     case = CASES[name]
-    dep = deployed.refusing[case.deployment]
-    status, body = _refused(dep, case.parameters)
+    dep = deployed.ids[case.deployment]
+    status, body = deployed.ask(dep, case.parameters)
     assert status == 409, f"{name}: {status} {body[:500]}"
     assert case.expected in body, body
     assert len(body) < 1200, f"{name}: a {len(body):,}-character answer: {body[:300]}..."
@@ -230,13 +227,13 @@ def test_refused_before_a_run_exists(deployed, name):
         assert part not in body, f"{name}: the answer repeats the refused value: {body[:500]}"
     if case.expected == PASSWORD:
         assert WHERE_CREDENTIALS_GO in body and "credentials block" in body  # says where credentials go
-    assert _runs(dep) == 0
+    assert deployed.runs(dep) == 0
 
 
 @pytest.mark.parametrize("name", list(ACCEPTED))
 def test_valid_parameters_are_accepted(deployed, name):
     deployment, parameters = ACCEPTED[name]
-    status, body = _refused(deployed.accepting[deployment], parameters)
+    status, body = deployed.ask(deployed.ids[deployment], parameters)
     assert status == 201, f"{name}: {body}"
 
 
@@ -244,7 +241,7 @@ def test_refused_secrets_are_stored_and_logged_nowhere(deployed):
     """Each secret is sent again here (so the test stands alone), then looked for in every
     file of the server's database (SQLite + WAL) and in its log."""
     for name, case in SECRET_CASES.items():
-        status, body = _refused(deployed.refusing[case.deployment], case.parameters)
+        status, body = deployed.ask(deployed.ids[case.deployment], case.parameters)
         assert status == 409 and case.secret not in body, name
     files = [p for p in Path(deployed.server.home).rglob("*") if p.is_file() and ".db" in p.name]
     assert files, f"no database under {deployed.server.home}"
@@ -253,13 +250,11 @@ def test_refused_secrets_are_stored_and_logged_nowhere(deployed):
         assert case.secret.encode() not in stored, f"{name}: the refused secret is in the server's database or log"
     # the check can see: a value that was accepted is found in the database
     marker = f"marker-{uuid.uuid4().hex}"
-    with get_client(sync_client=True) as client:
-        run = client.create_flow_run_from_deployment(deployed.accepting[MANUAL], parameters=manual(meeting_id=marker))
-        try:
-            stored = b"".join(p.read_bytes() for p in files)
-            assert marker.encode() in stored
-        finally:
-            client.delete_flow_run(run.id)
+    run = deployed.client.create_flow_run_from_deployment(deployed.ids[MANUAL], parameters=manual(meeting_id=marker))
+    try:
+        assert marker.encode() in b"".join(p.read_bytes() for p in files)
+    finally:
+        deployed.client.delete_flow_run(run.id)
 
 
 def test_a_direct_call_checks_the_same_rules():
@@ -278,3 +273,35 @@ def test_a_direct_call_checks_the_same_rules():
     with pytest.raises(ValidationError, match=EMPTY):
         ManualRequest()
     assert ManualRequest(recording_ids=["a"], destination="sftp://u@h:2222/~/x").destination == "sftp://u@h:2222/~/x"
+
+
+# URLs the schema accepts must be URLs the archiver can use (else the run is accepted and fails
+# later), and the README's forms must stay accepted.
+USABLE = [
+    "file:///srv/archive", "file:/srv/archive", "file://localhost/srv/a b", " s3://bucket/p ", "S3://bucket/p",
+    "s3://bucket", "s3://bucket/p?", "s3://b/p?storage_class=STANDARD_IA&sse=AES256", "gs://b/p?kms_key_name=k",
+    "gcs://b", "az://container/p?access_tier=Hot", "azure://c", "sftp://u@h", "sftp://u@h:/x", "sftp://u@h:65535/~/x",
+    "sftp://u%40corp@[2001:db8::1]:22/x", "SFTP://u@h/x",
+]
+UNUSABLE = [
+    "sftp://u:pw@h/x", "sftp://u%3Apw@h/x", "s3://k:s@b/p", "s3://k@b/p", "s3://b:9000/p", "s3://b/p?x=1",
+    "s3://b/p?storage_class=", "s3://b/p#f", "file://host/x", "file:///a/../b", "file:///x?sse=AES256", "ftp://h/x",
+    "sftp://h/x", "sftp://u@h:0/x", "sftp://u@h:65536/x", "sftp://u@h/x?y=1", "file:///a\tb", "", " ", "s3:/b",
+    "gs://", "file://", "az://c/%2E%2e/x",
+]
+
+
+@pytest.mark.parametrize("url", USABLE)
+def test_what_the_schema_accepts_the_archiver_can_use(url):
+    from flows.parameters import DESTINATION_RULES, Checked
+    from storage_backends import parse_destination_url
+
+    assert Checked(DESTINATION_RULES).first_refusal(url) is None
+    parse_destination_url(url)
+
+
+@pytest.mark.parametrize("url", UNUSABLE)
+def test_what_the_schema_refuses(url):
+    from flows.parameters import DESTINATION_RULES, Checked
+
+    assert Checked(DESTINATION_RULES).first_refusal(url) is not None
