@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture

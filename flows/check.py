@@ -5,8 +5,6 @@ It publishes the table as an artifact and fails when any destination fails.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
