@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 
 from prefect import flow
 from prefect.futures import PrefectFuture
@@ -15,6 +14,7 @@ from prefect.states import Failed, State
 
 from flows.runtime import ArchiveTaskRunner, retrying
 from flows.watchdog import watch_for_loss
+from flows.parameters import DestinationParam, OptionalDateTime
 from flows.windows import resolve_window
 from flows.reporting import Progress, emit_outcome_event, publish_report
 from rtk_archiver.api import InvalidRecording
@@ -158,9 +158,9 @@ def finish_report(report: ArchiveReport) -> ArchiveReport | State:
 
 @flow(name="archive-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def archive_recordings(
-    since: datetime | None = None,
-    until: datetime | None = None,
-    destination: str | None = None,
+    since: OptionalDateTime = None,
+    until: OptionalDateTime = None,
+    destination: DestinationParam = None,
     dry_run: bool = False,
 ) -> ArchiveReport:
     """Archive every recording that stopped in [since, until) (default: the last

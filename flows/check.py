@@ -5,11 +5,10 @@ It publishes the table as an artifact and fails when any destination fails.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.parameters import OptionalDateTime
 from flows.windows import DestinationParam
 from rtk_archiver.settings import load_settings
 from tasks.check import CheckReport, markdown_table, run_check
@@ -21,8 +20,8 @@ class DestinationCheckFailed(Exception):
 
 @flow(name="check-destinations", validate_parameters=True)
 def check_destinations(
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: OptionalDateTime = None,
+    until: OptionalDateTime = None,
     destination: DestinationParam = None,
     include_recordings: bool = True,
 ) -> CheckReport:

@@ -9,33 +9,52 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.archive import archive_all, finish_report, invalid_outcome
 from flows.runtime import ArchiveTaskRunner, retrying
+from flows.parameters import ID_LIST_RULES, MAX_IDS, Checked, Identifier, OptionalIdentifier, expect
 from flows.windows import DestinationParam
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.settings import load_settings
 from tasks.limits import ensure_limits
 from tasks.listing import get_recording, list_meeting_recordings
 
-Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+RecordingIds = Annotated[list[Identifier], Checked(ID_LIST_RULES)]
+
+EMPTY_REQUEST = "recording_ids, a meeting_id, or both"
+#: neither recording_ids nor meeting_id (absent, empty or null): refused by the server; the
+#: error is put on recording_ids when it is there (the UI's form shows it under that field),
+#: else on the request
+_EMPTY_RULE = {
+    "if": {"type": "object", "properties": {"recording_ids": {"maxItems": 0}, "meeting_id": {"type": "null"}}},
+    "then": {
+        "if": {"required": ["recording_ids"]},
+        "then": {"properties": {"recording_ids": expect(EMPTY_REQUEST)}},
+        "else": expect(EMPTY_REQUEST),
+    },
+}
 
 
 class ManualRequest(BaseModel):
-    """What to archive now."""
+    """What to archive now: recording ids, a meeting, or both."""
 
-    recording_ids: list[Identifier] = Field(
-        default_factory=list, max_length=1000, description="Recording ids to archive (from the RealtimeKit dashboard or API)."
+    # unknown keys are refused (not stored with the run and ignored); the empty request is
+    # refused by the server too (the JSON schema's if/then), not only by the check below
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, json_schema_extra=_EMPTY_RULE)
+
+    recording_ids: RecordingIds = Field(
+        default_factory=list,
+        description=f"Recording ids to archive (from the RealtimeKit dashboard or API), at most {MAX_IDS:,}.",
     )
-    meeting_id: Identifier | None = Field(default=None, description="Archive every finished recording of this meeting.")
+    meeting_id: OptionalIdentifier = Field(default=None, description="Archive every finished recording of this meeting.")
     destination: DestinationParam = None
     dry_run: bool = Field(default=False, description="Only report what would be archived.")
 
     @model_validator(mode="after")
     def _something(self) -> "ManualRequest":
         if not self.recording_ids and not self.meeting_id:
-            raise ValueError("give recording_ids, a meeting_id, or both")
+            raise ValueError(f"give {EMPTY_REQUEST}")
         return self
 
 

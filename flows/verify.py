@@ -24,7 +24,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.windows import DESTINATION_PATTERN
+from flows.parameters import DESTINATION_LIST_RULES, Checked, DestinationURL
 from rtk_archiver.models import OutcomeKind, Recording
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.settings import Settings, load_settings
@@ -35,13 +35,13 @@ from storage_backends import (
     destination_from_storage_config,
     parse_destination_url,
 )
+from storage_backends.registry import url_examples
 from tasks.verify import DestinationScrub, FileProblem, sidecar_keys, verify_destination
 
 EVENT_CORRUPT = "rtk.recording.corrupt"
 
-VerifyDestination = Annotated[
-    str, Field(pattern=DESTINATION_PATTERN, description="A destination URL: file:///path, s3://bucket/prefix, gs://bucket/prefix, sftp://user@host:port/path.")
-]
+VerifyDestination = Annotated[DestinationURL, Field(description=f"A destination URL: {url_examples()}.")]
+VerifyDestinations = Annotated[list[VerifyDestination] | None, Checked(DESTINATION_LIST_RULES)]
 
 
 class ScrubTarget(BaseModel):
@@ -116,7 +116,7 @@ def scrub_targets(urls: list[str], settings: Settings, recordings: list[Recordin
 
 @flow(name="verify-archive", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True)
 def verify_archive(
-    destinations: list[VerifyDestination] | None = Field(
+    destinations: VerifyDestinations = Field(
         None,
         description="Destinations to verify; empty: the default destination and every storage_config destination "
         "of the recordings in the lookback window.",

@@ -9,12 +9,8 @@ from typing import Annotated
 from pydantic import BaseModel, Field, model_validator
 
 from rtk_archiver.settings import Settings
-from storage_backends.registry import SCHEME_PATTERN, url_examples
-
-DESTINATION_PATTERN = SCHEME_PATTERN  # every registered backend's URL schemes
-DESTINATION_HELP = f"Archive everything here instead of each recording's storage_config: {url_examples()}."
-#: a destination override as a flow parameter: the UI form shows it, the server validates it
-DestinationParam = Annotated[str | None, Field(pattern=DESTINATION_PATTERN, description=DESTINATION_HELP)]
+# the destination parameter's rules (what the server refuses) live with the other parameters
+from flows.parameters import DESTINATION_HELP, DESTINATION_PATTERN, DestinationParam  # noqa: F401 - re-exported
 
 
 class Window(BaseModel):
