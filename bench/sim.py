@@ -27,7 +27,13 @@ def main() -> None:
     parser.add_argument("--max-per-page", type=int, default=100)
     parser.add_argument("--spread-hours", type=float, default=0.0,
                         help="stopped times spread evenly over this many hours before 2 h ago (default: 1 s apart)")
+    parser.add_argument("--retention-days", type=float, default=None,
+                        help="keep files on the simulated bucket this long (default: the simulator's 7 days)")
     args = parser.parse_args()
+    if args.retention_days:
+        from rtk_archiver.simulator import state as state_module
+
+        state_module.RETENTION = timedelta(days=args.retention_days)
 
     state = SimulatorState(url_ttl_seconds=6 * 3600, max_per_page=args.max_per_page)
     now = datetime.now(timezone.utc)
@@ -48,7 +54,10 @@ def main() -> None:
             "app_id": sim.app_id, "ids": ids, "sizes": sizes,
         }
         print(json.dumps(info), flush=True)
-        sys.stdin.read()  # until the benchmark closes our stdin (or exits)
+        for line in sys.stdin:  # until the benchmark closes our stdin (or exits)
+            if line.strip() == "downloads":  # how many downloads from byte 0 each file had
+                counts = {f"{rid}/{kind}": n for (rid, kind), n in state.downloads.items()}
+                print(json.dumps(counts), flush=True)
 
 
 if __name__ == "__main__":
