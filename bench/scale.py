@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -167,6 +168,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=4, help="flow runs at once per worker")
     parser.add_argument("--parallelism", type=int, default=4, help="the backfill's child runs at once")
     parser.add_argument("--per-window", type=int, default=None, help="the backfill's recordings_per_window (default: the flow's)")
+    parser.add_argument("--transfers", type=int, default=None,
+                        help="ARCHIVE_MAX_TRANSFERS_PER_BACKEND for the workers (default: the setting's default, 4)")
     parser.add_argument("--name", default="scale", help="results file name (bench/results/NAME.json)")
     args = parser.parse_args()
 
@@ -187,6 +190,8 @@ def main() -> int:
             "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
             "ARCHIVE_DEFAULT_DESTINATION": f"file://{dest}", "RTK_ARCHIVER_HOME": str(REPO),
         })
+        if args.transfers:
+            env["ARCHIVE_MAX_TRANSFERS_PER_BACKEND"] = str(args.transfers)
         log = open(tmpdir / "processes.log", "wb")
 
         def start(*cmd: str) -> subprocess.Popen:
@@ -247,6 +252,9 @@ def main() -> int:
         ok = archived(dest, sim.ids, sim.sizes)
         files = sum(1 for p in dest.rglob("*") if p.is_file())
         submitted = (tmpdir / "processes.log").read_text(errors="replace").count("submitting flow run")
+        # "Archived <id> (...) to ...: N bytes in X s": one archive task, from the start of its
+        # transfer step (waits for the recording lock and the transfer slot included) to its end
+        per_task = [float(m) for m in re.findall(r"bytes in ([0-9.]+) s", (tmpdir / "processes.log").read_text(errors="replace"))]
         worker_names = {line.split("'")[1] for line in (tmpdir / "processes.log").read_text(errors="replace").splitlines()
                         if "submitting flow run" in line and "'" in line}
 
@@ -274,6 +282,9 @@ def main() -> int:
         "api_latency_ms": {what: {"p50": 1000 * pct(v, 0.5), "p95": 1000 * pct(v, 0.95), "max": 1000 * max(v, default=float("nan")),
                                   "samples": len(v)} for what, v in sampler.latency.items()},
         "api_errors": sampler.errors, "database_bytes": db_bytes,
+        "transfers_per_backend": args.transfers or 4,
+        "archive_task_seconds": {"samples": len(per_task), "median": statistics.median(per_task) if per_task else None,
+                                 "p95": pct(per_task, 0.95), "max": max(per_task, default=None)},
     }
     print(f"{state['type']} in {seconds:.0f} s: {args.count / seconds:.1f} recordings/s; {ok}/{args.count} archived and "
           f"checked, {files} files, each downloaded once: {once} -> exactly once: {exact}")
@@ -281,6 +292,7 @@ def main() -> int:
           f"{task_runs} task runs; {len(worker_names)} worker(s) ran flow runs; database {db_bytes / 1e6:.0f} MB")
     print(f"  peak RSS (MiB, process trees): {result['peak_rss_mib']}")
     print(f"  CPU seconds: {result['cpu_seconds']}")
+    print(f"  archive task seconds (lock and slot waits included): {result['archive_task_seconds']}")
     print(f"  API latency (ms): {result['api_latency_ms']}, errors {sampler.errors}")
     save(args.name, result)
     return 0 if exact and state["type"] == "COMPLETED" else 1
