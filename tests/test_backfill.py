@@ -108,6 +108,7 @@ def _artifact(server, run_id: str, key: str):
     return json.loads(data) if isinstance(data, str) and data[:1] in "[{" else data
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_backfill_through_serve_fans_out_fails_with_a_window_and_runs_small_ones_itself(prefect_server, archiver_env, tmp_path):
     """~40-60 s on an idle machine: serve's start, a backfill of 2 child runs, a small re-run."""
