@@ -39,7 +39,8 @@ bench-deps: $(BENCH_STAMP)
 	@BENCH=1 scripts/install-system-deps.sh
 
 BENCH_ARGS ?=
-# bench.scale: 10,000 recordings through a Prefect server on PostgreSQL (long: see BENCHMARKS.md);
+# bench.scale: 10,000 recordings through a Prefect server on PostgreSQL: long (hours with per-recording
+# limits: ~35 min per 1,000 on a busy 2-core machine, see BENCHMARKS.md);
 # e.g. SCALE_ARGS="--count 2000" for a shorter run
 SCALE_ARGS ?=
 bench: bench-deps
