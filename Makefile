@@ -39,12 +39,18 @@ bench-deps: $(BENCH_STAMP)
 	@BENCH=1 scripts/install-system-deps.sh
 
 BENCH_ARGS ?=
+# bench.scale: 10,000 recordings through a Prefect server on PostgreSQL: long (hours with per-recording
+# limits: ~35 min per 1,000 on a busy 2-core machine, see BENCHMARKS.md);
+# e.g. SCALE_ARGS="--count 2000" for a shorter run
+SCALE_ARGS ?=
 bench: bench-deps
 	$(BIN)/python -m bench.listing
 	$(BIN)/python -m bench.small
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.large $(BENCH_ARGS)
 	$(BIN)/python -m bench.webhook
+	$(BIN)/python -m bench.backfill
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 	$(BIN)/python -m bench.report
 
 clean:

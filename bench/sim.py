@@ -25,7 +25,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=0, help="this many recordings of --size bytes")
     parser.add_argument("--size", type=int, default=64 * 1024)
     parser.add_argument("--max-per-page", type=int, default=100)
+    parser.add_argument("--spread-hours", type=float, default=0.0,
+                        help="stopped times spread evenly over this many hours before 2 h ago (default: 1 s apart)")
+    parser.add_argument("--retention-days", type=float, default=None,
+                        help="keep files on the simulated bucket this long (default: the simulator's 7 days)")
     args = parser.parse_args()
+    if args.retention_days:
+        from rtk_archiver.simulator import state as state_module
+
+        state_module.RETENTION = timedelta(days=args.retention_days)
 
     state = SimulatorState(url_ttl_seconds=6 * 3600, max_per_page=args.max_per_page)
     now = datetime.now(timezone.utc)
@@ -33,7 +41,8 @@ def main() -> None:
     sizes = list(args.sizes) + [args.size] * args.count
     for n, size in enumerate(sizes):
         rid = str(uuid.uuid5(uuid.NAMESPACE_OID, f"bench-{n}-{size}"))
-        stopped = now - timedelta(hours=2) - timedelta(seconds=n)  # all inside the last day, distinct
+        step = args.spread_hours * 3600 / len(sizes) if args.spread_hours else 1.0
+        stopped = now - timedelta(hours=2) - timedelta(seconds=n * step)  # default: inside the last day, distinct
         state.add_recording(
             id=rid, status="UPLOADED", file_size=size, audio=False, stopped_time=stopped,
             meeting_title=f"Bench {n}", output_file_name=f"bench-{n:05d}-{size}.mp4",
@@ -45,7 +54,10 @@ def main() -> None:
             "app_id": sim.app_id, "ids": ids, "sizes": sizes,
         }
         print(json.dumps(info), flush=True)
-        sys.stdin.read()  # until the benchmark closes our stdin (or exits)
+        for line in sys.stdin:  # until the benchmark closes our stdin (or exits)
+            if line.strip() == "downloads":  # how many downloads from byte 0 each file had
+                counts = {f"{rid}/{kind}": n for (rid, kind), n in state.downloads.items()}
+                print(json.dumps(counts), flush=True)
 
 
 if __name__ == "__main__":

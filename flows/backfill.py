@@ -1,11 +1,19 @@
-"""Backfills: archive a past date range, split into windows fanned out as child flow runs.
+"""Backfills: archive a past date range, planned from one listing of it.
 
-When the ``archive-recordings/archive-window`` deployment exists (``rtk-archiver serve`` or
-``prefect deploy --all``), each window is a flow run of that deployment, so a pool of
-workers shares the work, at most ``parallelism`` windows at once; otherwise the windows run
-as subflows of this run. Re-running over the same or an overlapping range is safe and
-cheap: archiving is idempotent (already archived recordings transfer 0 bytes), so an
-interrupted backfill is resumed by running it again.
+1. One listing of [start, end) (an ``end`` in the future is cut to now, and the run says so).
+2. ``flows.windows.plan_windows`` cuts the range where the recordings are, not by the clock:
+   each window holds about ``recordings_per_window`` recordings, and a big backfill has at
+   least ``parallelism`` windows so that it spreads over every worker.
+3. One window (a small backfill): this run archives the listed recordings itself, like
+   ``rtk-archiver archive --since --until`` (no child run, no second listing). Several: each
+   is a flow run of the ``archive-recordings/archive-window`` deployment (``rtk-archiver serve``
+   or ``prefect deploy --all``), at most ``parallelism`` at once over all workers; without that
+   deployment this run archives them all itself.
+
+The backfill fails when any window failed (its own recordings, or a child run that did not
+complete). Re-running over the same or an overlapping range is safe and cheap: archiving is
+idempotent (already archived recordings transfer 0 bytes), so an interrupted or failed backfill
+is resumed by running it again.
 """
 
 from __future__ import annotations
@@ -13,20 +21,59 @@ from __future__ import annotations
 import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from typing import Annotated
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field
 
-from pydantic import Field
-
-from flows.archive import archive_recordings
-from flows.windows import DESTINATION_HELP, DestinationParam, Window, split_range
+from flows.archive import archive_all, finish_report, invalid_outcome
+from flows.runtime import ArchiveTaskRunner, retrying
+from flows.watchdog import watch_for_loss
+from flows.windows import DESTINATION_HELP, DestinationParam, PlannedWindow, plan_windows
+from rtk_archiver.models import ArchiveReport
+from rtk_archiver.settings import load_settings
+from tasks.limits import ensure_limits
+from tasks.listing import list_recordings
 
 WINDOW_DEPLOYMENT = "archive-recordings/archive-window"
+DEFAULT_RECORDINGS_PER_WINDOW = 250
+
+
+class WindowResult(BaseModel):
+    window: str
+    since: datetime
+    until: datetime
+    recordings: int  # found by the planning listing
+    run: str  # "this run" or the child flow run's name
+    state: str
+    ok: bool
+    reason: str | None = None
+
+
+class BackfillReport(BaseModel):
+    start: datetime
+    end: datetime  # what was backfilled: the requested end, or now when that was in the future
+    requested_end: datetime
+    recordings: int
+    windows: list[WindowResult] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def failed(self) -> list[WindowResult]:
+        return [w for w in self.windows if not w.ok]
+
+
+class BackfillFailed(Exception):
+    """The data of a Failed backfill: the report rides along."""
+
+    def __init__(self, message: str, report: BackfillReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def _window_deployment_exists() -> bool:
@@ -38,49 +85,112 @@ def _window_deployment_exists() -> bool:
         return False
 
 
-@flow(name="backfill-recordings", validate_parameters=True)
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _label(w: PlannedWindow) -> str:
+    return f"window {w.since:%Y-%m-%d %H:%M:%S} to {w.until:%Y-%m-%d %H:%M:%S}"
+
+
+@flow(name="backfill-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def backfill(
     # constraints in the annotation, default and description in Field(): Prefect's form shows both
     start: datetime = Field(description="Start of the range (a past date or date-time, UTC if no zone)."),
-    end: datetime = Field(description="End of the range (not in the future)."),
-    window_hours: Annotated[float, Field(gt=0, le=24 * 31)] = Field(24, description="Size of each window, in hours."),
-    parallelism: Annotated[int, Field(ge=1, le=64)] = Field(4, description="Windows archived at once."),
+    end: datetime = Field(description="End of the range (UTC if no zone); a future end is cut to now."),
+    recordings_per_window: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        DEFAULT_RECORDINGS_PER_WINDOW,
+        description="Recordings per child run (planned from one listing); a backfill of no more runs in this run.",
+    ),
+    parallelism: Annotated[int, Field(ge=1, le=64)] = Field(4, description="Child runs at once (over all workers)."),
+    window_hours: Annotated[float, Field(gt=0, le=24 * 366)] | None = Field(
+        None, description="Optional: no window longer than this many hours (default: windows follow the recordings)."
+    ),
     destination: DestinationParam = Field(None, description=DESTINATION_HELP),
     dry_run: bool = Field(False, description="Only report what would be archived."),
-) -> list[dict]:
-    """Archive every recording that stopped in [start, end), window by window."""
+) -> BackfillReport:
+    """Archive every recording that stopped in [start, end), planned from one listing."""
     logger = get_run_logger()
-    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
-    end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
-    if end > datetime.now(timezone.utc) + timedelta(minutes=5):
-        raise ValueError("end must not be in the future: the scheduled poll covers what is still to come")
-    windows = split_range(start, end, timedelta(hours=window_hours))
-    fan_out = _window_deployment_exists()
+    settings = load_settings()
+    start, requested_end = _aware(start), _aware(end)
+    now = datetime.now(timezone.utc)
+    if start >= now:
+        raise ValueError(f"start ({start.isoformat()}) is in the future: nothing to backfill yet (the scheduled poll archives what is to come)")
+    if start >= requested_end:
+        raise ValueError(f"start ({start.isoformat()}) must be before end ({requested_end.isoformat()})")
+    end = min(requested_end, now)
+    report = BackfillReport(start=start, end=end, requested_end=requested_end, recordings=0)
+    if end < requested_end:
+        note = (f"end {requested_end.isoformat()} is in the future: backfilled up to now, {end.isoformat()}; "
+                "the scheduled poll archives what stops later")
+        report.notes.append(note)
+        logger.warning(note)
+    ensure_limits(settings)
+
+    listing = retrying(list_recordings, settings)(start, end)
+    times = [r.stopped_time or r.invoked_time for r in listing.recordings]
+    report.recordings = len(times)
+    windows = plan_windows(
+        start, end, times, per_window=recordings_per_window, parallelism=parallelism,
+        max_span=timedelta(hours=window_hours) if window_hours else None,
+    )
+    fan_out = len(windows) > 1 and _window_deployment_exists()
     logger.info(
-        "Backfill of %d window(s) from %s to %s, %d at once, as %s",
-        len(windows), start.isoformat(), end.isoformat(), parallelism,
-        "runs of " + WINDOW_DEPLOYMENT if fan_out else "subflows",
+        "Backfill of %d recording(s) from %s to %s: %s",
+        len(times), start.isoformat(), end.isoformat(),
+        f"{len(windows)} window(s) as runs of {WINDOW_DEPLOYMENT}, {parallelism} at once" if fan_out
+        else "archived by this run (no child runs)",
     )
 
-    def run(window: Window) -> dict:
-        params = {"since": window.since, "until": window.until, "destination": destination, "dry_run": dry_run}
-        name = f"window {window.since:%Y-%m-%d %H:%M} to {window.until:%Y-%m-%d %H:%M}"
-        if fan_out:
-            child = run_deployment(WINDOW_DEPLOYMENT, parameters=params, flow_run_name=name, timeout=None, poll_interval=2)
-            state = child.state
-        else:
-            state = archive_recordings.with_options(flow_run_name=name)(**params, return_state=True)
-        return {"window": name, "state": state.name if state else "unknown", "ok": bool(state and state.is_completed())}
-
     if fan_out:
+        def run(window: PlannedWindow) -> WindowResult:
+            params = {"since": window.since, "until": window.until, "destination": destination, "dry_run": dry_run}
+            child = run_deployment(WINDOW_DEPLOYMENT, parameters=params, flow_run_name=_label(window), timeout=None, poll_interval=2)
+            state = child.state
+            return WindowResult(
+                window=_label(window), since=window.since, until=window.until, recordings=window.recordings,
+                run=child.name, state=state.name if state else "unknown", ok=bool(state and state.is_completed()),
+                reason=(state.message or None) if state and not state.is_completed() else None,
+            )
+
         # each thread runs in a copy of this run's context, so the children are its subflows
         contexts = [contextvars.copy_context() for _ in windows]
         with ThreadPoolExecutor(max_workers=parallelism) as pool:
-            results = list(pool.map(lambda ctx, w: ctx.run(run, w), contexts, windows))
+            report.windows = list(pool.map(lambda ctx, w: ctx.run(run, w), contexts, windows))
     else:
-        results = [run(w) for w in windows]
-    create_table_artifact(table=results, key="rtk-backfill", description="Backfill windows")
-    failed = [r["window"] for r in results if not r["ok"]]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(windows)} window(s) did not complete: {', '.join(failed)}; run the backfill again to resume")
-    return results
+        # archive the listing here: one plan, one task runner, like `rtk-archiver archive`
+        archive = ArchiveReport(since=start, until=end, dry_run=dry_run)
+        archive.outcomes.extend(invalid_outcome(item) for item in listing.invalid)
+        archive.outcomes.extend(archive_all(listing.recordings, destination, dry_run, settings))
+        watch_for_loss(archive, listing.recordings, destination, settings)
+        finish_report(archive)  # events, the rtk-archive-report artifact, the summary line
+        failure = archive.run_failure_message()
+        whole = PlannedWindow(since=start, until=end, recordings=len(times))
+        report.windows = [WindowResult(
+            window=_label(whole), since=start, until=end, recordings=len(times), run="this run",
+            state="Completed" if failure is None else "Failed", ok=failure is None, reason=failure,
+        )]
+    return _finish(report)
+
+
+def _finish(report: BackfillReport) -> BackfillReport | State:
+    rows = [{"window": w.window, "recordings": w.recordings, "run": w.run, "state": w.state, "ok": w.ok,
+             "reason": w.reason or ""} for w in report.windows]
+    create_table_artifact(table=rows, key="rtk-backfill", description="Backfill windows")
+    lines = [
+        f"Backfill of **{report.recordings}** recording(s) from {report.start.isoformat()} to {report.end.isoformat()} "
+        f"in {len(report.windows)} window(s); {len(report.failed)} failed.",
+        *(f"- {note}" for note in report.notes),
+    ]
+    create_markdown_artifact(markdown="\n".join(lines), key="rtk-backfill-summary", description="Backfill summary")
+    if not report.failed:
+        return report
+    first = report.failed[0]
+    if first.run == "this run":
+        message = f"{first.reason or first.state}; run the backfill again to resume"
+    else:
+        names = ", ".join(w.window for w in report.failed[:10]) + (", ..." if len(report.failed) > 10 else "")
+        message = (f"{len(report.failed)} of {len(report.windows)} window(s) did not complete: {names}"
+                   + (f"; first: {first.state}: {first.reason}" if first.reason else "")
+                   + "; run the backfill again to resume")
+    return Failed(message=message[:1000], data=BackfillFailed(message, report))

@@ -61,7 +61,7 @@ def test_manual_form_schema():
     with pytest.raises(ValueError, match="recording_ids, a meeting_id"):
         ManualRequest()
     backfill_props = parameter_schema(backfill.fn).model_dump_for_openapi()["properties"]
-    assert backfill_props["window_hours"]["exclusiveMinimum"] == 0 and backfill_props["parallelism"]["minimum"] == 1
+    assert backfill_props["recordings_per_window"]["minimum"] == 1 and backfill_props["parallelism"]["minimum"] == 1
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -105,16 +105,19 @@ def test_poll_moves_its_mark_but_not_past_unfinished_recordings(env):
 @pytest.mark.usefixtures("prefect_harness")
 def test_backfill_in_windows_is_resumable(env):
     recs = [env.state.add_recording(file_size=2000 + i, stopped_time=NOW - timedelta(days=3, hours=i * 7)) for i in range(6)]
-    results = backfill(start=NOW - timedelta(days=5), end=NOW - timedelta(days=1), window_hours=24, parallelism=2)
-    assert len(results) == 4 and all(r["ok"] for r in results)
+    report = backfill(start=NOW - timedelta(days=5), end=NOW - timedelta(days=1), recordings_per_window=4, parallelism=2)
+    assert report.recordings == 6 and report.windows and all(w.ok for w in report.windows)
     for r in recs:
         assert (env.archive / r["output_file_name"]).stat().st_size == r["file_size"]
     # an overlapping re-run transfers nothing and changes nothing
     before = {p: p.stat().st_mtime_ns for p in env.archive.iterdir()}
     backfill(start=NOW - timedelta(days=4, hours=12), end=NOW - timedelta(days=2), window_hours=12)
     assert {p: p.stat().st_mtime_ns for p in env.archive.iterdir()} == before
+    # an end in the future: up to now, and said so; a start in the future: refused
+    report = backfill(start=NOW - timedelta(days=1), end=NOW + timedelta(days=2))
+    assert report.end < report.requested_end and "in the future" in report.notes[0]
     with pytest.raises(Exception, match="future"):
-        backfill(start=NOW, end=NOW + timedelta(days=2))
+        backfill(start=NOW + timedelta(hours=1), end=NOW + timedelta(days=2))
 
 
 @pytest.mark.usefixtures("prefect_harness")

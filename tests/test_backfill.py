@@ -1,0 +1,160 @@
+"""Backfills: windows planned from one listing (pure), and end to end through a real
+``prefect server`` + ``rtk-archiver serve``: small backfills run in the parent, big ones fan
+out to child runs of archive-window; a future end is cut to now; a failed window fails the
+backfill."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from flows.windows import MIN_RECORDINGS_PER_CHILD, plan_windows
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+T1 = T0 + timedelta(days=10)
+
+
+def spread(n: int, days: float = 10) -> list[datetime]:
+    return [T0 + timedelta(seconds=(i + 0.5) * days * 86400 / n) for i in range(n)]
+
+
+def check_cover(windows, times, start=T0, end=T1):
+    """Consecutive, no gap or overlap, over [start, end); every time in exactly one window, counted."""
+    assert windows[0].since == start and windows[-1].until == end
+    for a, b in zip(windows, windows[1:]):
+        assert a.until == b.since
+    for w in windows:
+        assert w.recordings == sum(1 for t in times if w.since <= t < w.until)
+    assert sum(w.recordings for w in windows) == sum(1 for t in times if start <= t < end)
+
+
+def test_small_backfill_is_one_window_over_the_whole_range():
+    times = spread(100)
+    windows = plan_windows(T0, T1, times, per_window=250, parallelism=4)
+    assert [(w.since, w.until, w.recordings) for w in windows] == [(T0, T1, 100)]
+    assert plan_windows(T0, T1, [], per_window=250, parallelism=4)[0].recordings == 0
+
+
+def test_big_backfill_is_balanced_by_count_not_hours():
+    # bursty: 900 recordings on day 2, 100 spread over the other days
+    times = sorted([T0 + timedelta(days=2, seconds=i) for i in range(900)] + spread(100))
+    windows = plan_windows(T0, T1, times, per_window=250, parallelism=2)
+    check_cover(windows, times)
+    assert len(windows) == 4 and all(w.recordings <= 250 for w in windows)
+
+
+def test_a_backfill_just_over_one_window_spreads_over_the_workers():
+    times = spread(300)
+    windows = plan_windows(T0, T1, times, per_window=250, parallelism=4)
+    check_cover(windows, times)
+    assert len(windows) == 4 and min(w.recordings for w in windows) >= MIN_RECORDINGS_PER_CHILD
+    # but never children of fewer than MIN_RECORDINGS_PER_CHILD
+    assert len(plan_windows(T0, T1, spread(60), per_window=50, parallelism=8)) == 2
+
+
+def test_recordings_with_the_same_time_stay_together_and_outsiders_are_ignored():
+    times = [T0 + timedelta(hours=1)] * 7 + [T0 + timedelta(hours=2)] * 3 + [T0 - timedelta(hours=1), T1]
+    windows = plan_windows(T0, T1, times, per_window=3)
+    check_cover(windows, times)
+    assert [w.recordings for w in windows] == [7, 3]
+
+
+def test_window_hours_caps_the_span_and_leaves_out_empty_spans():
+    times = [T0 + timedelta(hours=1), T0 + timedelta(hours=2), T0 + timedelta(days=5, hours=3)]
+    windows = plan_windows(T0, T1, times, per_window=250, max_span=timedelta(hours=24))
+    assert [(w.since, w.until, w.recordings) for w in windows] == [
+        (T0, T0 + timedelta(days=1), 2), (T0 + timedelta(days=5), T0 + timedelta(days=6), 1)
+    ]
+    assert len(plan_windows(T0, T1, [], per_window=250, max_span=timedelta(hours=24))) == 1
+
+
+@pytest.mark.parametrize("kw", [dict(per_window=0), dict(per_window=5, parallelism=0)])
+def test_planning_rejects_bad_input(kw):
+    with pytest.raises(ValueError):
+        plan_windows(T0, T1, [], **kw)
+    with pytest.raises(ValueError):
+        plan_windows(T1, T0, [], per_window=5)
+
+
+# -- end to end: a real prefect server (session fixture) and `rtk-archiver serve` ---------------
+
+NO_CREDENTIALS = {"type": "sftp", "host": "127.0.0.1", "port": 1, "username": "u", "auth_method": "KEY"}
+FAST_RUNNER = {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # serve asks for due runs every second (default 10)
+
+
+def _api(server, method: str, path: str, **kw):
+    import time
+
+    import httpx
+
+    with httpx.Client(base_url=server.api_url, timeout=30.0) as client:
+        for _ in range(20):
+            r = client.request(method, path, **kw)
+            if r.status_code != 503:  # SQLite busy
+                r.raise_for_status()
+                return r.json()
+            time.sleep(0.5)
+    r.raise_for_status()
+
+
+def _artifact(server, run_id: str, key: str):
+    import json
+
+    found = _api(server, "POST", "/artifacts/filter",
+                 json={"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": [key]}}})
+    assert found, f"no {key} artifact on run {run_id}"
+    data = found[0]["data"]
+    return json.loads(data) if isinstance(data, str) and data[:1] in "[{" else data
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_backfill_through_serve_fans_out_fails_with_a_window_and_runs_small_ones_itself(prefect_server, archiver_env, tmp_path):
+    """~40-60 s on an idle machine: serve's start, a backfill of 2 child runs, a small re-run."""
+    from tests.fixtures import wait_until
+    from tests.fixtures.prefect_server import running_serve
+
+    env, now = archiver_env, datetime.now(timezone.utc)
+    good = [env.state.add_recording(file_size=20_000 + i, stopped_time=now - timedelta(days=3, hours=i)) for i in range(3)]
+    # the last of the range, alone in the second window: fails (SFTP without credentials)
+    bad = env.state.add_recording(file_size=1000, stopped_time=now - timedelta(days=2), storage_config=NO_CREDENTIALS)
+    with running_serve(prefect_server.api_url, cwd=tmp_path, env=FAST_RUNNER) as serve:
+        dep = wait_until(lambda: _find_deployment(prefect_server), 120, lambda: "serve's deployments:\n" + serve.log_text()[-3000:])
+
+        def start(**parameters) -> str:
+            params = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in parameters.items()}
+            return _api(prefect_server, "POST", f"/deployments/{dep}/create_flow_run", json={"parameters": params})["id"]
+
+        def final(run_id: str):
+            state = _api(prefect_server, "GET", f"/flow_runs/{run_id}")["state"]
+            return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+        def wait(run_id: str) -> dict:
+            return wait_until(lambda: final(run_id), 400, lambda: f"backfill {run_id}:\n" + serve.log_text()[-4000:], interval=1)
+
+        # 4 recordings, 3 per window: 2 child runs (2 + 2); `end` two days ahead: cut to now
+        run = start(start=now - timedelta(days=4), end=now + timedelta(days=2), recordings_per_window=3, parallelism=2)
+        state = wait(run)
+        assert state["type"] == "FAILED" and state["message"].startswith("1 of 2 window(s) did not complete"), state
+        assert bad["id"] in state["message"]
+        windows = _artifact(prefect_server, run, "rtk-backfill")
+        assert [(w["recordings"], w["ok"]) for w in windows] == [(2, True), (2, False)], windows
+        assert "is in the future: backfilled up to now" in _artifact(prefect_server, run, "rtk-backfill-summary")
+
+        # a small re-run of the good part: archived by the backfill run itself, no child run
+        again = start(start=now - timedelta(days=4), end=now - timedelta(days=2, hours=1))
+        assert wait(again)["type"] == "COMPLETED"
+        assert [w["run"] for w in _artifact(prefect_server, again, "rtk-backfill")] == ["this run"]
+    for r in good:
+        assert (env.archive / r["output_file_name"]).stat().st_size == r["file_size"]
+        assert env.state.downloads[(r["id"], "video")] == 1, r["id"]  # once, the re-run transferred nothing
+    assert not (env.archive / bad["output_file_name"]).exists()
+
+
+def _find_deployment(server) -> str | None:
+    import httpx
+
+    r = httpx.get(f"{server.api_url}/deployments/name/backfill-recordings/backfill", timeout=30)
+    window = httpx.get(f"{server.api_url}/deployments/name/archive-recordings/archive-window", timeout=30)
+    return r.json()["id"] if r.status_code == 200 and window.status_code == 200 else None
