@@ -45,6 +45,7 @@ from tests.fixtures import free_port, wait_port
 
 TOOLS = ("archiver", "rclone", "native")
 TARGET_RATIO = 1.0
+VERBOSE = False  # --verbose: the archiver's own output after each run
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Namespace:
     def __enter__(self) -> "Namespace":
         if os.geteuid() != 0:
             raise SystemExit("bench.wan needs root (a network namespace and tc)")
+        _remove_stale()
         self._ip("ip", "netns", "add", self.name)
         try:
             self._ip("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
@@ -102,8 +104,7 @@ class Namespace:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        _remove(self.name)
 
     def shape(self, link: Link) -> None:
         """tbf at the link's rate on both ends: each direction capped (a full-duplex link)."""
@@ -117,6 +118,22 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
 
+def _remove(name: str) -> None:
+    pid = name.removeprefix("rtkwan")
+    subprocess.run(["ip", "link", "del", f"rwh{pid}"[:15]], capture_output=True)  # its peer goes with it
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _remove_stale() -> None:
+    """Namespaces an earlier, killed bench.wan left behind (its pid is gone)."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        pid = name.removeprefix("rtkwan")
+        if name.startswith("rtkwan") and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _remove(name)
+
+
 @contextmanager
 def wan_proxy(ns: Namespace, target_port: int, link: Link) -> Iterator[int]:
     """bench.wanproxy on the host's end of the veth, to 127.0.0.1:target_port; yields its port."""
@@ -128,6 +145,50 @@ def wan_proxy(ns: Namespace, target_port: int, link: Link) -> Iterator[int]:
         if not line:
             raise RuntimeError("the WAN proxy did not start")
         yield json.loads(line)["port"]
+
+
+_WAIT_HEALTHY = r"""
+import sys, time, urllib.request
+deadline = time.monotonic() + 300
+while True:
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=5).read(); break
+    except OSError:
+        if time.monotonic() > deadline: raise
+        time.sleep(0.2)
+"""
+
+
+@contextmanager
+def prefect_api_in(ns: Namespace, home: Path) -> Iterator[str]:
+    """One Prefect API server (the one the CLI would start for itself, ``prefect_api._SERVE``)
+    inside the namespace for every archiver run: each run's figure is its task's own time
+    either way; a shared server spares each command starting its own (~1 min per run on the
+    busy machine)."""
+    import importlib.util
+
+    from rtk_archiver.prefect_api import _SERVE
+
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    app_dir = str(Path(spec.origin).parent.parent)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    cmd = ns.cmd([sys.executable, "-c", _SERVE, "--app-dir", app_dir, "--port", str(port)])
+    with process(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            checked(measure(ns.cmd([sys.executable, "-c", _WAIT_HEALTHY, f"{url}/health"])), "the Prefect API in the namespace")
+            yield url
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()  # it stops when its stdin closes
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 # -- the link alone, with and without the proxy --------------------------------------------------
@@ -432,6 +493,8 @@ def run_archiver(ns: Namespace, sim: Simulator, backend: Backend, rid: str, pref
     env = archiver_env(sim, tmp / "prefect", **backend.archiver_env, **extra_env)
     cmd = [str(BIN / "rtk-archiver"), "archive-one", rid, "--destination", backend.archiver_url(prefix), "--report", str(report)]
     m = checked(measure(ns.cmd(cmd), env), f"rtk-archiver to {backend.name}")
+    if VERBOSE:
+        print(m.output[-4000:])
     (outcome,) = json.loads(report.read_text())["outcomes"]
     if outcome["kind"] != "archived":
         raise RuntimeError(f"rtk-archiver did not archive: {outcome}")
@@ -461,10 +524,15 @@ def main() -> int:
     parser.add_argument("--link-check-size", type=parse_size, default=None, help="bytes per direction of the link check (default: 2 s at the link's rate)")
     parser.add_argument("--archiver-env", nargs="*", default=[], metavar="NAME=VALUE", help="extra settings for the archiver (tuning)")
     parser.add_argument("--output", default="wan", help="results file name under bench/results/")
+    parser.add_argument("--private-api", action="store_true",
+                        help="let each archiver command start its own Prefect API (as a plain CLI run does) instead of one shared server")
+    parser.add_argument("--verbose", action="store_true", help="print the archiver's output (set PREFECT_LOGGING_LEVEL=INFO with --archiver-env)")
     args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     if not shutil.which("rclone"):
         raise SystemExit("rclone is not installed (make bench installs Debian's rclone)")
-    extra_env = dict(item.split("=", 1) for item in args.archiver_env)
+    base_env = dict(item.split("=", 1) for item in args.archiver_env)
     tools = tuple(args.tools)
 
     results: list[dict] = []
@@ -481,6 +549,7 @@ def main() -> int:
             download(sim.download_url(rid), locals_[size])
         for link_name in args.links:
             link = LINKS[link_name]
+            extra_env = dict(base_env)
             ns.shape(link)
             checks[link.name] = link_check(ns, link, args.link_check_size or int(2 * link.bytes_per_s))
             c = checks[link.name]
@@ -490,9 +559,12 @@ def main() -> int:
             with ExitStack() as per_link:
                 src_port = per_link.enter_context(wan_proxy(ns, sim_port, link))
                 seen = _proxied(sim, ns.host_addr, src_port)
+                if "archiver" in tools and not args.private_api:
+                    api_url = per_link.enter_context(prefect_api_in(ns, tmp / f"prefect-{link.name}"))
+                    extra_env = {**extra_env, "PREFECT_API_URL": api_url}
                 if "archiver" in tools:  # Prefect creates its database on the first run of a new PREFECT_HOME
                     warm = [str(BIN / "rtk-archiver"), "archive", "--dry-run", "--since", "2000-01-01", "--until", "2000-01-02"]
-                    checked(measure(ns.cmd(warm), archiver_env(seen, tmp / "prefect")), "warm-up")
+                    checked(measure(ns.cmd(warm), archiver_env(seen, tmp / "prefect", **extra_env)), "warm-up")
                 for backend_name in args.backends:
                     with BACKENDS[backend_name](tmp, ns, link) as backend:
                         for rid, size in zip(sim.ids, sim.sizes):
