@@ -39,11 +39,14 @@ bench-deps: $(BENCH_STAMP)
 	@BENCH=1 scripts/install-system-deps.sh
 
 BENCH_ARGS ?=
+# bench.wan (BENCHMARKS.md "Over an emulated WAN"): default 256 MiB, both links, every backend, 3 runs
+WAN_ARGS ?=
 bench: bench-deps
 	$(BIN)/python -m bench.listing
 	$(BIN)/python -m bench.small
 	$(BIN)/python -m bench.large $(BENCH_ARGS)
 	$(BIN)/python -m bench.webhook
+	$(BIN)/python -m bench.wan $(WAN_ARGS)
 	$(BIN)/python -m bench.report
 
 clean:
