@@ -126,6 +126,8 @@ def plot_wan(data: dict, out: Path) -> None:
         width = 0.26
         for i, (key, label, color) in enumerate(tools):
             have = [(x, r) for x, r in zip(xs, subset) if key in r]
+            if not have:
+                continue
             bars = ax.bar([x + (i - 1) * width for x, _ in have], [r[key]["median"] for _, r in have], width, label=label, color=color)
             for bar, (_, r) in zip(bars, have):
                 ax.annotate(f"{100 * r[key]['of_capacity']:.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -137,7 +139,7 @@ def plot_wan(data: dict, out: Path) -> None:
         ax.set_ylabel("seconds, median (lower is better)")
     axes[0][0].legend(loc="upper left", fontsize=8)
     runs = "/".join(str(n) for n in sorted(data["runs"]))
-    fig.suptitle(f"One large recording over an emulated WAN (tc tbf + delaying proxy), median of {runs} alternating runs", fontsize=11)
+    fig.suptitle(f"One large recording over an emulated WAN (tc tbf + delaying proxy)\nmedian of {runs} alternating runs", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"plot written to {out}")
