@@ -537,6 +537,7 @@ def main() -> int:
 
     results: list[dict] = []
     checks: dict[str, dict] = {}
+    failures: list[dict] = []
     started = time.monotonic()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rtk-bench-wan-")))
@@ -574,33 +575,43 @@ def main() -> int:
                             for run in range(args.runs):
                                 k = run % len(tools)
                                 for tool in tools[k:] + tools[:k]:  # alternate who goes first
-                                    prefix = f"r{run}-{tool}-{uuid.uuid4().hex[:6]}"
-                                    if tool == "archiver":
-                                        got = run_archiver(ns, seen, backend, rid, prefix, tmp, extra_env)
-                                        stored = backend.size_of(prefix, sim_name(sim, rid))
-                                    elif tool == "rclone":
-                                        got = run_rclone(ns, url, backend, prefix, name)
-                                        stored = backend.size_of(prefix, name)
-                                    else:
-                                        got = {"seconds": backend.native(locals_[size], prefix, name)}
-                                        stored = backend.size_of(prefix, name)
-                                    if stored != size:
-                                        raise RuntimeError(f"{tool} stored {stored} bytes on {backend.name}, expected {size}")
-                                    backend.clean(prefix)
+                                    for attempt in (1, 2):  # a run killed from outside (shared machine) is run again, once
+                                        prefix = f"r{run}-{tool}-{uuid.uuid4().hex[:6]}"
+                                        try:
+                                            if tool == "archiver":
+                                                got = run_archiver(ns, seen, backend, rid, prefix, tmp, extra_env)
+                                                stored = backend.size_of(prefix, sim_name(sim, rid))
+                                            elif tool == "rclone":
+                                                got = run_rclone(ns, url, backend, prefix, name)
+                                                stored = backend.size_of(prefix, name)
+                                            else:
+                                                got = {"seconds": backend.native(locals_[size], prefix, name)}
+                                                stored = backend.size_of(prefix, name)
+                                            if stored != size:
+                                                raise RuntimeError(f"{tool} stored {stored} bytes on {backend.name}, expected {size}")
+                                            break
+                                        except RuntimeError as exc:
+                                            failures.append({"link": link.name, "backend": backend.name, "tool": tool, "error": str(exc)[-500:]})
+                                            print(f"  {tool} failed (attempt {attempt}): {str(exc)[-300:]}", flush=True)
+                                            if attempt == 2:
+                                                raise
+                                        finally:
+                                            backend.clean(prefix)
                                     row[tool].append(got)
                                     extra = (f"  (command {got['command_seconds']:.1f} s, peak RSS {got['max_rss_mib']:.0f} MiB)"
                                              if tool == "archiver" else "")
                                     print(f"  {link.name} {size_label(size):>8} {backend.name:<5} run {run + 1} {tool:<8} "
                                           f"{got['seconds']:7.2f} s {size / got['seconds'] / 1e6:6.1f} MB/s{extra}", flush=True)
                             results.append(summarize(row, link, tools))
-                            save(args.output, _data(args, results, checks, started))
+                            save(args.output, _data(args, results, checks, started, failures))
     print_table(results)
-    save(args.output, _data(args, results, checks, started))
+    save(args.output, _data(args, results, checks, started, failures))
     return 0
 
 
-def _data(args: argparse.Namespace, rows: list[dict], checks: dict, started: float) -> dict:
+def _data(args: argparse.Namespace, rows: list[dict], checks: dict, started: float, failures: list[dict]) -> dict:
     return {
+        "failed_attempts": failures,
         "runs": args.runs, "rows": rows, "link_checks": checks, "target_ratio": TARGET_RATIO,
         "invocation": "python -m bench.wan " + " ".join(sys.argv[1:]),
         "links": {name: {"rtt_ms": LINKS[name].rtt_ms, "mbit": LINKS[name].mbit, "jitter_ms": LINKS[name].jitter_ms} for name in args.links},
