@@ -149,7 +149,7 @@ def wan_proxy(ns: Namespace, target_port: int, link: Link) -> Iterator[int]:
 
 _WAIT_HEALTHY = r"""
 import sys, time, urllib.request
-deadline = time.monotonic() + 300
+deadline = time.monotonic() + 900
 while True:
     try:
         urllib.request.urlopen(sys.argv[1], timeout=5).read(); break
