@@ -437,7 +437,9 @@ def azurite(tmp: Path) -> Iterator[str]:
 
 @contextmanager
 def azure_backend(tmp: Path, ns: Namespace, link: Link) -> Iterator[Backend]:
-    from azure.storage.blob import BlobServiceClient
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
     from tests.fixtures.object_stores import AZURITE_ACCOUNT, AZURITE_KEY, azurite_connection_string
 
@@ -447,6 +449,10 @@ def azure_backend(tmp: Path, ns: Namespace, link: Link) -> Iterator[Backend]:
         service.create_container(BUCKET)
         container = service.get_container_client(BUCKET)
         conn = azurite_connection_string(url)
+        sas = generate_container_sas(
+            AZURITE_ACCOUNT, BUCKET, account_key=AZURITE_KEY, expiry=datetime.now(timezone.utc) + timedelta(days=1),
+            permission=ContainerSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True),
+        )
         script = (
             "import os,sys,time\nfrom azure.storage.blob import BlobServiceClient\n"
             "c=BlobServiceClient.from_connection_string(os.environ['AZURE_STORAGE_CONNECTION_STRING']).get_container_client(sys.argv[2])\n"
@@ -473,10 +479,9 @@ def azure_backend(tmp: Path, ns: Namespace, link: Link) -> Iterator[Backend]:
             name="azure",
             archiver_url=lambda prefix: f"az://{BUCKET}/{prefix}",
             archiver_env={"AZURE_STORAGE_CONNECTION_STRING": conn},
-            rclone_env={
-                "RCLONE_CONFIG_BENCH_TYPE": "azureblob", "RCLONE_CONFIG_BENCH_ACCOUNT": AZURITE_ACCOUNT,
-                "RCLONE_CONFIG_BENCH_KEY": AZURITE_KEY, "RCLONE_CONFIG_BENCH_ENDPOINT": f"{url}/{AZURITE_ACCOUNT}",
-            },
+            # Debian's rclone 1.60 builds https://<account>.<endpoint> from account + endpoint (a DNS
+            # lookup that hangs without internet); a container SAS URL is used as given
+            rclone_env={"RCLONE_CONFIG_BENCH_TYPE": "azureblob", "RCLONE_CONFIG_BENCH_SAS_URL": f"{url}/{AZURITE_ACCOUNT}/{BUCKET}?{sas}"},
             rclone_path=lambda prefix, name: f"bench:{BUCKET}/{prefix}/{name}",
             native=native,
             size_of=size_of,
