@@ -137,10 +137,11 @@ def plot_wan(data: dict, out: Path) -> None:
         ax.set_xticks(list(xs), [r["backend"].upper() for r in subset])
         ax.set_title(f"{link}, {size_label(size)} (labels: % of the link)", fontsize=10)
         ax.set_ylabel("seconds, median (lower is better)")
-    axes[0][0].legend(loc="upper left", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     runs = "/".join(str(n) for n in sorted(data["runs"]))
     fig.suptitle(f"One large recording over an emulated WAN (tc tbf + delaying proxy)\nmedian of {runs} alternating runs", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=110)
     print(f"plot written to {out}")
 
