@@ -43,6 +43,8 @@ BENCH_ARGS ?=
 # limits: ~35 min per 1,000 on a busy 2-core machine, see BENCHMARKS.md);
 # e.g. SCALE_ARGS="--count 2000" for a shorter run
 SCALE_ARGS ?=
+# bench.wan (BENCHMARKS.md "Over an emulated WAN"): default 256 MiB, both links, every backend, 3 runs
+WAN_ARGS ?=
 bench: bench-deps
 	$(BIN)/python -m bench.listing
 	$(BIN)/python -m bench.small
@@ -51,6 +53,7 @@ bench: bench-deps
 	$(BIN)/python -m bench.webhook
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+	$(BIN)/python -m bench.wan $(WAN_ARGS)
 	$(BIN)/python -m bench.report
 
 clean:

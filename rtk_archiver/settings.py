@@ -106,6 +106,27 @@ class Settings(BaseSettings):
         default=False, description="Accept (and remember) unknown host keys. Never the default."
     )
 
+    # --- Transfer tuning per backend (BENCHMARKS.md "Over an emulated WAN") ------------------
+    # Memory held by an upload is about size x in flight (plus the read-ahead): raise either
+    # for long fat links, lower them to save memory.
+    archive_s3_part_size: int = Field(
+        default=8 * 1024 * 1024, ge=5 * 1024 * 1024, le=512 * 1024 * 1024,
+        description="S3 multipart part size in bytes (S3's minimum is 5 MiB; 10,000 parts at most per object).",
+    )
+    archive_s3_concurrency: int = Field(default=4, ge=1, le=64, description="S3 parts uploaded at once.")
+    archive_gcs_chunk_size: int = Field(
+        default=16 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024,
+        description="GCS resumable-upload chunk in bytes (a multiple of 256 KiB); each chunk is one request.",
+    )
+    archive_azure_block_size: int = Field(
+        default=8 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024, description="Azure block size in bytes (Put Block)."
+    )
+    archive_azure_concurrency: int = Field(default=4, ge=1, le=64, description="Azure blocks staged at once.")
+    archive_sftp_window_size: int = Field(
+        default=64 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024,
+        description="SSH channel window in bytes: how much an SFTP upload may have in flight unacknowledged.",
+    )
+
     # --- Watching for loss: expiry watchdog and scrub ----------------------------------------
     archive_expiry_warning_hours: float = Field(
         default=48.0, ge=0, le=24 * 365,
@@ -141,6 +162,13 @@ class Settings(BaseSettings):
         description="A run of the archiver's flows without a heartbeat for this long is marked Crashed by the "
         "deployments' automation (at least ARCHIVE_HEARTBEAT_SECONDS + 15).",
     )
+
+    @field_validator("archive_gcs_chunk_size")
+    @classmethod
+    def _gcs_chunk(cls, v: int) -> int:
+        if v % (256 * 1024):
+            raise ValueError("must be a multiple of 256 KiB (262144 bytes), as GCS resumable uploads require")
+        return v
 
     @field_validator("cloudflare_api_token")
     @classmethod

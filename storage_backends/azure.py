@@ -153,6 +153,10 @@ class AzureBackend(StorageBackend):
                 f"for DefaultAzureCredential, or create an AzureCredentials block named '{block_name_for(destination)}'"
             ) from None
         self.container = self.client.get_container_client(destination.bucket or "")
+        # ARCHIVE_AZURE_BLOCK_SIZE, ARCHIVE_AZURE_CONCURRENCY
+        self.block_size = settings.archive_azure_block_size if settings is not None else BLOCK_SIZE
+        self.in_flight = settings.archive_azure_concurrency if settings is not None else MAX_IN_FLIGHT
+        self.read_ahead_bytes = self.block_size
         tier = self.destination.options.get("access_tier")
         self.tier = StandardBlobTier(tier) if tier else None
 
@@ -203,13 +207,13 @@ class AzureBackend(StorageBackend):
         md5 = hashlib.md5(usedforsecurity=False)
         block_ids: list[str] = []
         pending: deque[Future] = deque()
-        pool = ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT, thread_name_prefix="rtk-azure-block")
+        pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="rtk-azure-block")
         try:
-            for data in _blocks(source):
+            for data in _blocks(source, self.block_size):
                 md5.update(data)
                 block_id = _b64(f"{upload}-{len(block_ids):08d}".encode())
                 block_ids.append(block_id)
-                while len(pending) >= MAX_IN_FLIGHT:
+                while len(pending) >= self.in_flight:
                     pending.popleft().result()
                 # validate_content: the block's MD5 travels with it and the service checks it
                 pending.append(pool.submit(blob.stage_block, block_id, data, length=len(data), validate_content=True))
@@ -280,12 +284,12 @@ class AzureBackend(StorageBackend):
         self.client.close()
 
 
-def _blocks(source: Readable) -> Iterator[bytes]:
-    """The source in BLOCK_SIZE pieces (the last shorter), until it ends."""
+def _blocks(source: Readable, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """The source in ``block_size`` pieces (the last shorter), until it ends."""
     while True:
         parts, have = [], 0
-        while have < BLOCK_SIZE:
-            data = source.read(BLOCK_SIZE - have)
+        while have < block_size:
+            data = source.read(block_size - have)
             if not data:
                 break
             parts.append(data)
@@ -293,5 +297,5 @@ def _blocks(source: Readable) -> Iterator[bytes]:
         if not have:
             return
         yield parts[0] if len(parts) == 1 else b"".join(parts)
-        if have < BLOCK_SIZE:
+        if have < block_size:
             return

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 # a multiple of 256 KiB, as resumable uploads require; one chunk is held in memory while it is
 # sent. 16 MiB, rclone's default: each chunk costs a round trip (measured in BENCHMARKS.md)
-CHUNK_SIZE = 16 * 1024 * 1024
+CHUNK_SIZE = 16 * 1024 * 1024  # the default of ARCHIVE_GCS_CHUNK_SIZE
 
 
 class GCSCredentials(Block):
@@ -83,6 +83,8 @@ class GCSBackend(StorageBackend):
         self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
         stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         self.timeout = (min(15.0, stall), stall)  # (connect, read): a stalled upload fails
+        self.chunk_size = settings.archive_gcs_chunk_size if settings is not None else CHUNK_SIZE
+        self.read_ahead_bytes = self.chunk_size  # the read-ahead holds at least one chunk
         try:
             self.client = (block or GCSCredentials()).get_client()
         except (DefaultCredentialsError, ValueError) as exc:
@@ -125,7 +127,7 @@ class GCSBackend(StorageBackend):
         self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
     ) -> ObjectInfo:
         options = self.destination.options
-        blob = self.bucket.blob(self._key(key), chunk_size=CHUNK_SIZE, kms_key_name=options.get("kms_key_name"))
+        blob = self.bucket.blob(self._key(key), chunk_size=self.chunk_size, kms_key_name=options.get("kms_key_name"))
         if "storage_class" in options:
             blob.storage_class = options["storage_class"]
         if metadata:

@@ -48,7 +48,7 @@ from .destination import Destination
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
 
-PART_SIZE = 8 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024  # the default of ARCHIVE_S3_PART_SIZE
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken", "ExpiredToken"}
 
 
@@ -188,9 +188,14 @@ class S3Backend(StorageBackend):
             self.extra_args["SSEKMSKeyId"] = options["kms_key_id"]
         if "storage_class" in options:
             self.extra_args["StorageClass"] = options["storage_class"]
-        self.transfer_config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=4)
+        # part size and parts in flight: ARCHIVE_S3_PART_SIZE, ARCHIVE_S3_CONCURRENCY
+        self.part_size = settings.archive_s3_part_size if settings is not None else PART_SIZE
+        concurrency = settings.archive_s3_concurrency if settings is not None else 4
+        self.transfer_config = TransferConfig(
+            multipart_threshold=self.part_size, multipart_chunksize=self.part_size, max_concurrency=concurrency
+        )
         # s3transfer keeps up to this many parts read from a non-seekable source in memory
-        self.transfer_config.max_in_memory_upload_chunks = 4
+        self.transfer_config.max_in_memory_upload_chunks = concurrency
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key
@@ -255,7 +260,7 @@ class S3Backend(StorageBackend):
         extra = dict(self.extra_args)
         if metadata:
             extra["Metadata"] = {k: _metadata_value(v) for k, v in metadata.items()}
-        hasher = _PartHasher(source, PART_SIZE)
+        hasher = _PartHasher(source, self.part_size)
         try:
             self.client.upload_fileobj(hasher, self.bucket, self._key(key), ExtraArgs=extra, Config=self.transfer_config)
         except ClientError as exc:

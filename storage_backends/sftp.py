@@ -40,7 +40,7 @@ from .tempnames import TEMP_MARKER, temp_prefix
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
 
-WINDOW_SIZE = 64 * 1024 * 1024  # large SSH window: writes rarely wait for window adjusts
+WINDOW_SIZE = 64 * 1024 * 1024  # large SSH window: writes rarely wait for window adjusts (ARCHIVE_SFTP_WINDOW_SIZE)
 MAX_PACKET_SIZE = 256 * 1024
 WRITE_CHUNK = 1024 * 1024  # paramiko splits each write into SFTP requests, pipelined
 # OpenSSH's sftp-server takes messages up to 256 KiB; paramiko defaults to 32 KiB requests.
@@ -231,7 +231,7 @@ class SFTPBackend(StorageBackend):
         try:
             sock = socket.create_connection((d.host, 22 if d.port is None else d.port), timeout=CONNECT_TIMEOUT)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
+            transport = paramiko.Transport(sock, default_window_size=self.settings.archive_sftp_window_size, default_max_packet_size=MAX_PACKET_SIZE)
             opts = transport.get_security_options()
             # AEAD ciphers first: one pass through the cipher per packet instead of cipher + HMAC
             opts.ciphers = [c for c in PREFERRED_CIPHERS if c in opts.ciphers] + [c for c in opts.ciphers if c not in PREFERRED_CIPHERS]
@@ -256,7 +256,7 @@ class SFTPBackend(StorageBackend):
         except BaseException:
             self.close()
             raise
-        self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
+        self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=self.settings.archive_sftp_window_size, max_packet_size=MAX_PACKET_SIZE)
         # an upload (or any request) that makes no progress for this long fails
         self._sftp.get_channel().settimeout(self.settings.archive_upload_stall_seconds)
         root = d.root
