@@ -1,0 +1,205 @@
+"""The Prefect UI in a real browser, as a user drives it: ``prefect server`` (the session's,
+with its UI) and ``rtk-archiver serve`` against the simulator, headless Chromium (Debian's
+``chromium``, driven by ``playwright``; no browser download).
+
+- Deployments -> manual -> Run -> Custom run, one recording id, Submit: the run reaches
+  Completed on its page, its ``rtk-archive-report`` artifact is listed, the file is archived.
+- The same with a recording whose destination cannot be written: the run ends Failed, and its
+  report artifact is still listed.
+- Deployments -> backfill -> Run -> Custom run, start and end picked in the date pickers,
+  Submit: the backfill (one past day, no recordings) reaches Completed.
+
+The form steps and the outcome checks (state, artifacts) go through the UI only (roles, labels,
+visible text); the archived file is checked on disk. A failing step leaves a full-page
+screenshot in ``<tmp_path>/screenshots``, named in the failure message.
+
+End-to-end and slow: ~60-90 s on 2 busy cores (the UI's bundle, three flow-run subprocesses).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import wait_until
+from tests.fixtures.prefect_server import running_serve
+
+CHROMIUM = shutil.which("chromium")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's chromium is not installed (scripts/install-system-deps.sh, run by `make test`, installs it)",
+    ),
+]
+
+# A storage_config the archiver cannot write to (no credentials): the recording fails.
+NO_CREDENTIALS = {"type": "sftp", "host": "127.0.0.1", "port": 1, "username": "u", "auth_method": "KEY"}
+SERVE_ENV = {
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # the runner asks for due runs every second (default 10)
+    "ARCHIVE_POLL_INTERVAL_MINUTES": "1440",  # no scheduled poll archives our recordings meanwhile
+}
+FINAL = re.compile(r"^(Completed|Failed|Crashed|Cancelled|Cancelling)$")
+RUN_TIMEOUT_S = 150
+UI_TIMEOUT_MS = 60_000  # a page of the UI on 2 busy cores
+
+
+class Steps:
+    """Named steps; a failing one leaves a full-page screenshot and names it in the failure."""
+
+    def __init__(self, page, shots: Path, serve) -> None:
+        self.page, self.shots, self.serve, self.n = page, shots, serve, 0
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.n += 1
+        try:
+            yield
+        except Exception as exc:
+            self.shots.mkdir(parents=True, exist_ok=True)
+            shot = self.shots / f"{self.n:02d}-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.png"
+            try:
+                self.page.screenshot(path=str(shot), full_page=True)
+            except Exception as shot_error:  # the browser itself is gone
+                shot = f"(no screenshot: {shot_error})"
+            raise AssertionError(
+                f"step {self.n} '{name}' failed: {type(exc).__name__}: {exc}\n"
+                f"screenshot: {shot}\npage: {self.page.url}\n"
+                f"--- rtk-archiver serve log (tail) ---\n{self.serve.log_text()[-3000:]}"
+            ) from exc
+
+
+def _group(page, label: re.Pattern):
+    """The innermost form group of the field whose label matches (the form nests groups)."""
+    return page.locator("div.group").filter(has=page.get_by_text(label)).last
+
+
+def _open_custom_run(page, base: str, deployment: str) -> None:
+    page.goto(base + "/")
+    page.get_by_role("link", name="Deployments", exact=True).first.click()
+    page.get_by_role("link", name=deployment, exact=True).click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Custom run").click()
+
+
+def _submit(page) -> str:
+    """Submit the run form; follow the toast's "View run" to the new run's page; its URL."""
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_role("button", name="View run").click()
+    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+    return page.url
+
+
+def _pick_date(page, label: re.Pattern, day: datetime) -> None:
+    """Pick midnight (UTC) of ``day`` in a date-time parameter's picker."""
+    from playwright.sync_api import expect
+
+    field = _group(page, label)
+    field.get_by_role("button").filter(has_text=re.compile(r"MM/DD/YYYY|\d\d/\d\d/\d{4}")).click()
+    picker = page.get_by_role("dialog")
+    day_button = picker.get_by_role("button", name=re.compile(rf"{day:%B} {day.day}\w\w, {day:%Y}$"))
+    for _ in range(3):  # the picker opens on this month
+        if day_button.count():
+            break
+        picker.get_by_role("button", name="Go to the Previous Month").click()
+    day_button.click()
+    page.keyboard.press("Escape")
+    expect(field.get_by_text(f"{day:%m/%d/%Y} 12:00 AM")).to_be_visible()
+    expect(field.get_by_role("button", name="Select timezone")).to_contain_text("UTC")
+
+
+def _final_state(page, run_url: str, timeout: float) -> str:
+    """The state the run's page shows once the run is over (the header's state badge)."""
+    header = page.locator("div").filter(has=page.get_by_role("navigation", name="breadcrumb")).last
+    badge = header.get_by_text(FINAL)
+    if page.url != run_url:
+        page.goto(run_url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            badge.first.wait_for(state="visible", timeout=10_000)
+            return badge.first.inner_text()
+        except Exception:
+            if time.monotonic() > deadline:
+                shown = header.inner_text() if header.count() else "(no header)"
+                raise AssertionError(f"the run did not end within {timeout:.0f} s; its page shows: {shown!r}")
+            page.reload()  # in case the page does not refresh the state by itself
+
+
+def _artifacts(page) -> None:
+    page.get_by_role("tab", name="Artifacts").click()
+
+
+def test_manual_and_backfill_runs_from_the_prefect_ui(prefect_server, archiver_env, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    sim = archiver_env
+    good = sim.state.add_recording(file_size=50_000)
+    bad = sim.state.add_recording(file_size=1_000, storage_config=NO_CREDENTIALS)
+    base = prefect_server.api_url.removesuffix("/api")
+    day = (datetime.now(timezone.utc) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    with running_serve(prefect_server.api_url, cwd=tmp_path, env=SERVE_ENV) as serve, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id="UTC")
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            # nothing leaves the machine (the UI asks an analytics service for its config)
+            context.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])"), lambda route: route.abort())
+            page = context.new_page()
+            step = Steps(page, tmp_path / "screenshots", serve)
+
+            with step("serve registers the deployments"):
+                wait_until(lambda: "rtk-archiver serve: serving" in serve.log_text() or serve.proc.poll() is not None,
+                           90, "serve to register its deployments")
+                assert serve.proc.poll() is None, f"serve exited with {serve.proc.returncode}"
+
+            with step("manual custom run: one recording id"):
+                _open_custom_run(page, base, "manual")
+                ids = _group(page, re.compile(r"^Recording Ids"))
+                ids.get_by_role("button", name="Add item").click()
+                ids.get_by_role("textbox").fill(good["id"])
+                good_run = _submit(page)
+
+            with step("manual custom run: a recording that fails"):
+                _open_custom_run(page, base, "manual")
+                ids = _group(page, re.compile(r"^Recording Ids"))
+                ids.get_by_role("button", name="Add item").click()
+                ids.get_by_role("textbox").fill(bad["id"])
+                bad_run = _submit(page)
+
+            with step("backfill custom run: start and end"):
+                _open_custom_run(page, base, "backfill")
+                _pick_date(page, re.compile(r"^start$"), day)
+                _pick_date(page, re.compile(r"^end$"), day + timedelta(days=1))
+                backfill_run = _submit(page)
+
+            with step("the manual run completes and lists its report"):
+                assert _final_state(page, good_run, RUN_TIMEOUT_S) == "Completed"
+                _artifacts(page)
+                expect(page.get_by_text("rtk-archive-report", exact=True)).to_be_visible()
+
+            with step("the recording is archived"):
+                archived = list(sim.archive.rglob(good["output_file_name"]))
+                assert len(archived) == 1, f"{good['output_file_name']} not archived once under {sim.archive}: {archived}"
+                assert archived[0].stat().st_size == 50_000
+                assert list(sim.archive.rglob(good["output_file_name"] + ".metadata.json"))
+
+            with step("the manual run of the failing recording fails and lists its report"):
+                assert _final_state(page, bad_run, RUN_TIMEOUT_S) == "Failed"
+                _artifacts(page)
+                expect(page.get_by_text("rtk-archive-report", exact=True)).to_be_visible()
+
+            with step("the backfill completes"):
+                assert _final_state(page, backfill_run, RUN_TIMEOUT_S) == "Completed"
+        finally:
+            browser.close()
