@@ -104,9 +104,16 @@ def _open_custom_run(page, deployment: str) -> None:
 
 def _submit(page, run_name: str) -> None:
     """Name the run, submit the form; the UI goes back to the deployment's page once the
-    server has accepted the run (a refused one keeps the form, with the reason shown)."""
+    server has created the run. A 503 (the server's SQLite database busy, on a loaded machine)
+    leaves the form as it was, with an error toast: submit again, as a user would."""
     page.get_by_label("Run Name").fill(run_name)
-    page.get_by_role("button", name="Submit").click()
+    for _ in range(5):
+        with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/create_flow_run")) as answer:
+            page.get_by_role("button", name="Submit").click()
+        if answer.value.status != 503:
+            break
+        time.sleep(1)
+    assert answer.value.status == 201, f"the server answered {answer.value.status} to the form: {answer.value.text()}"
     page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}(\?|$)"))
 
 
