@@ -14,7 +14,11 @@ The form steps and the outcome checks (state, artifacts) go through the UI only 
 visible text); the archived file is checked on disk. A failing step leaves a full-page
 screenshot in ``<tmp_path>/screenshots``, named in the failure message.
 
-End-to-end and slow: ~60-90 s on 2 busy cores (the UI's bundle, three flow-run subprocesses).
+End-to-end and slow: about 90 s of CPU in all (the session server's start included; Chromium
+a few s of it, the flow-run subprocesses most). Wall time measured with the 2 cores shared at
+load 20-30: 140-250 s. The UI is Prefect 3.8.8's default ("V2", React); its create_flow_run
+can answer 503 while the server's SQLite database is busy, and the form is then submitted
+again, as a user would.
 """
 
 from __future__ import annotations
