@@ -16,6 +16,10 @@ fi
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+# the browser test drives the Prefect UI in Debian's chromium (playwright, no browser download);
+# the package pulls in the libraries it needs; a font so pages render text
+command -v chromium >/dev/null || need+=(chromium)
+[ -e /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf ] || need+=(fonts-liberation)
 # the benchmarks (BENCH=1, from `make bench`) compare against rclone and OpenSSH's sftp client
 if [ "${BENCH:-}" = 1 ]; then
   command -v rclone >/dev/null || need+=(rclone)
