@@ -31,7 +31,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+apt-get -o DPkg::Lock::Timeout=300 update -qq
+apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts the service on install where it can; the tests run their own sshd.
 for svc in ssh postgresql; do systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null || true; done
