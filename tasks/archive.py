@@ -29,7 +29,7 @@ from rtk_archiver.plan import Action, RecordingPlan, is_archived, own_names
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import PermanentStorageError, StorageBackend, StorageError, open_backend
 from storage_backends.base import KeyTaken
-from tasks.limits import CLAIM_RENEW_SECONDS, api_throttle, claim_holder, claim_is_live, transfer_gate
+from tasks.limits import CLAIM_POLL_SECONDS, CLAIM_RENEW_SECONDS, CLAIM_WAIT_SECONDS, api_throttle, claim_holder, claim_is_live, transfer_gate
 from tasks.survey import read_sidecar_seen
 from tasks.retry import retry_transient
 from tasks.transfer import Download, DownloadError, download_client, stream_file
@@ -226,11 +226,18 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
 
     with transfer_gate(plan.destination.kind), open_backend(plan.destination, settings) as backend:
         where = backend.url(plan.layout.video)
-        try:
-            current = _claim(backend, plan)
-        except ArchivingElsewhere as busy:
-            logger.info("%s: %s", recording.label(), busy)
-            return base.model_copy(update={"kind": OutcomeKind.PENDING, "reason": str(busy), "retry_later": True})
+        waited = time.monotonic()
+        while True:  # another run archiving it now: wait for it to finish (or die), as a lock would
+            try:
+                current = _claim(backend, plan)
+                break
+            except ArchivingElsewhere as busy:
+                if time.monotonic() - waited > CLAIM_WAIT_SECONDS:
+                    logger.warning("%s: %s; not waiting longer", recording.label(), busy)
+                    return base.model_copy(update={"kind": OutcomeKind.PENDING, "reason": str(busy), "retry_later": True})
+                if time.monotonic() - waited < CLAIM_POLL_SECONDS:
+                    logger.info("%s: %s; waiting for it", recording.label(), busy)
+                time.sleep(CLAIM_POLL_SECONDS)
         if current is None:
             logger.info("Already archived (by an overlapping run): %s at %s", recording.label(), where)
             return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": plan.bytes_total})

@@ -5,8 +5,8 @@ server".)
 * **The same recording in two runs at once**: the destination itself decides. The archive
   task writes a claim sidecar (no-clobber) before any file, naming its holder (host, pid) and
   renewed every ``CLAIM_RENEW_SECONDS`` while it transfers (``ClaimKeeper``). A run that meets
-  a *live* claim of another holder backs off (the recording is reported pending, a later run
-  finds it archived); a claim whose holder is gone (its process no longer exists on this host,
+  a *live* claim of another holder waits for it (checking every ``CLAIM_POLL_SECONDS``),
+  then finds the recording archived; a claim whose holder is gone (its process no longer exists on this host,
   or it was not renewed for ``CLAIM_TTL_SECONDS``) is taken over. No Prefect state at all, so
   nothing for a server restart to lose. (This replaces the 64 ``rtk-recording-lock-*`` global
   concurrency limits: a lease-held slot per recording, two API round trips each.)
@@ -69,6 +69,10 @@ WAIT_CHECK_SECONDS = 30.0  # a run waiting this long for transfer slots checks f
 #: the claim sidecar (tasks/archive.py) as a lock: renewed by its holder while it transfers
 CLAIM_RENEW_SECONDS = 30.0
 CLAIM_TTL_SECONDS = 120.0
+#: a run meeting another's live claim checks again this often (then finds it archived, or
+#: takes over a claim whose holder is gone), for at most CLAIM_WAIT_SECONDS (then: pending)
+CLAIM_POLL_SECONDS = 1.0
+CLAIM_WAIT_SECONDS = 3600.0
 
 
 def shared_limits_available() -> bool:
@@ -107,6 +111,12 @@ def ensure_limits(settings: Settings) -> None:
                 client.update_global_concurrency_limit(
                     name, GlobalConcurrencyLimitUpdate(limit=slots, slot_decay_per_second=decay or 0.0)
                 )
+        for name in existing:  # the per-recording locks of earlier versions: unused now
+            if name.startswith("rtk-recording-lock-"):
+                try:
+                    client.delete_global_concurrency_limit_by_name(name)
+                except ObjectNotFound:
+                    pass
         _check_leases(client)
 
 
@@ -171,8 +181,11 @@ def _check_leases(client) -> bool:
         )
     lease = _new_canary(client)
     if lease is not None:
-        Variable.set(CANARY_VARIABLE, {"lease_id": str(lease), "at": datetime.now(timezone.utc).isoformat()},
-                     overwrite=True)
+        value = {"lease_id": str(lease), "at": datetime.now(timezone.utc).isoformat()}
+        try:
+            Variable.set(CANARY_VARIABLE, value, overwrite=True)
+        except ObjectAlreadyExists:  # another run created it between the read and the write: theirs will do
+            pass
     return found is not None
 
 
