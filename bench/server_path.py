@@ -77,7 +77,10 @@ def bench_workload(label: str, count: int, size: int, runs: int, tmp: Path) -> d
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    import tests.fixtures.prefect_server as fixture
     from tests.fixtures.prefect_server import running_prefect_server, running_serve
+
+    fixture.STARTUP_TIMEOUT_SECONDS = 600.0  # a busy machine: a new server's database takes a while
 
     print(f"== {label}: {count} x {size} bytes, {runs} run(s) of each path")
     until = datetime.now(timezone.utc)
