@@ -38,6 +38,7 @@ print("RESULT", state.type.value, kinds, started, time.time(), flush=True)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a loaded machine
 def test_two_overlapping_runs_on_a_shared_server_transfer_each_recording_once(archiver_env, prefect_server, tmp_path):
     env, root = archiver_env, archiver_env.archive
     recs = [env.state.add_recording(file_size=1_000_000 + 1000 * i, audio=(i % 4 == 0),

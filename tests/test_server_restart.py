@@ -53,6 +53,7 @@ def final_state(client, run_id, timeout: float):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # two server starts on a loaded machine can take minutes
 def test_a_server_restart_mid_run_leaks_nothing_and_the_next_run_completes(archiver_env, tmp_path, monkeypatch):
     import tests.fixtures.prefect_server as fixture
 
