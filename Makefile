@@ -44,6 +44,7 @@ bench: bench-deps
 	$(BIN)/python -m bench.small
 	$(BIN)/python -m bench.large $(BENCH_ARGS)
 	$(BIN)/python -m bench.webhook
+	$(BIN)/python -m bench.server_path
 	$(BIN)/python -m bench.report
 
 clean:
