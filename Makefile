@@ -54,6 +54,7 @@ bench: bench-deps
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 	$(BIN)/python -m bench.wan $(WAN_ARGS)
+	$(BIN)/python -m bench.server_path
 	$(BIN)/python -m bench.report
 
 clean:

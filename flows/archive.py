@@ -25,7 +25,7 @@ from rtk_archiver.plan import Action, Observed, RecordingPlan, Target, plan_run,
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import preload_backends
 from tasks.archive import archive_recording
-from tasks.limits import ensure_limits
+from tasks.limits import ensure_limits, transfer_slots
 from tasks.listing import get_recording, list_recordings
 from tasks.survey import survey_destination
 
@@ -86,6 +86,12 @@ def archive_all(
     preload_backends({t.destination.kind for t in targets if t.destination is not None})
     plans = plan_run(targets, survey(targets, settings), force_ids)
     task = retrying(archive_recording, settings)
+    transfers = Counter(p.destination.kind for p in plans if p.action == Action.ARCHIVE and p.destination and not dry_run)
+    with transfer_slots(transfers, settings):  # the run's transfer slots, per backend, taken once
+        return _archive_planned(recordings, targets, plans, task, dry_run, logger)
+
+
+def _archive_planned(recordings, targets, plans, task, dry_run, logger) -> list[RecordingOutcome]:
     submitted: list[tuple[Recording, PrefectFuture]] = []
     outcomes: list[RecordingOutcome] = []
     for target, plan in zip(targets, plans):

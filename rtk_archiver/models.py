@@ -164,6 +164,9 @@ class Sidecar(BaseModel):
     claimed: list[str] = Field(default_factory=list)
     #: which attempt wrote a claim (a first attempt only ever removes its own claim)
     claim_token: str | None = None
+    #: who holds a claim (host, pid) while it archives; the claim is renewed meanwhile
+    #: (``archived_at``): see tasks/limits.py, ``claim_is_live``
+    claim_holder: dict[str, Any] | None = None
     recording_id: str
     meeting_id: str | None = None
     meeting_title: str | None = None

@@ -31,6 +31,7 @@ guess.
 from __future__ import annotations
 
 import posixpath
+from datetime import datetime
 import re
 from collections.abc import Iterable
 from enum import Enum
@@ -194,6 +195,9 @@ class RecordingPlan(BaseModel):
     retry_later: bool = False
     #: set by the archive task once it has written its claim (see tasks/archive.py)
     claim_token: str | None = None
+    #: when the sidecar the survey saw at ``keys.sidecar`` was written (``sidecar_is_own``): the
+    #: archive task tells from it whether another run wrote that sidecar since
+    sidecar_seen_at: datetime | None = None
     bytes_total: int = 0
 
     def may_replace(self, key: str) -> bool:
@@ -282,6 +286,7 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
                 plans[rid] = RecordingPlan(
                     recording=t.recording, action=Action.ARCHIVE, destination=t.destination, layout=keys, own=own,
                     sidecar_is_own=True, bytes_total=total or (t.recording.file_size or 0),
+                    sidecar_seen_at=sc.archived_at,
                 )
             break
     # pass 2: the others take the first free name nobody else in the run takes

@@ -11,6 +11,7 @@ overwritten.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from rtk_archiver.plan import Action, RecordingPlan, is_archived, own_names
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import PermanentStorageError, StorageBackend, StorageError, open_backend
 from storage_backends.base import KeyTaken
-from tasks.limits import api_throttle, archiving_slot
+from tasks.limits import CLAIM_POLL_SECONDS, CLAIM_RENEW_SECONDS, CLAIM_WAIT_SECONDS, api_throttle, claim_holder, claim_is_live, transfer_gate
 from tasks.survey import read_sidecar_seen
 from tasks.retry import retry_transient
 from tasks.transfer import Download, DownloadError, download_client, stream_file
@@ -38,6 +39,16 @@ class KeyConflict(PermanentStorageError):
     taken by something else. Nothing was written; the next run plans again."""
 
 
+class ArchivingElsewhere(Exception):
+    """Another run is archiving this recording right now (its claim is live): not an error;
+    the recording is reported pending, and a later run finds it archived."""
+
+
+#: claim tokens of this process's attempts in progress (a claim of this process whose token is
+#: not here is a finished attempt's: a retry takes it over)
+_live_tokens: set[str] = set()
+
+
 class OverlappingArchive(StorageError):
     """Another run archiving the same recording stored a file first. Transient: the retry
     finds that run's sidecar naming this recording, and either finds it archived or carries
@@ -45,13 +56,15 @@ class OverlappingArchive(StorageError):
 
 
 def _sidecar(
-    recording: Recording, files: list[FileEntry], *, claimed: list[str] | None = None, token: str | None = None
+    recording: Recording, files: list[FileEntry], *, claimed: list[str] | None = None, token: str | None = None,
+    holder: dict | None = None,
 ) -> Sidecar:
     meeting = recording.meeting
     return Sidecar(
         state="claimed" if claimed is not None else "complete",
         claimed=claimed or [],
         claim_token=token,
+        claim_holder=holder,
         recording_id=recording.id,
         meeting_id=recording.meeting_ref,
         meeting_title=meeting.title if meeting else None,
@@ -73,15 +86,49 @@ def _encode(sidecar: Sidecar) -> bytes:
     return json.dumps(sidecar.model_dump(mode="json"), indent=2).encode()
 
 
+def _live_claim(sidecar: Sidecar | None) -> bool:
+    """The sidecar is a claim of another attempt that is archiving right now (tasks/limits.py)."""
+    if sidecar is None or sidecar.state != "claimed":
+        return False
+    holder = sidecar.claim_holder or {}
+    if holder.get("host") == claim_holder()["host"] and holder.get("pid") == claim_holder()["pid"]:
+        return sidecar.claim_token in _live_tokens  # this process: one of its attempts still running?
+    return claim_is_live(holder, sidecar.archived_at)
+
+
+def _elsewhere(backend: StorageBackend, plan: RecordingPlan, sidecar: Sidecar) -> ArchivingElsewhere:
+    holder = sidecar.claim_holder or {}
+    return ArchivingElsewhere(
+        f"being archived by another run right now (claim at {backend.url(plan.layout.sidecar)} held by pid "
+        f"{holder.get('pid')} on {holder.get('host')}, renewed {sidecar.archived_at.isoformat()}); a later run "
+        "finds it archived"
+    )
+
+
+def _archived_meanwhile(backend: StorageBackend, plan: RecordingPlan, sidecar: Sidecar) -> bool:
+    keys = plan.layout
+    names = own_names(keys, sidecar)
+    return is_archived(sidecar, keys, {keys.beside(n): backend.stat(keys.beside(n)) for n in names})
+
+
 def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None:
     """Write the claim sidecar (no-clobber unless the sidecar there is this recording's own).
     Returns the plan to carry on with, or None when another run has meanwhile archived the
-    recording completely (nothing to do)."""
+    recording completely (nothing to do); raises ``ArchivingElsewhere`` when another run's claim
+    on it is live (that run is archiving it now)."""
     keys = plan.layout
     assert keys is not None
     names = [keys.name_of(k) for k in (keys.video, keys.audio) if k]
     token = uuid.uuid4().hex
-    claim = _encode(_sidecar(plan.recording, [], claimed=names, token=token))
+    claim = _encode(_sidecar(plan.recording, [], claimed=names, token=token, holder=claim_holder()))
+    if plan.sidecar_is_own:  # replaced below: unless another run claimed or archived it since the survey
+        seen = read_sidecar_seen(backend, keys.sidecar)
+        if seen.sidecar is not None and seen.sidecar.recording_id == plan.recording.id:
+            if _live_claim(seen.sidecar):
+                raise _elsewhere(backend, plan, seen.sidecar)
+            if seen.sidecar.archived_at != plan.sidecar_seen_at and _archived_meanwhile(backend, plan, seen.sidecar):
+                return None
+    _live_tokens.add(token)
     try:
         backend.put_bytes(keys.sidecar, claim, replace=plan.sidecar_is_own)
         # the files themselves stay no-clobber unless an earlier sidecar of this recording
@@ -89,6 +136,10 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
         return plan.model_copy(update={"own": sorted(set(plan.own) | {keys.sidecar}), "claim_token": token})
     except KeyTaken:
         pass
+    except BaseException:
+        _live_tokens.discard(token)
+        raise
+    _live_tokens.discard(token)
     # someone was quicker: fine if it is this recording (an overlapping run), else stop
     seen = read_sidecar_seen(backend, keys.sidecar)
     if seen.sidecar is None or seen.sidecar.recording_id != plan.recording.id:
@@ -96,12 +147,61 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
             f"{backend.url(keys.sidecar)} was taken by something else while this run was planning; nothing "
             "was written for this recording and the next run picks another name"
         ) from None
-    names = own_names(keys, seen.sidecar)
-    objects = {keys.beside(n): backend.stat(keys.beside(n)) for n in names}
-    if is_archived(seen.sidecar, keys, objects):
+    if _archived_meanwhile(backend, plan, seen.sidecar):
         return None
+    if _live_claim(seen.sidecar):
+        raise _elsewhere(backend, plan, seen.sidecar)
+    # a claim whose holder is gone (killed): take it over, this recording's own files included
     own = {keys.sidecar} | set(keys.all())  # this recording's current names, never an older layout's
-    return plan.model_copy(update={"own": sorted(own), "sidecar_is_own": True})
+    _live_tokens.add(token)
+    try:
+        backend.put_bytes(keys.sidecar, claim, replace=True)
+    except BaseException:
+        _live_tokens.discard(token)
+        raise
+    return plan.model_copy(update={"own": sorted(own), "sidecar_is_own": True, "claim_token": token})
+
+
+class ClaimKeeper:
+    """Renews this attempt's claim (rewrites it with a new ``archived_at``) every
+    CLAIM_RENEW_SECONDS while the files transfer, over a connection of its own, so that other
+    runs see it live; never over a sidecar that is no longer this attempt's claim."""
+
+    def __init__(self, plan: RecordingPlan, settings: Settings) -> None:
+        self.plan, self.settings = plan, settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rtk-claim-{plan.recording.id}", daemon=True)
+
+    def __enter__(self) -> "ClaimKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        keys = self.plan.layout
+        backend = None
+        try:
+            while not self._stop.wait(CLAIM_RENEW_SECONDS):
+                try:
+                    if backend is None:
+                        backend = open_backend(self.plan.destination, self.settings).__enter__()
+                    seen = read_sidecar_seen(backend, keys.sidecar)
+                    if seen.sidecar is None or seen.sidecar.claim_token != self.plan.claim_token or seen.sidecar.state != "claimed":
+                        return
+                    renewed = seen.sidecar.model_copy(update={"archived_at": datetime.now(timezone.utc)})
+                    if not self._stop.is_set():
+                        backend.put_bytes(keys.sidecar, _encode(renewed), replace=True)
+                except Exception:  # noqa: BLE001 - try again at the next interval
+                    pass
+        finally:
+            if backend is not None:
+                try:
+                    backend.__exit__(None, None, None)
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 @task(
@@ -124,16 +224,29 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
     assert plan.action == Action.ARCHIVE and plan.destination is not None and plan.layout is not None
     base = RecordingOutcome(recording_id=recording.id, output_file_name=recording.output_file_name, kind=OutcomeKind.ARCHIVED)
 
-    with archiving_slot(recording.id, plan.destination.kind), open_backend(plan.destination, settings) as backend:
+    with transfer_gate(plan.destination.kind), open_backend(plan.destination, settings) as backend:
         where = backend.url(plan.layout.video)
-        current = _claim(backend, plan)
+        waited = time.monotonic()
+        while True:  # another run archiving it now: wait for it to finish (or die), as a lock would
+            try:
+                current = _claim(backend, plan)
+                break
+            except ArchivingElsewhere as busy:
+                if time.monotonic() - waited > CLAIM_WAIT_SECONDS:
+                    logger.warning("%s: %s; not waiting longer", recording.label(), busy)
+                    return base.model_copy(update={"kind": OutcomeKind.PENDING, "reason": str(busy), "retry_later": True})
+                if time.monotonic() - waited < CLAIM_POLL_SECONDS:
+                    logger.info("%s: %s; waiting for it", recording.label(), busy)
+                time.sleep(CLAIM_POLL_SECONDS)
         if current is None:
             logger.info("Already archived (by an overlapping run): %s at %s", recording.label(), where)
             return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": plan.bytes_total})
         files: list[FileEntry] = []
         try:
-            _transfer(recording, backend, current, settings, logger, files)
+            with ClaimKeeper(current, settings):
+                _transfer(recording, backend, current, settings, logger, files)
         except BaseException as exc:
+            _live_tokens.discard(current.claim_token)
             overlapping = isinstance(exc, KeyTaken) and _named_by_sidecar(backend, current)
             if not files and not current.sidecar_is_own:
                 _release_claim(backend, current)
@@ -143,7 +256,10 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
                     f"run of the same recording?): {exc}; retried over this recording's own files"
                 ) from None
             raise
-        backend.put_bytes(current.layout.sidecar, _encode(_sidecar(recording, files)), replace=True)
+        try:
+            backend.put_bytes(current.layout.sidecar, _encode(_sidecar(recording, files)), replace=True)
+        finally:
+            _live_tokens.discard(current.claim_token)
 
     moved = sum(f.size for f in files)
     seconds = time.monotonic() - started

@@ -19,7 +19,7 @@ from flows.manual import ManualRequest, archive_manual
 from flows.poll import POLL_MARK, poll_recordings
 from rtk_archiver.models import OutcomeKind
 from rtk_archiver.settings import Settings
-from tasks.limits import API_RATE_LIMIT, RECORDING_LOCKS, ensure_limits, recording_lock_name
+from tasks.limits import API_RATE_LIMIT, CANARY_LIMIT, CANARY_VARIABLE, ensure_limits
 from tests.fixtures import run_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,9 +138,11 @@ def test_shared_limits_are_created():
         api = client.read_global_concurrency_limit_by_name(API_RATE_LIMIT)
         assert api.limit == 3 and api.slot_decay_per_second == 3
         assert client.read_global_concurrency_limit_by_name("rtk-transfers-sftp").limit == 2
-        lock = client.read_global_concurrency_limit_by_name(recording_lock_name("some-recording"))
-        assert lock.limit == 1
-    assert len({recording_lock_name(str(i)) for i in range(1000)}) == RECORDING_LOCKS
+        # no per-recording locks any more (the destination's claims do that): nothing a restart can leak
+        assert not [g.name for g in client.read_global_concurrency_limits(limit=200, offset=0)
+                    if g.name.startswith("rtk-recording-lock-")]
+        assert client.read_global_concurrency_limit_by_name(CANARY_LIMIT).active_slots >= 1  # the lease canary
+    assert Variable.get(CANARY_VARIABLE)["lease_id"]
 
 
 @pytest.mark.usefixtures("prefect_harness")
