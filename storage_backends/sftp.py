@@ -35,7 +35,7 @@ from rtk_archiver.models import ObjectInfo
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
-from .tempnames import TEMP_MARKER, temp_prefix
+from .tempnames import TEMP_MARKER, pid_alive, temp_prefix
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
@@ -71,16 +71,6 @@ def _writer_tag() -> str:
     return f"{_HOST_TAG}-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _abandoned(name: str, prefix: str, mtime: float, server_now: float) -> bool:
     """A temp name is ``<prefix><host>-<pid>-<random>``."""
     parts = name[len(prefix):].split("-")
@@ -89,7 +79,7 @@ def _abandoned(name: str, prefix: str, mtime: float, server_now: float) -> bool:
         if pid == os.getpid():
             with _LIVE_LOCK:
                 return name not in _LIVE
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
     return server_now - mtime > CROSS_HOST_ABANDONED_SECONDS
 
 

@@ -8,6 +8,7 @@ share a prefix), and the whole temp name stays far below 255 bytes whatever the 
 from __future__ import annotations
 
 import hashlib
+import os
 
 TEMP_MARKER = ".rtkpart-"
 HEAD_BYTES = 60
@@ -22,3 +23,14 @@ def temp_prefix(final_name: str) -> str:
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
+
+
+def pid_alive(pid: int) -> bool:
+    """A process of this host with that pid exists (the writer of a temp file or a claim)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True

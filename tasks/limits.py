@@ -54,6 +54,7 @@ from prefect.settings import get_current_settings
 from rtk_archiver.prefect_api import private_api_active
 from rtk_archiver.settings import Settings
 from storage_backends.registry import KINDS
+from storage_backends.tempnames import pid_alive
 
 log = logging.getLogger("rtk_archiver.limits")
 
@@ -345,16 +346,6 @@ def claim_holder() -> dict[str, object]:
     return {"host": HOST, "pid": os.getpid()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim_is_live(holder: Mapping[str, object] | None, renewed_at: datetime, now: datetime | None = None) -> bool:
     """A claim whose holder is still archiving: renewed within CLAIM_TTL_SECONDS by a process
     that, on this host, still exists. A claim without a holder (an older version's, or a
@@ -366,5 +357,5 @@ def claim_is_live(holder: Mapping[str, object] | None, renewed_at: datetime, now
         return False
     pid = holder.get("pid")
     if holder.get("host") == HOST and isinstance(pid, int):
-        return _pid_alive(pid)
+        return pid_alive(pid)
     return True
