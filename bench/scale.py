@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -28,7 +27,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from glob import glob
 from pathlib import Path
 
 import httpx
@@ -36,35 +34,20 @@ import httpx
 from bench.backfill import Api, archived, simulator
 from bench.common import BIN, REPO, free_port, parse_size, save
 from rtk_archiver.prefect_api import wait_healthy
+from tests.fixtures.postgres import postgres_unavailable, running_postgresql
 
 CLK = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
 def postgresql() -> Iterator[tuple[str, int]]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (as tests/test_scale_out.py starts it); yields
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (the one tests/test_scale_out.py uses); yields
     (SQLAlchemy URL, postmaster pid)."""
-    binaries = sorted(glob("/usr/lib/postgresql/*/bin"))
-    if os.geteuid() != 0 or not binaries:
-        raise SystemExit("bench.scale needs root and Debian's postgresql (scripts/install-system-deps.sh installs it)")
-    bindir = Path(binaries[-1])
-    data = Path(tempfile.mkdtemp(prefix="rtk-bench-pg-"))
-    shutil.chown(data, "postgres", "postgres")
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    port = free_port()
-    subprocess.run(
-        [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
-         f"-p {port} -h 127.0.0.1 -k {data} -c max_connections=200", "start"],
-        check=True, capture_output=True,
-    )
-    try:
-        subprocess.run([*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "prefect"], check=True, capture_output=True)
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect", pid
-    finally:
-        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    reason = postgres_unavailable()
+    if reason:
+        raise SystemExit(f"bench.scale {reason}")
+    with running_postgresql("rtk-bench-pg-") as found:
+        yield found
 
 
 def _stat(pid: int) -> tuple[int, float, float] | None:

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
-from glob import glob
 from pathlib import Path
 
 import httpx
@@ -22,6 +19,7 @@ import pytest
 
 from rtk_archiver.simulator import SimulatorServer, media_bytes
 from tests.fixtures import free_port
+from tests.fixtures.postgres import postgres_unavailable, running_postgresql
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -41,24 +39,11 @@ def wait_for(check, timeout: float, what: str):
 
 @pytest.fixture(scope="module")
 def postgres():
-    binaries = sorted(glob("/usr/lib/postgresql/*/bin"))
-    if os.geteuid() != 0 or not binaries:
-        pytest.skip("needs root and Debian's postgresql (make test installs it)")
-    bindir = Path(binaries[-1])
-    data = Path(tempfile.mkdtemp(prefix="rtk-pg-"))
-    shutil.chown(data, "postgres", "postgres")
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    port = free_port()
-    subprocess.run(
-        [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
-         f"-p {port} -h 127.0.0.1 -k {data} -c max_connections=200", "start"],
-        check=True, capture_output=True,
-    )
-    subprocess.run([*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "prefect"], check=True, capture_output=True)
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-    shutil.rmtree(data, ignore_errors=True)
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with running_postgresql() as (url, _pid):
+        yield url
 
 
 def test_two_workers_backfill_and_manual_run_archive_each_recording_once(postgres, tmp_path):
