@@ -16,48 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 
-from bench.common import BIN, REPO, Simulator, archiver_env, checked, measure, median, parse_size, process, save
+from bench.common import BIN, archiver_env, checked, measure, median, parse_size, save, simulator
 
 TARGET_RATIO = 1.3
 BACKFILL = "backfill-recordings/backfill"
 WINDOW = "archive-recordings/archive-window"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-
-@dataclass
-class SimProcess(Simulator):
-    proc: subprocess.Popen | None = None
-
-    def downloads(self) -> dict[str, int]:
-        """Downloads from byte 0, per ``<recording id>/<video|audio>``, as the simulator counted them."""
-        assert self.proc and self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write("downloads\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-
-@contextmanager
-def simulator(*args: str) -> Iterator[SimProcess]:
-    """``python -m bench.sim ARGS`` in its own process (which also counts downloads)."""
-    cmd = [sys.executable, "-m", "bench.sim", *args]
-    with process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True) as proc:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the simulator did not start")
-        yield SimProcess(**json.loads(line), proc=proc)
 
 
 class Api:

@@ -46,12 +46,20 @@ class Simulator:
     app_id: str
     ids: list[str]
     sizes: list[int]
+    proc: subprocess.Popen | None = None  # the simulator's process (its stdin takes commands)
 
     def env(self) -> dict[str, str]:
         return {
             "CLOUDFLARE_BASE_URL": self.base_url, "CLOUDFLARE_API_TOKEN": self.token,
             "CLOUDFLARE_ACCOUNT_ID": self.account_id, "REALTIMEKIT_APP_ID": self.app_id,
         }
+
+    def downloads(self) -> dict[str, int]:
+        """Downloads from byte 0, per ``<recording id>/<video|audio>``, as the simulator counted them."""
+        assert self.proc and self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write("downloads\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
 
     def settings(self):
         from rtk_archiver.settings import Settings
@@ -72,14 +80,14 @@ class Simulator:
 
 @contextmanager
 def simulator(*args: str) -> Iterator[Simulator]:
-    """``python -m bench.sim ARGS`` in its own process."""
+    """``python -m bench.sim ARGS`` in its own process (which also counts downloads)."""
     cmd = [sys.executable, "-m", "bench.sim", *args]
     with process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True) as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("the simulator did not start")
-        yield Simulator(**json.loads(line))
+        yield Simulator(**json.loads(line), proc=proc)
 
 
 @contextmanager

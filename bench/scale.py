@@ -31,7 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.backfill import Api, archived, simulator
+from bench.backfill import Api, archived
+from bench.common import simulator
 from bench.common import BIN, REPO, free_port, parse_size, save
 from rtk_archiver.prefect_api import wait_healthy
 from tests.fixtures.postgres import postgres_unavailable, running_postgresql
