@@ -211,7 +211,17 @@ def main() -> int:
             run = api.run(api.deployment_id("backfill-recordings/backfill"), params, timeout=6 * 3600, poll=2)
             sampler.stop()
             flow_runs = api.call("POST", "/flow_runs/count", json={})
-            task_runs = api.call("POST", "/task_runs/count", json={})
+            task_runs_at_end = task_runs = api.call("POST", "/task_runs/count", json={})
+            # Task runs reach the database through the server's event pipeline (task_run_recorder),
+            # after the flow run has ended: how far behind it is shows in how long the count takes
+            # to stop growing (unchanged for 15 s; at most 10 min)
+            settle_start = last_change = time.monotonic()
+            while time.monotonic() - last_change < 15 and time.monotonic() - settle_start < 600:
+                time.sleep(3)
+                now_count = api.call("POST", "/task_runs/count", json={})
+                if now_count != task_runs:
+                    task_runs, last_change = now_count, time.monotonic()
+            task_runs_lag = last_change - settle_start
             window_runs = api.call("POST", "/flow_runs/filter", json={
                 "flow_runs": {"deployment_id": {"any_": [api.deployment_id("archive-recordings/archive-window")]}}, "limit": 200})
             db_bytes = int(subprocess.run(
@@ -256,7 +266,8 @@ def main() -> int:
         "state": state["type"], "message": state.get("message"),
         "seconds": seconds, "recordings_per_second": args.count / seconds,
         "archived_checked": ok, "files": files, "downloaded_once": once, "exactly_once": exact,
-        "flow_runs": flow_runs, "task_runs": task_runs, "window_runs": len(window_runs),
+        "flow_runs": flow_runs, "task_runs": task_runs, "task_runs_at_end": task_runs_at_end,
+        "task_runs_recorded_seconds_after_end": round(task_runs_lag, 1), "window_runs": len(window_runs),
         "window_run_seconds": {"median": statistics.median(durations) if durations else None,
                                "max": max(durations) if durations else None},
         "workers_used": len(worker_names), "flow_runs_submitted_by_workers": submitted,
@@ -273,7 +284,7 @@ def main() -> int:
     print(f"{state['type']} in {seconds:.0f} s: {args.count / seconds:.1f} recordings/s; {ok}/{args.count} archived and "
           f"checked, {files} files, each downloaded once: {once} -> exactly once: {exact}")
     print(f"  runs: {flow_runs} flow runs ({len(window_runs)} windows, median {result['window_run_seconds']['median']} s), "
-          f"{task_runs} task runs; {len(worker_names)} worker(s) ran flow runs; database {db_bytes / 1e6:.0f} MB")
+          f"{task_runs} task runs ({task_runs_at_end} recorded when it ended, all {task_runs_lag:.0f} s later); {len(worker_names)} worker(s) ran flow runs; database {db_bytes / 1e6:.0f} MB")
     print(f"  peak RSS (MiB, process trees): {result['peak_rss_mib']}")
     print(f"  CPU seconds: {result['cpu_seconds']}")
     print(f"  archive task seconds (lock and slot waits included): {result['archive_task_seconds']}")
