@@ -187,6 +187,7 @@ def main() -> int:
             subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
 
         sampler = Sampler(api_url)
+        run: dict | None = None
         try:
             server = start(str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port))
             wait_healthy(server, api_url, timeout=300, what="prefect server on PostgreSQL",
@@ -242,6 +243,10 @@ def main() -> int:
                     os.killpg(p.pid, 9)
                     p.wait()
             log.close()
+        if run is None or run["state"]["type"] != "COMPLETED":  # keep the processes' log of a failed run
+            keep = REPO / "bench" / "results" / f"{args.name}-processes.log"
+            keep.write_bytes((tmpdir / "processes.log").read_bytes())
+            print(f"the run did not complete: the processes' log is kept in {keep}")
         downloads = sim.downloads()
         ok = archived(dest, sim.ids, sim.sizes)
         files = sum(1 for p in dest.rglob("*") if p.is_file())

@@ -11,7 +11,10 @@
    deployment this run archives them all itself.
 
 The backfill fails when any window failed (its own recordings, or a child run that did not
-complete). Re-running over the same or an overlapping range is safe and cheap: archiving is
+complete). Following a child through a busy or restarting Prefect server: every call is
+retried on transient API errors (Prefect's client, and ``run_window`` for up to
+``API_PATIENCE_SECONDS``); a window that still cannot be created or followed counts as failed,
+and the other windows go on. Re-running over the same or an overlapping range is safe and cheap: archiving is
 idempotent (already archived recordings transfer 0 bytes), so an interrupted or failed backfill
 is resumed by running it again.
 """
@@ -19,13 +22,18 @@ is resumed by running it again.
 from __future__ import annotations
 
 import contextvars
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
+
+import httpx
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Failed, State
@@ -36,10 +44,12 @@ from flows.runtime import ArchiveTaskRunner, retrying
 from flows.watchdog import watch_for_loss
 from flows.windows import DESTINATION_HELP, DestinationParam, PlannedWindow, plan_windows
 from rtk_archiver.models import ArchiveReport
+from rtk_archiver.naming import redact_urls
 from rtk_archiver.settings import load_settings
 from tasks.limits import ensure_limits
 from tasks.listing import list_recordings
 
+T = TypeVar("T")
 WINDOW_DEPLOYMENT = "archive-recordings/archive-window"
 DEFAULT_RECORDINGS_PER_WINDOW = 250
 
@@ -143,15 +153,12 @@ def backfill(
     )
 
     if fan_out:
+        parent = FlowRunContext.get()
+        parent_id = str(parent.flow_run.id) if parent and parent.flow_run else None
+
         def run(window: PlannedWindow) -> WindowResult:
             params = {"since": window.since, "until": window.until, "destination": destination, "dry_run": dry_run}
-            child = run_deployment(WINDOW_DEPLOYMENT, parameters=params, flow_run_name=_label(window), timeout=None, poll_interval=2)
-            state = child.state
-            return WindowResult(
-                window=_label(window), since=window.since, until=window.until, recordings=window.recordings,
-                run=child.name, state=state.name if state else "unknown", ok=bool(state and state.is_completed()),
-                reason=(state.message or None) if state and not state.is_completed() else None,
-            )
+            return run_window(window, params, parent_id, logger)
 
         # each thread runs in a copy of this run's context, so the children are its subflows
         contexts = [contextvars.copy_context() for _ in windows]
@@ -171,6 +178,91 @@ def backfill(
             state="Completed" if failure is None else "Failed", ok=failure is None, reason=failure,
         )]
     return _finish(report)
+
+
+#: how long a backfill keeps trying to reach the Prefect API about one window (each call is
+#: also retried by Prefect's client: 5xx, timeouts, connection errors) before it counts the
+#: window as failed; a server restart or an overloaded database lasts less than this
+API_PATIENCE_SECONDS = 600.0
+CHILD_POLL_SECONDS = 2.0
+
+
+def transient_api_error(exc: BaseException) -> bool:
+    """An error talking to the Prefect API that a later call may not meet: the connection (the
+    server restarting), a timeout, or a 408/429/5xx answer (an overloaded server or database)."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        code = exc.response.status_code
+        return code in (408, 429) or code >= 500
+    return False
+
+
+def with_patience(call: Callable[[], T], what: str, logger, *, patience: float | None = None,
+                  pause: float | None = None, clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> T:
+    """``call()``, tried again after transient Prefect API errors for up to ``patience`` seconds
+    (``API_PATIENCE_SECONDS``) since the first failure, ``pause`` (``CHILD_POLL_SECONDS``) apart;
+    any other error, or one that outlasts ``patience``, is raised."""
+    patience = API_PATIENCE_SECONDS if patience is None else patience
+    pause = CHILD_POLL_SECONDS if pause is None else pause
+    first_failure = None
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if not transient_api_error(exc):
+                raise
+            now = clock()
+            first_failure = now if first_failure is None else first_failure
+            if now - first_failure >= patience:
+                raise
+            logger.warning("%s: the Prefect API failed (%s); trying again", what, _api_error_text(exc))
+            sleep(pause)
+
+
+def _api_error_text(exc: BaseException) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.method} {exc.request.url.path}"
+    return f"{type(exc).__name__}: {redact_urls(str(exc))[:200]}"
+
+
+def run_window(window: PlannedWindow, params: dict, parent_id: str | None, logger, *,
+               read_flow_run: Callable[[Any], Any] | None = None, start: Callable[..., Any] | None = None) -> WindowResult:
+    """One window as a child run of ``WINDOW_DEPLOYMENT``, waited for until its final state.
+
+    Never raises: a window whose run cannot be created or followed (the API failing for longer
+    than ``API_PATIENCE_SECONDS``, the run deleted) is a failed window, so that the other windows
+    still run and the backfill's report and final state count it. The child is created with an
+    idempotency key (this backfill run and the window), so a creation retried after an answer
+    was lost finds the same run instead of starting a second one."""
+    label = _label(window)
+    result = dict(window=label, since=window.since, until=window.until, recordings=window.recordings)
+    key = f"rtk-backfill-{parent_id}-{window.since.isoformat()}-{window.until.isoformat()}" if parent_id else None
+    start = start or (lambda: run_deployment(WINDOW_DEPLOYMENT, parameters=params, flow_run_name=label, timeout=0,
+                                             idempotency_key=key))
+    read_flow_run = read_flow_run or _read_flow_run
+    child = None
+    try:
+        child = with_patience(start, f"{label}: creating its run", logger)
+        while child.state is None or not child.state.is_final():
+            time.sleep(CHILD_POLL_SECONDS)
+            child = with_patience(lambda: read_flow_run(child.id), f"{label}: reading {child.name}", logger)
+    except Exception as exc:  # noqa: BLE001 - the window failed; the others go on
+        what = f"run {child.name} could not be followed" if child is not None else "its run could not be created"
+        reason = f"{what}: {_api_error_text(exc)}" + ("; it may still be running" if child is not None else "")
+        logger.error("%s: %s", label, reason)
+        return WindowResult(**result, run=child.name if child is not None else "none", state="unknown", ok=False, reason=reason)
+    state = child.state
+    return WindowResult(
+        **result, run=child.name, state=state.name, ok=state.is_completed(),
+        reason=(state.message or None) if not state.is_completed() else None,
+    )
+
+
+def _read_flow_run(flow_run_id: Any) -> Any:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
 
 
 def _finish(report: BackfillReport) -> BackfillReport | State:

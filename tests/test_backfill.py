@@ -77,6 +77,108 @@ def test_planning_rejects_bad_input(kw):
         plan_windows(T1, T0, [], per_window=5)
 
 
+# -- following child runs through a failing API (pure: fake API calls) ---------------------------
+
+def _http_error(code: int):
+    import httpx
+
+    req = httpx.Request("GET", "http://127.0.0.1:4200/api/flow_runs/x")
+    return httpx.HTTPStatusError(f"{code}", request=req, response=httpx.Response(code, request=req))
+
+
+class _Run:
+    def __init__(self, state, name="child-1"):
+        self.id, self.name, self.state = "id-1", name, state
+
+
+def _window():
+    from flows.windows import PlannedWindow
+
+    return PlannedWindow(since=T0, until=T1, recordings=12)
+
+
+def test_a_window_survives_transient_api_errors_and_reports_the_childs_final_state(monkeypatch):
+    import logging
+
+    import httpx
+    from prefect.states import Completed, Failed, Running
+
+    import flows.backfill as backfill
+
+    monkeypatch.setattr(backfill, "CHILD_POLL_SECONDS", 0)
+    created, answers = [], [_http_error(500), httpx.ConnectError("refused"), _Run(Running()), _http_error(503),
+                             _Run(Completed())]
+
+    def start():
+        created.append(1)
+        if len(created) == 1:
+            raise _http_error(502)  # the answer was lost: created again with the same idempotency key
+        return _Run(None)
+
+    def read(_id):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    log = logging.getLogger("test")
+    result = backfill.run_window(_window(), {}, "parent", log, read_flow_run=read, start=start)
+    assert (result.ok, result.state, result.run, len(created), answers) == (True, "Completed", "child-1", 2, [])
+
+    failed = backfill.run_window(_window(), {}, "parent", log, read_flow_run=lambda _id: _Run(Failed(message="2 of 12 failed")),
+                                 start=lambda: _Run(None))
+    assert (failed.ok, failed.state, failed.reason) == (False, "Failed", "2 of 12 failed")
+
+
+def test_a_window_whose_run_cannot_be_followed_fails_alone_without_raising(monkeypatch):
+    import logging
+
+    import flows.backfill as backfill
+    from prefect.exceptions import ObjectNotFound
+
+    monkeypatch.setattr(backfill, "CHILD_POLL_SECONDS", 0)
+    monkeypatch.setattr(backfill, "API_PATIENCE_SECONDS", 0)  # the first transient error is already too long
+    log = logging.getLogger("test")
+
+    def down(_id=None):
+        raise _http_error(500)
+
+    lost = backfill.run_window(_window(), {}, "p", log, read_flow_run=down, start=lambda: _Run(None))
+    assert not lost.ok and lost.run == "child-1" and "HTTP 500" in lost.reason and "may still be running" in lost.reason
+    never = backfill.run_window(_window(), {}, "p", log, read_flow_run=down, start=down)
+    assert not never.ok and never.run == "none" and "could not be created" in never.reason
+
+    def gone(_id):
+        raise ObjectNotFound(http_exc=Exception("404"))
+
+    monkeypatch.setattr(backfill, "API_PATIENCE_SECONDS", 600)  # not transient: no retry at all
+    deleted = backfill.run_window(_window(), {}, "p", log, read_flow_run=gone, start=lambda: _Run(None))
+    assert not deleted.ok and "ObjectNotFound" in deleted.reason
+
+
+def test_patience_is_counted_from_the_first_failure():
+    import logging
+
+    from flows.backfill import with_patience
+
+    now = [0.0]
+    calls = []
+
+    def failing():
+        calls.append(now[0])
+        raise _http_error(500)
+
+    def sleep(s):
+        now[0] += 10
+
+    import pytest as _pytest
+    with _pytest.raises(Exception, match="500"):
+        with_patience(failing, "x", logging.getLogger("t"), patience=60, clock=lambda: now[0], sleep=sleep)
+    assert calls == [0, 10, 20, 30, 40, 50, 60]
+    with _pytest.raises(ValueError):  # not an API error: raised at once
+        with_patience(lambda: (_ for _ in ()).throw(ValueError("bad")), "x", logging.getLogger("t"))
+
+
 # -- end to end: a real prefect server (session fixture) and `rtk-archiver serve` ---------------
 
 NO_CREDENTIALS = {"type": "sftp", "host": "127.0.0.1", "port": 1, "username": "u", "auth_method": "KEY"}

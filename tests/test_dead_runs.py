@@ -62,7 +62,7 @@ def test_automation_and_heartbeats_match_prefect_yaml():
     assert AutomationCore.model_validate(automation).model_dump() == crashed_runs_automation(settings()).model_dump()
     assert doc["definitions"]["work_pool"]["job_variables"] == job_variables(settings())
     assert all(d["work_pool"]["job_variables"] == job_variables(settings()) for d in doc["deployments"])
-    assert job_variables(settings(archive_heartbeat_seconds=60)) == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}}
+    assert job_variables(settings(archive_heartbeat_seconds=60)) == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60", "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,504"}}
     trigger = crashed_runs_automation(settings(archive_crashed_after_seconds=300)).trigger
     assert trigger.within.total_seconds() == 300 and trigger.posture == "Proactive"
 
@@ -84,7 +84,7 @@ def test_the_automation_watches_every_flow_of_the_project_and_only_them():
 
 
 def test_heartbeat_settings_are_bounded_and_reach_prefect(monkeypatch):
-    assert flow_run_env(settings()) == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    assert flow_run_env(settings()) == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,504"}
     for key, value in {"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": "a", "REALTIMEKIT_APP_ID": "b"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("ARCHIVE_HEARTBEAT_SECONDS", "20")

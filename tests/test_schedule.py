@@ -258,7 +258,7 @@ def test_deploy_from_any_directory(prefect_server, archiver_env, tmp_path):
             assert Path(dep["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"]) == PROJECT_ROOT
             assert (PROJECT_ROOT / spec.entrypoint.split(":")[0]).is_file()
             # the workers' flow-run processes heartbeat (README, "When a run dies")
-            assert dep["job_variables"] == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
+            assert dep["job_variables"] == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,504"}}
         assert "automation rtk-archiver-crash-dead-runs" in log
         r = _api(prefect_server, "POST", "/automations/filter", json={"automations": {"name": {"any_": ["rtk-archiver-crash-dead-runs"]}}})
         assert len(r.json()) == 1, r.text
