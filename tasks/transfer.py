@@ -68,7 +68,23 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+#: bytes httpcore asks the socket for per read of a body (its default: 64 KiB). Measured on a
+#: 256 MiB download from the simulator: 0.45-0.66 s of CPU at 64 KiB, 0.25-0.28 s at 1 MiB
+#: (fewer trips through httpcore and h11 per byte); a read returns what has arrived, up to this.
+DOWNLOAD_READ_BYTES = 1024 * 1024
+
+
+def larger_socket_reads() -> None:
+    """httpcore's sync HTTP/1.1 connections read up to ``DOWNLOAD_READ_BYTES`` at a time
+    (a class attribute: process-wide, never lowered)."""
+    from httpcore._sync.http11 import HTTP11Connection
+
+    if getattr(HTTP11Connection, "READ_NUM_BYTES", 0) < DOWNLOAD_READ_BYTES:
+        HTTP11Connection.READ_NUM_BYTES = DOWNLOAD_READ_BYTES
+
+
 def download_client(timeout: httpx.Timeout) -> httpx.Client:
+    larger_socket_reads()
     return httpx.Client(timeout=timeout, follow_redirects=True, verify=tls_context())
 
 
