@@ -108,6 +108,27 @@ def test_a_worker_dying_fails_the_put_and_leaves_nothing(parallel):
     assert (backend.base_path / "rec.mp4").read_bytes() == data
 
 
+def test_a_download_failing_midway_leaves_nothing_and_the_workers_reusable(parallel):
+    backend = parallel()
+    data = content(SIZE)
+
+    class Broken(Exception):
+        pass
+
+    def breaking():
+        yield from chunks(data[:3 * MiB])
+        raise Broken("connection reset by the source")
+
+    with pytest.raises(Broken):  # the source's own error, as it is
+        backend.put("rec.mp4", VerifyingReader(breaking(), SIZE), SIZE)
+    assert not (backend.base_path / "rec.mp4").exists()
+    assert leftovers(backend) == []
+    assert len(backend._pool.ready()) == 2
+    backend.put("rec.mp4", VerifyingReader(chunks(data), SIZE), SIZE)
+    assert backend.last_upload_connections == 2
+    assert (backend.base_path / "rec.mp4").read_bytes() == data
+
+
 def test_a_write_refused_by_the_server_fails_the_put(parallel, monkeypatch):
     backend = parallel()
     original = ParallelUpload.__init__
