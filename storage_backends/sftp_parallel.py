@@ -30,6 +30,7 @@ nothing is at the final name (the task retries the file). Memory: the pipes to t
 
 from __future__ import annotations
 
+import array
 import fcntl
 import json
 import logging
@@ -37,6 +38,7 @@ import os
 import select
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -46,7 +48,7 @@ from .sftp_worker import FRAME
 WORKER_SCRIPT = str(Path(__file__).with_name("sftp_worker.py"))
 #: files smaller than this are uploaded over the one connection: no worker is started for them
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
-F_SETPIPE_SZ = 1031
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 PIPE_BYTES = 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,10 @@ class Worker:
             fcntl.fcntl(self.fd_in, F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
             pass  # the default pipe size works too
+        try:
+            self.capacity = fcntl.fcntl(self.fd_in, F_GETPIPE_SZ)
+        except OSError:
+            self.capacity = 65536
         os.set_blocking(self.fd_in, False)
         self.state = "starting"  # -> ready | dead
         self.reason = ""
@@ -99,6 +105,15 @@ class Worker:
                         raise WorkerFailed(f"SFTP upload connection {self.index} made no progress before the stall timeout")
                     select.select([], [self.fd_in], [], min(wait, 1.0))
                     self._check_alive()
+
+    def room(self) -> int:
+        """Bytes the pipe to the worker can take now without blocking."""
+        queued = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.fd_in, termios.FIONREAD, queued)
+        except OSError:
+            return 0
+        return self.capacity - queued[0]
 
     def _check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -227,8 +242,11 @@ class ParallelUpload:
             self.local.write(chunk)
             self.local_bytes += len(chunk)
             return
-        w = self.active[self._turn % len(self.active)]
+        # the worker with the emptiest pipe: one busy waiting for its server's acknowledgements
+        # (paramiko settles its pipelined writes now and then) does not hold up the others
         self._turn += 1
+        n = len(self.active)
+        w = max((self.active[(self._turn + i) % n] for i in range(n)), key=Worker.room)
         w.send(b"W", offset, chunk, deadline=time.monotonic() + self.stall)
         w.sent += len(chunk)
 
