@@ -10,6 +10,9 @@
 * Uploads go to a hidden temporary name in the target directory with pipelined writes over
   a large SSH window, are size-checked, then renamed into place (``posix-rename``); the
   temporary file is removed on any failure.
+* ``ARCHIVE_SFTP_CONNECTIONS`` > 1: an upload of ``PARALLEL_MIN_BYTES`` or more also writes
+  over extra connections in worker processes, disjoint ranges of the same temp file
+  (``sftp_parallel.py``); the size check and the rename are the same.
 """
 
 from __future__ import annotations
