@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024,
         description="SSH channel window in bytes: how much an SFTP upload may have in flight unacknowledged.",
     )
+    archive_sftp_connections: int = Field(
+        default=1, ge=1, le=16,
+        description="SSH connections an SFTP upload of 16 MiB or more spreads its writes over: the archiver's own "
+        "plus worker processes, each writing disjoint ranges of the temp file (1: one connection, no workers). "
+        "Helps with idle CPU cores or a long link (each SSH channel has its own window); on a CPU-saturated "
+        "machine it was slower (BENCHMARKS.md).",
+    )
 
     # --- Watching for loss: expiry watchdog and scrub ----------------------------------------
     archive_expiry_warning_hours: float = Field(
