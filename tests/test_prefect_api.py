@@ -35,6 +35,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_private_api_runs_in_a_child_process_and_stops_with_the_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -58,6 +59,7 @@ def test_malloc_bounds_are_left_to_explicit_settings(monkeypatch):
     assert tune_malloc() is False
 
 
+@pytest.mark.slow
 def test_the_demo_on_its_private_api_exits_promptly_with_every_log_sent(tmp_path):
     """`make demo` path: the run's logs are sent before its API server stops (they were
     retried against the stopped server for a minute, with an error on the console)."""
