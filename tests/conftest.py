@@ -37,21 +37,23 @@ pytest_plugins = [
     "tests.fixtures.prefect_server",
 ]
 
-# Fixtures that start a real server or process for the test (tens of seconds each).
-_SLOW_FIXTURES = {"prefect_server", "postgres"}
-
-
-def _weight(item: pytest.Item) -> int:
-    return 60 if item.get_closest_marker("slow") or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) else 1
+# Fixtures that start real servers for a test file, and their weight (seconds, roughly): the
+# session's prefect server; PostgreSQL with a prefect server and workers (test_scale_out.py).
+_SLOW_FIXTURES = {"prefect_server": 60, "postgres": 240}
 
 
 def pytest_collection_modifyitems(session, config, items):
     """Test files with the most end-to-end work first (stable otherwise): with ``--dist
-    loadfile`` the workers take files in this order, so the long files do not come last."""
-    weights: dict[str, int] = {}
+    loadfile`` the workers take files in this order, so the long files do not come last. A
+    file's weight: 60 per ``slow`` test, the servers it starts, a fifth for any other test."""
+    weights: dict[str, float] = {}
+    servers: dict[str, int] = {}
     for item in items:
-        weights[item.nodeid.split("::")[0]] = weights.get(item.nodeid.split("::")[0], 0) + _weight(item)
-    items.sort(key=lambda item: -weights[item.nodeid.split("::")[0]])
+        path = item.nodeid.split("::")[0]
+        weights[path] = weights.get(path, 0) + (60 if item.get_closest_marker("slow") else 0.2)
+        used = set(getattr(item, "fixturenames", ()))
+        servers[path] = max(servers.get(path, 0), sum(w for name, w in _SLOW_FIXTURES.items() if name in used))
+    items.sort(key=lambda item: -(weights[item.nodeid.split("::")[0]] + servers[item.nodeid.split("::")[0]]))
 
 
 @pytest.fixture(scope="session")
