@@ -1,18 +1,11 @@
 """What a run shows in the Prefect UI: a table artifact per recording, a markdown summary,
 and one event per archived or failed recording (for automations / notifications). None of
-them without a Prefect API to send them to (a flow body run by ``flows.direct``)."""
+them without a Prefect API to send them to (a flow body run by ``flows.direct``, which does
+not import Prefect: its functions are imported where they are used)."""
 
 from __future__ import annotations
 
 import time
-
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.events import emit_event
 
 from rtk_archiver.display import markdown_text, printable
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
@@ -26,6 +19,8 @@ class Progress:
         self.last = time.monotonic()
         self.artifact_id = None
         if total and not direct.active():
+            from prefect.artifacts import create_progress_artifact
+
             self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
 
     def advance(self) -> None:
@@ -33,6 +28,8 @@ class Progress:
         now = time.monotonic()
         if self.artifact_id and (now - self.last >= self.every or self.done == self.total):
             self.last = now
+            from prefect.artifacts import update_progress_artifact
+
             update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
 
 
@@ -43,6 +40,8 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
     name = EVENT_FOR.get(outcome.kind)
     if name is None or direct.active():
         return
+    from prefect.events import emit_event
+
     emit_event(
         event=name,
         resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},
@@ -53,6 +52,8 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
 def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
     if direct.active():
         return
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
     rows = [
         {
             # text from the API (ids, names, reasons) with control / bidi characters escaped

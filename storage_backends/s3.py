@@ -16,7 +16,7 @@ S3-compatible stores that lack it.
 Storage options (URL query or the block's fields): ``sse`` (AES256, aws:kms), ``kms_key_id``,
 ``storage_class``; object metadata names the recording and meeting (``put(metadata=...)``).
 
-Credentials: a ``S3Credentials`` block named ``rtk-s3-<bucket>`` if one exists, else
+Credentials: a ``S3Credentials`` block (``storage_backends.blocks``) named ``rtk-s3-<bucket>`` if one exists, else
 boto3's standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles, ...).
 Endpoint: the block's, else ``ARCHIVE_S3_ENDPOINT_URL`` (or, for ``digitalocean``,
 ``ARCHIVE_DIGITALOCEAN_ENDPOINT_URL``, default ``https://{region}.digitaloceanspaces.com``),
@@ -29,64 +29,54 @@ import base64
 import hashlib
 import posixpath
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
-from .credentials import block_name_for, block_options, load_block
+from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
 
+    from .blocks import S3Credentials
+
 PART_SIZE = 8 * 1024 * 1024  # the default of ARCHIVE_S3_PART_SIZE
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken", "ExpiredToken"}
 
 
-class S3Credentials(Block):
-    """Credentials for one S3 / S3-compatible destination (name it rtk-s3-<bucket>)."""
+def __getattr__(name: str) -> Any:
+    if name == "S3Credentials":  # the block, defined with the others (it imports Prefect)
+        from .blocks import S3Credentials
 
-    _block_type_name = "RTK S3 Credentials"
-    _block_type_slug = "rtk-s3-credentials"
-
-    aws_access_key_id: str | None = Field(default=None, description="Access key id.")
-    aws_secret_access_key: SecretStr | None = Field(default=None, description="Secret access key.")
-    aws_session_token: SecretStr | None = Field(default=None, description="Session token, for temporary credentials.")
-    region_name: str | None = Field(default=None, description="Region, if not the recording's.")
-    endpoint_url: str | None = Field(default=None, description="Endpoint for S3-compatible stores (MinIO, R2, ...).")
-    sse: str | None = Field(default=None, description="Server-side encryption: AES256 or aws:kms.")
-    kms_key_id: str | None = Field(default=None, description="KMS key id or ARN (with sse aws:kms).")
-    storage_class: str | None = Field(default=None, description="Storage class (STANDARD_IA, GLACIER_IR, ...).")
-    checksum: str | None = Field(default=None, description="SHA256 (default) or off, for stores without S3 checksums.")
-
-    storage_option_fields: ClassVar[tuple[str, ...]] = ("sse", "kms_key_id", "storage_class", "checksum")
-
-    def get_client(self, destination: Destination, settings: "Settings | None" = None, config: Config | None = None):
-        """A boto3 S3 client for destination: this block's keys, else boto3's standard chain
-        (an empty block = the chain)."""
-        session = boto3.session.Session(
-            region_name=self.region_name or destination.region,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key.get_secret_value() if self.aws_secret_access_key else None,
-            aws_session_token=self.aws_session_token.get_secret_value() if self.aws_session_token else None,
-        )
-        return session.client("s3", endpoint_url=endpoint_for(destination, settings, self), config=config)
+        return S3Credentials
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def endpoint_for(destination: Destination, settings: "Settings | None", block: S3Credentials | None = None) -> str | None:
+def s3_client(destination: Destination, settings: "Settings | None", config: Config | None, block: "S3Credentials | None" = None):
+    """A boto3 S3 client for destination: the block's keys if it has any, else boto3's
+    standard chain (no block, or an empty one = the chain)."""
+    session = boto3.session.Session(
+        region_name=block_value(block, "region_name") or destination.region,
+        aws_access_key_id=block_value(block, "aws_access_key_id"),
+        aws_secret_access_key=block_value(block, "aws_secret_access_key"),
+        aws_session_token=block_value(block, "aws_session_token"),
+    )
+    return session.client("s3", endpoint_url=endpoint_for(destination, settings, block), config=config)
+
+
+def endpoint_for(destination: Destination, settings: "Settings | None", block: "S3Credentials | None" = None) -> str | None:
     if destination.endpoint_url:
         return destination.endpoint_url
-    if block is not None and block.endpoint_url:
-        return block.endpoint_url
+    if block_value(block, "endpoint_url"):
+        return block_value(block, "endpoint_url")
     if destination.source_type == "digitalocean":
         if settings is not None and settings.digitalocean_endpoint_url:
             return settings.digitalocean_endpoint_url
@@ -159,7 +149,7 @@ class S3Backend(StorageBackend):
 
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
-        block = load_block(S3Credentials, destination, settings.archive_credential_blocks if settings else False)
+        block = load_block("S3Credentials", destination, settings.archive_credential_blocks if settings else False)
         self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
         stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         self.bucket = destination.bucket or ""
@@ -172,7 +162,7 @@ class S3Backend(StorageBackend):
         config = Config(
             retries={"mode": "standard", "max_attempts": 5}, connect_timeout=min(15.0, stall), read_timeout=stall, **when
         )
-        self.client = (block or S3Credentials()).get_client(destination, settings, config)
+        self.client = s3_client(destination, settings, config, block)
         # no-clobber at the commit itself (If-None-Match: *), not only the stat before the upload:
         # the object appears only when PutObject / CompleteMultipartUpload succeeds, and S3
         # refuses either with 412 when something is at the key by then
