@@ -206,6 +206,28 @@ class VerifyingReader:
         self.bytes_read += len(data)
         return data
 
+    def readinto(self, buffer) -> int:
+        """Fill ``buffer`` (any writable bytes-like) with the next bytes, as many as it holds
+        unless the body ends first; the count. No intermediate copy of the whole: a backend
+        that keeps a part in memory (S3) holds it once."""
+        interrupt.check()
+        view = memoryview(buffer).cast("B")
+        want, filled = len(view), 0
+        while filled < want:
+            if not self._pending:
+                self._fill(1)
+                if not self._pending:
+                    break
+            chunk = self._pending.popleft()
+            take = min(len(chunk), want - filled)
+            view[filled : filled + take] = memoryview(chunk)[:take]
+            if take < len(chunk):
+                self._pending.appendleft(chunk[take:])
+            self._pending_size -= take
+            filled += take
+        self.bytes_read += filled
+        return filled
+
     def hexdigests(self) -> dict[str, str]:
         return {name: h.hexdigest() for name, h in self.hashers.items()}
 

@@ -1,8 +1,13 @@
-"""S3 and S3-compatible (DigitalOcean Spaces, MinIO, R2) backend, on boto3's transfer manager.
+"""S3 and S3-compatible (DigitalOcean Spaces, MinIO, R2) backend, on boto3.
 
-Uploads stream through ``upload_fileobj``: multipart for large files, a bounded number of
-parts in memory, and the multipart upload aborted by boto3 if the source or a part fails,
-so nothing is visible at the key until the upload completes.
+Uploads stream the source in parts of ``ARCHIVE_S3_PART_SIZE``: a file shorter than one part
+is one ``PutObject``, anything longer a multipart upload with ``ARCHIVE_S3_CONCURRENCY`` parts
+in flight; a part is read only when one of them is done, so memory holds at most that many
+parts, each once (read straight into its buffer, sent without a copy: a ``bytearray`` body,
+which neither ``http.client`` nor botocore copy, unlike ``bytes``; boto3's transfer manager
+held ~2x as much for a stream: parts queued beside the ones in flight). If the source or a
+part fails, the multipart upload is aborted, so nothing is visible at the key until the
+upload completes.
 
 Checksums: every upload carries S3's own SHA-256 (``ChecksumAlgorithm=SHA256``): the server
 checks every part against it, and ``stat`` (``HeadObject`` with ``ChecksumMode=ENABLED``)
@@ -28,12 +33,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import posixpath
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -84,47 +90,50 @@ def endpoint_for(destination: Destination, settings: "Settings | None", block: "
     return settings.s3_endpoint_url if settings is not None else None
 
 
-class _PartHasher:
-    """Reads through to ``source`` and keeps the sha256 of every ``part_size`` slice of the
-    stream: the parts s3transfer uploads (its parts are ``part_size`` bytes, the last shorter)."""
+def _read_part(source: Readable, size: int) -> bytearray:
+    """The next ``size`` bytes of ``source`` (fewer at its end), read into one buffer."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    readinto = getattr(source, "readinto", None)
+    while got < size:
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = source.read(size - got)
+            n = len(data)
+            view[got : got + n] = data
+        if not n:
+            break
+        got += n
+    view.release()
+    if got < size:
+        del buf[got:]
+    return buf
 
-    def __init__(self, source: Readable, part_size: int) -> None:
-        self.source, self.part_size = source, part_size
-        self.parts: list[bytes] = []
-        self._h = hashlib.sha256()
-        self._filled = 0
 
-    def readable(self) -> bool:
-        return True
+class _Parts:
+    """The sha256 of every part sent (one part: a single PutObject), and S3's checksum of the
+    whole checked against them."""
 
-    def seekable(self) -> bool:
-        return False
+    def __init__(self) -> None:
+        self.digests: list[bytes] = []
+        self.multipart = False
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        view, pos = memoryview(data), 0
-        while pos < len(data):
-            take = min(len(data) - pos, self.part_size - self._filled)
-            self._h.update(view[pos : pos + take])
-            pos += take
-            self._filled += take
-            if self._filled == self.part_size:
-                self.parts.append(self._h.digest())
-                self._h, self._filled = hashlib.sha256(), 0
-        return data
+    def add(self, data: bytearray) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        self.digests.append(digest)
+        return digest
 
     def matches(self, reported: str) -> bool:
         """Whether S3's checksum (hex, "-N" when the server marks a composite) is the one of
-        the bytes read: the file's sha256 for a single PUT (shorter than one part), else the
-        composite sha256 of the part digests (s3transfer uploads anything from one part size
-        on in parts)."""
-        parts = self.parts + ([self._h.digest()] if self._filled or not self.parts else [])
+        the bytes sent: the file's sha256 for a single PUT (shorter than one part), else the
+        composite sha256 of the part digests."""
         digest, _, count = reported.partition("-")
-        if not self.parts:  # shorter than one part: a single PutObject
-            return not count and digest == parts[0].hex()
-        if count and int(count) != len(parts):
+        if not self.multipart:
+            return not count and digest == self.digests[0].hex()
+        if count and int(count) != len(self.digests):
             return False
-        return digest == hashlib.sha256(b"".join(parts)).hexdigest()
+        return digest == hashlib.sha256(b"".join(self.digests)).hexdigest()
 
 
 def _s3_hex(value: str | None) -> str | None:
@@ -180,12 +189,7 @@ class S3Backend(StorageBackend):
             self.extra_args["StorageClass"] = options["storage_class"]
         # part size and parts in flight: ARCHIVE_S3_PART_SIZE, ARCHIVE_S3_CONCURRENCY
         self.part_size = settings.archive_s3_part_size if settings is not None else PART_SIZE
-        concurrency = settings.archive_s3_concurrency if settings is not None else 4
-        self.transfer_config = TransferConfig(
-            multipart_threshold=self.part_size, multipart_chunksize=self.part_size, max_concurrency=concurrency
-        )
-        # s3transfer keeps up to this many parts read from a non-seekable source in memory
-        self.transfer_config.max_in_memory_upload_chunks = concurrency
+        self.concurrency = settings.archive_s3_concurrency if settings is not None else 4
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key
@@ -250,9 +254,9 @@ class S3Backend(StorageBackend):
         extra = dict(self.extra_args)
         if metadata:
             extra["Metadata"] = {k: _metadata_value(v) for k, v in metadata.items()}
-        hasher = _PartHasher(source, self.part_size)
+        parts = _Parts()
         try:
-            self.client.upload_fileobj(hasher, self.bucket, self._key(key), ExtraArgs=extra, Config=self.transfer_config)
+            self._upload(self._key(key), source, extra, parts)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise KeyTaken(
@@ -262,20 +266,63 @@ class S3Backend(StorageBackend):
             raise self._fail(exc, "upload", key) from None
         except BotoCoreError as exc:
             raise self._fail(exc, "upload", key) from None
-        except Exception as exc:
-            # s3transfer wraps errors raised by the source; surface the original one
-            cause = exc.__cause__ or exc.__context__
-            if type(exc).__module__.startswith("s3transfer") and cause is not None:
-                raise cause from None
-            raise
         info = self.confirm_stored(key, size)
         reported = info.hashes.get("s3-sha256")
-        if reported is not None and not hasher.matches(reported):
+        if reported is not None and not parts.matches(reported):
             self.delete(key)  # ours: written just now
             raise StorageError(
                 f"s3://{self.bucket}/{self._key(key)}: S3's SHA-256 checksum differs from the bytes sent; removed"
             )
         return info  # without s3-sha256 if the store does not report checksums (some S3-compatibles)
+
+    def _checksum(self, data: bytearray, parts: _Parts) -> dict[str, str]:
+        digest = parts.add(data)
+        return {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": base64.b64encode(digest).decode()} if self.checksum else {}
+
+    def _upload(self, key: str, source: Readable, extra: dict, parts: _Parts) -> None:
+        """One PutObject for a file shorter than a part, else a multipart upload with at most
+        ``concurrency`` parts in memory (in flight or being read), aborted on any failure."""
+        data = _read_part(source, self.part_size)
+        if len(data) < self.part_size:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra, **self._checksum(data, parts))
+            return
+        parts.multipart = True
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="rtk-s3-part")
+        pending: deque[Future] = deque()
+        done: list[dict] = []
+        try:
+            number = 0
+            while data:
+                number += 1
+                args = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number}
+                pending.append(pool.submit(self._upload_part, args, data, self._checksum(data, parts)))
+                del data
+                while len(pending) >= self.concurrency:  # a part is read only when one is done
+                    done.append(pending.popleft().result())
+                data = _read_part(source, self.part_size)
+            while pending:
+                done.append(pending.popleft().result())
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+            )
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except (ClientError, BotoCoreError):
+                pass  # left to the bucket's lifecycle rule: invisible, never at the key
+            raise
+        pool.shutdown(wait=True)
+
+    def _upload_part(self, args: dict, data: bytearray, checksum: dict[str, str]) -> dict:
+        answer = self.client.upload_part(**args, Body=data, **checksum)
+        part = {"PartNumber": args["PartNumber"], "ETag": answer["ETag"]}
+        if "ChecksumSHA256" in checksum:
+            part["ChecksumSHA256"] = answer.get("ChecksumSHA256") or checksum["ChecksumSHA256"]
+        return part
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
         obj = self._call("read", key, self.client.get_object, Range=f"bytes=0-{limit - 1}")

@@ -35,8 +35,7 @@ def test_s3_part_size_and_concurrency_are_used_and_verified(s3_env):
     backend = open_backend(parse_destination_url(f"s3://{s3_env}/tuned"),
                            settings(archive_s3_part_size=5 * MiB, archive_s3_concurrency=2))
     try:
-        assert backend.transfer_config.multipart_chunksize == 5 * MiB
-        assert backend.transfer_config.max_concurrency == 2 == backend.transfer_config.max_in_memory_upload_chunks
+        assert backend.part_size == 5 * MiB and backend.concurrency == 2
         reader = VerifyingReader(media(size), size, backend.hash_types)
         info = backend.put("video.mp4", reader, size)
         reader.verify_end()
