@@ -277,7 +277,7 @@ class S3Backend(StorageBackend):
 
     def _checksum(self, data: bytearray, parts: _Parts) -> dict[str, str]:
         digest = parts.add(data)
-        return {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": base64.b64encode(digest).decode()} if self.checksum else {}
+        return {"ChecksumSHA256": base64.b64encode(digest).decode()} if self.checksum else {}
 
     def _upload(self, key: str, source: Readable, extra: dict, parts: _Parts) -> None:
         """One PutObject for a file shorter than a part, else a multipart upload with at most
@@ -318,7 +318,8 @@ class S3Backend(StorageBackend):
         pool.shutdown(wait=True)
 
     def _upload_part(self, args: dict, data: bytearray, checksum: dict[str, str]) -> dict:
-        answer = self.client.upload_part(**args, Body=data, **checksum)
+        algorithm = {"ChecksumAlgorithm": "SHA256"} if checksum else {}
+        answer = self.client.upload_part(**args, Body=data, **algorithm, **checksum)
         part = {"PartNumber": args["PartNumber"], "ETag": answer["ETag"]}
         if "ChecksumSHA256" in checksum:
             part["ChecksumSHA256"] = answer.get("ChecksumSHA256") or checksum["ChecksumSHA256"]
