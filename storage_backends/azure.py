@@ -32,7 +32,7 @@ import posixpath
 import re
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 #: bytes per staged block (at most 50,000 blocks per blob: 390 GiB)
 BLOCK_SIZE = 8 * 1024 * 1024
-#: blocks being staged at once (memory: this many blocks plus the one being read)
+#: blocks in memory at once: being staged, or (one of them) being read
 MAX_IN_FLIGHT = 4
 _DENIED_CODES = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch", "InsufficientAccountPermissions"}
 
@@ -132,7 +132,9 @@ def _b64(data: bytes) -> str:
 
 
 class AzureBackend(StorageBackend):
-    read_ahead_bytes = BLOCK_SIZE
+    #: the transfer's read-ahead, at most (tasks/transfer.py): with blocks in flight, the next
+    #: block is downloaded while they are staged; a longer read-ahead only costs memory
+    read_ahead_limit_bytes = 2 * 1024 * 1024
 
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
@@ -151,7 +153,6 @@ class AzureBackend(StorageBackend):
         # ARCHIVE_AZURE_BLOCK_SIZE, ARCHIVE_AZURE_CONCURRENCY
         self.block_size = settings.archive_azure_block_size if settings is not None else BLOCK_SIZE
         self.in_flight = settings.archive_azure_concurrency if settings is not None else MAX_IN_FLIGHT
-        self.read_ahead_bytes = self.block_size
         tier = self.destination.options.get("access_tier")
         self.tier = StandardBlobTier(tier) if tier else None
 
@@ -204,14 +205,13 @@ class AzureBackend(StorageBackend):
         pending: deque[Future] = deque()
         pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="rtk-azure-block")
         try:
-            for data in _blocks(source, self.block_size):
+            for data in _blocks(source, self.block_size, lambda: _wait_below(pending, self.in_flight)):
                 md5.update(data)
                 block_id = _b64(f"{upload}-{len(block_ids):08d}".encode())
                 block_ids.append(block_id)
-                while len(pending) >= self.in_flight:
-                    pending.popleft().result()
                 # validate_content: the block's MD5 travels with it and the service checks it
                 pending.append(pool.submit(blob.stage_block, block_id, data, length=len(data), validate_content=True))
+                del data
             while pending:
                 pending.popleft().result()
             conditions = {} if replace else {"match_condition": MatchConditions.IfMissing}
@@ -279,9 +279,19 @@ class AzureBackend(StorageBackend):
         self.client.close()
 
 
-def _blocks(source: Readable, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
-    """The source in ``block_size`` pieces (the last shorter), until it ends."""
+def _wait_below(pending: deque[Future], limit: int) -> None:
+    """Wait until fewer than ``limit`` blocks are in flight (raising the first failure)."""
+    while len(pending) >= limit:
+        pending.popleft().result()
+
+
+def _blocks(source: Readable, block_size: int = BLOCK_SIZE, before_read: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """The source in ``block_size`` pieces (the last shorter), until it ends. ``before_read``
+    is called before each block is read (``put``: until a block in flight is done, so memory
+    holds at most ``in_flight`` blocks, the one being read included)."""
     while True:
+        if before_read is not None:
+            before_read()
         parts, have = [], 0
         while have < block_size:
             data = source.read(block_size - have)
@@ -291,6 +301,9 @@ def _blocks(source: Readable, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
             have += len(data)
         if not have:
             return
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
+        block = parts[0] if len(parts) == 1 else b"".join(parts)
+        del parts
+        yield block
+        del block
         if have < block_size:
             return

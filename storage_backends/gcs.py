@@ -66,6 +66,16 @@ def gcs_client(block: "GCSCredentials | None" = None) -> storage.Client:
     return storage.Client(project=project)
 
 
+def _forget_sent_body(response, *args, **kwargs):
+    """A requests response hook: drop the request body a response keeps (``response.request``).
+    The resumable upload keeps each chunk's response while it reads and sends the next chunk:
+    without this, two chunks (32 MiB) are held instead of one."""
+    request = getattr(response, "request", None)
+    if request is not None:
+        request.body = None
+    return response
+
+
 def _hex(b64: str | None) -> str | None:
     return base64.b64decode(b64).hex() if b64 else None
 
@@ -91,6 +101,9 @@ class GCSBackend(StorageBackend):
                 f" ({type(exc).__name__})"
             ) from None
         self.bucket = self.client.bucket(destination.bucket)
+        hooks = getattr(self.client._http, "hooks", None)  # a requests session (AuthorizedSession)
+        if hooks is not None and _forget_sent_body not in hooks.setdefault("response", []):
+            hooks["response"].append(_forget_sent_body)
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key

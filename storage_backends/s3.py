@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import posixpath
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from rtk_archiver.models import ObjectInfo
+from rtk_archiver.streams import read_buffer
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, block_options, block_value, load_block
@@ -66,10 +69,29 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_loader_lock = threading.Lock()
+_loader: object | None = None
+
+
+def _botocore_session() -> botocore.session.Session:
+    """A new botocore session sharing the process's first one's data loader: the S3 service
+    model (JSON) is parsed once, not for every client (~12 MiB each; a run opens one backend
+    to look at the destination and one per transfer)."""
+    global _loader
+    session = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = session.get_component("data_loader")
+        else:
+            session.register_component("data_loader", _loader)
+    return session
+
+
 def s3_client(destination: Destination, settings: "Settings | None", config: Config | None, block: "S3Credentials | None" = None):
     """A boto3 S3 client for destination: the block's keys if it has any, else boto3's
     standard chain (no block, or an empty one = the chain)."""
     session = boto3.session.Session(
+        botocore_session=_botocore_session(),
         region_name=block_value(block, "region_name") or destination.region,
         aws_access_key_id=block_value(block, "aws_access_key_id"),
         aws_secret_access_key=block_value(block, "aws_secret_access_key"),
@@ -88,27 +110,6 @@ def endpoint_for(destination: Destination, settings: "Settings | None", block: "
             return settings.digitalocean_endpoint_url
         return f"https://{destination.region or 'nyc3'}.digitaloceanspaces.com"
     return settings.s3_endpoint_url if settings is not None else None
-
-
-def _read_part(source: Readable, size: int) -> bytearray:
-    """The next ``size`` bytes of ``source`` (fewer at its end), read into one buffer."""
-    buf = bytearray(size)
-    view, got = memoryview(buf), 0
-    readinto = getattr(source, "readinto", None)
-    while got < size:
-        if readinto is not None:
-            n = readinto(view[got:])
-        else:
-            data = source.read(size - got)
-            n = len(data)
-            view[got : got + n] = data
-        if not n:
-            break
-        got += n
-    view.release()
-    if got < size:
-        del buf[got:]
-    return buf
 
 
 class _Parts:
@@ -155,6 +156,9 @@ def _metadata_value(value: str) -> str:
 
 class S3Backend(StorageBackend):
     hash_types = ()  # s3-sha256 is computed in put, per part
+    #: the transfer's read-ahead, at most (tasks/transfer.py): with parts in flight, the next
+    #: part is downloaded while they are sent; a longer read-ahead only costs memory
+    read_ahead_limit_bytes = 2 * 1024 * 1024
 
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
@@ -282,7 +286,7 @@ class S3Backend(StorageBackend):
     def _upload(self, key: str, source: Readable, extra: dict, parts: _Parts) -> None:
         """One PutObject for a file shorter than a part, else a multipart upload with at most
         ``concurrency`` parts in memory (in flight or being read), aborted on any failure."""
-        data = _read_part(source, self.part_size)
+        data = read_buffer(source, self.part_size)
         if len(data) < self.part_size:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra, **self._checksum(data, parts))
             return
@@ -300,7 +304,7 @@ class S3Backend(StorageBackend):
                 del data
                 while len(pending) >= self.concurrency:  # a part is read only when one is done
                     done.append(pending.popleft().result())
-                data = _read_part(source, self.part_size)
+                data = read_buffer(source, self.part_size)
             while pending:
                 done.append(pending.popleft().result())
             self.client.complete_multipart_upload(
