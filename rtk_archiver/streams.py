@@ -249,10 +249,16 @@ class VerifyingReader:
             else:
                 if out is None:
                     out = io.BytesIO()
+                    if want is not None:  # its buffer sized once (no growth: no heap fragments)
+                        out.seek(want - 1)
+                        out.write(b"\0")
+                        out.seek(0)
                     out.write(first)
                     first = None
                 out.write(chunk)
             del chunk
+        if out is not None:
+            out.truncate(taken)
         data = out.getvalue() if out is not None else (first if first is not None else b"")
         self.bytes_read += len(data)
         return data

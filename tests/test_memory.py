@@ -46,6 +46,18 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared with the parent (a forked child) counted once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
@@ -55,14 +67,15 @@ def _children(pid: int) -> list[int]:
 
 
 def run_peak_mib(cmd: list[str], env: dict[str, str], timeout: float = 240) -> tuple[int, str, float]:
-    """(exit status, output, peak MiB): the process's VmHWM, or the largest sum of its RSS and
+    """(exit status, output, peak MiB): the process's VmHWM, or the largest sum of its PSS and
     its children's (a private Prefect server would count), sampled every 20 ms."""
     with open(Path(env["PREFECT_HOME"]).parent / f"out-{time.monotonic_ns()}.txt", "w+") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline, peak_kib = time.monotonic() + timeout, 0
         while True:
             hwm = _status_kib(proc.pid, "VmHWM")
-            tree = _status_kib(proc.pid, "VmRSS") + sum(_status_kib(c, "VmRSS") for c in _children(proc.pid))
+            children = _children(proc.pid)
+            tree = _pss_kib(proc.pid) + sum(_pss_kib(c) for c in children) if children else 0
             pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
