@@ -52,7 +52,7 @@ def test_gcs_chunk_size_is_used(gcs_env):
     size = 3 * MiB + 5
     backend = open_backend(parse_destination_url(f"gs://{gcs_env}/tuned"), settings(archive_gcs_chunk_size=MiB))
     try:
-        assert backend.chunk_size == MiB == backend.read_ahead_bytes
+        assert backend.chunk_size == MiB == 2 * backend.read_ahead_bytes
         reader = VerifyingReader(media(size), size, backend.hash_types)
         info = backend.put("video.mp4", reader, size)
         reader.verify_end()
