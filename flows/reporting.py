@@ -5,11 +5,36 @@ not import Prefect: its functions are imported where they are used)."""
 
 from __future__ import annotations
 
+import importlib
 import time
+from typing import Any
 
 from rtk_archiver.display import markdown_text, printable
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
 from flows import direct
+
+#: Prefect's functions used here, imported on first use (a run without Prefect never does)
+_PREFECT = {
+    "create_markdown_artifact": "prefect.artifacts",
+    "create_progress_artifact": "prefect.artifacts",
+    "create_table_artifact": "prefect.artifacts",
+    "update_progress_artifact": "prefect.artifacts",
+    "emit_event": "prefect.events",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PREFECT:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PREFECT[name]), name)
+    globals()[name] = value
+    return value
+
+
+def _prefect(name: str) -> Any:
+    """One of ``_PREFECT``'s functions (as set on this module, if it was: tests replace them)."""
+    return globals().get(name) or __getattr__(name)
+
 
 class Progress:
     """A progress artifact for long runs, updated at most every ``every`` seconds."""
@@ -19,18 +44,14 @@ class Progress:
         self.last = time.monotonic()
         self.artifact_id = None
         if total and not direct.active():
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
+            self.artifact_id = _prefect("create_progress_artifact")(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
 
     def advance(self) -> None:
         self.done += 1
         now = time.monotonic()
         if self.artifact_id and (now - self.last >= self.every or self.done == self.total):
             self.last = now
-            from prefect.artifacts import update_progress_artifact
-
-            update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+            _prefect("update_progress_artifact")(self.artifact_id, progress=100.0 * self.done / self.total)
 
 
 EVENT_FOR = {OutcomeKind.ARCHIVED: "rtk.recording.archived", OutcomeKind.FAILED: "rtk.recording.failed"}
@@ -40,9 +61,7 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
     name = EVENT_FOR.get(outcome.kind)
     if name is None or direct.active():
         return
-    from prefect.events import emit_event
-
-    emit_event(
+    _prefect("emit_event")(
         event=name,
         resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},
         payload=outcome.model_dump(mode="json", include={"kind", "reason", "destination", "bytes_total", "bytes_transferred", "seconds"}),
@@ -52,8 +71,6 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
 def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
     if direct.active():
         return
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
     rows = [
         {
             # text from the API (ids, names, reasons) with control / bidi characters escaped
@@ -67,14 +84,14 @@ def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> No
         for o in report.outcomes
     ]
     if rows:
-        create_table_artifact(table=rows, key=key, description="What this run did, per recording")
+        _prefect("create_table_artifact")(table=rows, key=key, description="What this run did, per recording")
     counts = "\n".join(f"| {k} | {n} |" for k, n in report.counts().items() if n) or "| nothing to do | 0 |"
     window = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC" if report.since and report.until else "single recording"
     failures = "\n".join(
         f"- {markdown_text(o.recording_id)} {markdown_text(o.output_file_name or '')}: {markdown_text(o.reason)}"
         for o in report.failed
     )
-    create_markdown_artifact(
+    _prefect("create_markdown_artifact")(
         key=f"{key}-summary",
         description="Run summary",
         markdown=(
