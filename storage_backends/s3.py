@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from .blocks import S3Credentials
 
 PART_SIZE = 8 * 1024 * 1024  # the default of ARCHIVE_S3_PART_SIZE
+CONCURRENCY = 3  # the default of ARCHIVE_S3_CONCURRENCY: parts in memory (24 MiB)
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken", "ExpiredToken"}
 
 
@@ -193,7 +194,7 @@ class S3Backend(StorageBackend):
             self.extra_args["StorageClass"] = options["storage_class"]
         # part size and parts in flight: ARCHIVE_S3_PART_SIZE, ARCHIVE_S3_CONCURRENCY
         self.part_size = settings.archive_s3_part_size if settings is not None else PART_SIZE
-        self.concurrency = settings.archive_s3_concurrency if settings is not None else 4
+        self.concurrency = settings.archive_s3_concurrency if settings is not None else CONCURRENCY
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key
