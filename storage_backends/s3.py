@@ -88,6 +88,35 @@ def _botocore_session() -> botocore.session.Session:
     return session
 
 
+_clients_lock = threading.Lock()
+_clients: dict[tuple, list] = {}  # key -> [client, backends using it]
+
+
+def _shared_client(key: tuple, make) -> object:
+    """One client per distinct configuration in the process, shared by the backends that use
+    it (boto3 clients are thread-safe): a client costs ~10 MiB (its endpoint rules, model
+    shapes), and a run opens several backends for one destination (the survey, each transfer,
+    each transfer's claim keeper)."""
+    with _clients_lock:
+        entry = _clients.get(key)
+        if entry is None:
+            entry = _clients[key] = [make(), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_client(key: tuple) -> None:
+    with _clients_lock:
+        entry = _clients.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _clients[key]
+    entry[0].close()
+
+
 def s3_client(destination: Destination, settings: "Settings | None", config: Config | None, block: "S3Credentials | None" = None):
     """A boto3 S3 client for destination: the block's keys if it has any, else boto3's
     standard chain (no block, or an empty one = the chain)."""
@@ -176,10 +205,18 @@ class S3Backend(StorageBackend):
         config = Config(
             retries={"mode": "standard", "max_attempts": 5}, connect_timeout=min(15.0, stall), read_timeout=stall, **when
         )
-        self.client = s3_client(destination, settings, config, block)
+        self._client_key = (
+            endpoint_for(destination, settings, block), block_value(block, "region_name") or destination.region,
+            block_value(block, "aws_access_key_id"), block_value(block, "aws_secret_access_key"),
+            block_value(block, "aws_session_token"), self.checksum, stall,
+        )
+        self.client = _shared_client(self._client_key, lambda: s3_client(destination, settings, config, block))
+        self._closed = False
         # no-clobber at the commit itself (If-None-Match: *), not only the stat before the upload:
         # the object appears only when PutObject / CompleteMultipartUpload succeeds, and S3
-        # refuses either with 412 when something is at the key by then
+        # refuses either with 412 when something is at the key by then (the client is shared:
+        # each backend's handler adds it for the keys it is putting without replace, which at
+        # worst makes another backend's put of the same key no-clobber too: the safe way)
         self._no_clobber: set[str] = set()
         for op in ("PutObject", "CompleteMultipartUpload"):
             self.client.meta.events.register(f"before-parameter-build.s3.{op}", self._if_none_match)
@@ -341,7 +378,12 @@ class S3Backend(StorageBackend):
         self._call("delete", key, self.client.delete_object)
 
     def close(self) -> None:
-        self.client.close()
+        if self._closed:
+            return
+        self._closed = True
+        for op in ("PutObject", "CompleteMultipartUpload"):
+            self.client.meta.events.unregister(f"before-parameter-build.s3.{op}", self._if_none_match)
+        _release_client(self._client_key)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
         """Objects under ``prefix``, a page (1,000 keys) at a time, in key order. The listing
