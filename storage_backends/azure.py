@@ -210,7 +210,9 @@ class AzureBackend(StorageBackend):
                 block_id = _b64(f"{upload}-{len(block_ids):08d}".encode())
                 block_ids.append(block_id)
                 # validate_content: the block's MD5 travels with it and the service checks it
-                pending.append(pool.submit(blob.stage_block, block_id, data, length=len(data), validate_content=True))
+                # in a box the call empties: the block is freed when it is staged, not when the
+                # pool drops the call a moment after the result is set (one block more at the peak)
+                pending.append(pool.submit(_stage, blob, block_id, [data]))
                 del data
             while pending:
                 pending.popleft().result()
@@ -277,6 +279,14 @@ class AzureBackend(StorageBackend):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _stage(blob, block_id: str, box: list[bytes]) -> None:
+    data = box.pop()
+    try:
+        blob.stage_block(block_id, data, length=len(data), validate_content=True)
+    finally:
+        del data
 
 
 def _wait_below(pending: deque[Future], limit: int) -> None:

@@ -338,7 +338,11 @@ class S3Backend(StorageBackend):
             while data:
                 number += 1
                 args = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number}
-                pending.append(pool.submit(self._upload_part, args, data, self._checksum(data, parts)))
+                checksum = self._checksum(data, parts)
+                # handed over in a box the upload empties: the part is freed when its upload
+                # returns, not when the pool drops the call a moment after the result is set
+                # (the next part would be read meanwhile: one part more at the peak)
+                pending.append(pool.submit(self._upload_part, args, [data], checksum))
                 del data
                 while len(pending) >= self.concurrency:  # a part is read only when one is done
                     done.append(pending.popleft().result())
@@ -359,9 +363,13 @@ class S3Backend(StorageBackend):
             raise
         pool.shutdown(wait=True)
 
-    def _upload_part(self, args: dict, data: bytearray, checksum: dict[str, str]) -> dict:
+    def _upload_part(self, args: dict, box: list[bytearray], checksum: dict[str, str]) -> dict:
         algorithm = {"ChecksumAlgorithm": "SHA256"} if checksum else {}
-        answer = self.client.upload_part(**args, Body=data, **algorithm, **checksum)
+        data = box.pop()
+        try:
+            answer = self.client.upload_part(**args, Body=data, **algorithm, **checksum)
+        finally:
+            del data
         part = {"PartNumber": args["PartNumber"], "ETag": answer["ETag"]}
         if "ChecksumSHA256" in checksum:
             part["ChecksumSHA256"] = answer.get("ChecksumSHA256") or checksum["ChecksumSHA256"]
