@@ -27,11 +27,9 @@ import stat as stat_mod
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import paramiko
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
@@ -87,17 +85,12 @@ def _abandoned(name: str, prefix: str, mtime: float, server_now: float) -> bool:
     return server_now - mtime > CROSS_HOST_ABANDONED_SECONDS
 
 
-class SFTPCredentials(Block):
-    """Credentials for one SFTP destination (name it rtk-sftp-<username>-at-<host>)."""
+def __getattr__(name: str) -> Any:
+    if name == "SFTPCredentials":  # the block, in storage_backends.blocks (it imports Prefect)
+        from .blocks import SFTPCredentials
 
-    _block_type_name = "RTK SFTP Credentials"
-    _block_type_slug = "rtk-sftp-credentials"
-
-    password: SecretStr | None = Field(
-        default=None, description="Login password (auth_method PASSWORD) or the private key's passphrase (KEY)."
-    )
-    private_key: SecretStr | None = Field(default=None, description="Private key text (OpenSSH or PEM format).")
-    known_hosts: str | None = Field(default=None, description="known_hosts lines for this host.")
+        return SFTPCredentials
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_private_key(text: str, passphrase: str | None) -> paramiko.PKey:
@@ -131,7 +124,7 @@ class SFTPBackend(StorageBackend):
     def __init__(self, destination: Destination, settings: "Settings") -> None:
         super().__init__(destination)
         self.settings = settings
-        self.block = load_block(SFTPCredentials, destination, settings.archive_credential_blocks)
+        self.block = load_block("SFTPCredentials", destination, settings.archive_credential_blocks)
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._root = ""

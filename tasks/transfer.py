@@ -404,6 +404,10 @@ def stream_file(
     progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
     if read_ahead:  # at least what the backend sends at once (GCS: one resumable-upload chunk)
         read_ahead = max(read_ahead, -(-backend.read_ahead_bytes // download.chunk_size))
+        # at most what a backend with parts in flight needs (S3, Azure: the download goes on
+        # while a part is read; more only costs memory)
+        if (limit := getattr(backend, "read_ahead_limit_bytes", None)) is not None:
+            read_ahead = min(read_ahead, max(1, limit // download.chunk_size))
     reader = VerifyingReader(download.chunks(), size, backend.hash_types, on_progress=progress, read_ahead=read_ahead)
     try:
         extra = {"metadata": metadata} if metadata else {}  # backends without metadata take none
