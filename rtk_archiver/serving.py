@@ -19,7 +19,8 @@ it to be:
 - the process exits with status 0.
 
 A second signal while stopping exits at once (status 128 + signal), as does a stop that takes
-longer than ``STOP_TIMEOUT_SECONDS``.
+longer than ``STOP_TIMEOUT_SECONDS``. A flow-run process that outlives its SIGTERM by
+``STRAGGLER_SECONDS`` is killed (``_kill_stragglers_after``).
 
 SIGKILL (``kill -9``, the OOM killer) cannot be handled; the flow-run processes serve started
 die with it all the same (``follow_serve``, run by every flow-run process when it imports the
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 STOP_TIMEOUT_SECONDS = 30.0
+#: flow-run processes still alive this long after serve began to stop are killed (_stop)
+STRAGGLER_SECONDS = 10.0
 #: set by serve for the flow-run processes it starts: its pid (see ``follow_serve``)
 SERVE_PID_ENV = "RTK_ARCHIVER_SERVE_PID"
 PR_SET_PDEATHSIG = 1
@@ -171,12 +174,55 @@ async def _serve(runner: Any) -> int:
 
 
 async def _stop(runner: Any, running: asyncio.Future) -> None:
-    if runner.started:
-        await runner.astop()
+    stragglers = asyncio.ensure_future(_kill_stragglers_after(STRAGGLER_SECONDS))
     try:
-        await running
-    except asyncio.CancelledError:
-        pass
+        if runner.started:
+            await runner.astop()
+        try:
+            await running
+        except asyncio.CancelledError:
+            pass
+    finally:
+        stragglers.cancel()
+
+
+async def _kill_stragglers_after(seconds: float) -> list[int]:
+    """SIGKILL the flow-run processes still alive ``seconds`` after the stop began. The runner
+    SIGTERMs each run it cancels and waits up to 30 s before its own SIGKILL; a flow-run process
+    normally ends within a second or two, but Prefect's SIGTERM handler raises an exception
+    wherever the process happens to be, and raised inside a finalizer (a weakref callback) it is
+    only printed ("Exception ignored in ...") and the run goes on (seen under load: serve still
+    running 20 s after SIGTERM). The runner then sees the process gone and marks the run
+    Cancelled; a temp file it leaves is removed by the next upload of that name."""
+    await asyncio.sleep(seconds)
+    killed = []
+    for pid in flow_run_processes():
+        print(f"rtk-archiver serve: flow-run process {pid} still running {seconds:.0f} s after the stop began: killing it",
+              file=sys.stderr, flush=True)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def flow_run_processes() -> list[int]:
+    """This serve's flow-run processes: its children started with ``SERVE_PID_ENV`` set to its
+    pid (the Prefect server serve may start is launched before that is set)."""
+    me = os.getpid()
+    marker = f"{SERVE_PID_ENV}={me}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == me and marker in Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def follow_serve() -> None:

@@ -149,6 +149,32 @@ def test_a_flow_run_process_of_serve_dies_with_it(parent):
             os.kill(child, signal.SIGKILL)
 
 
+def test_serve_kills_a_flow_run_process_that_outlives_its_sigterm_and_only_those():
+    """A flow-run process whose SIGTERM was lost (Prefect's handler raising inside a finalizer)
+    would keep serve from stopping; serve SIGKILLs its own flow-run processes after
+    STRAGGLER_SECONDS, never another child (its Prefect server) or anything else."""
+    import asyncio
+
+    from rtk_archiver.serving import SERVE_PID_ENV, _kill_stragglers_after, flow_run_processes
+
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
+    env = {k: v for k, v in os.environ.items() if k != SERVE_PID_ENV}
+    ours = subprocess.Popen([sys.executable, "-c", deaf], env={**env, SERVE_PID_ENV: str(os.getpid())}, stdout=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", deaf], env=env, stdout=subprocess.PIPE)  # like serve's Prefect server
+    try:
+        for p in (ours, other):
+            assert p.stdout.readline().strip() == b"ready"
+        ours.send_signal(signal.SIGTERM)  # lost, as in the finalizer case
+        assert flow_run_processes() == [ours.pid]
+        assert asyncio.run(_kill_stragglers_after(0.1)) == [ours.pid]
+        assert ours.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None and flow_run_processes() == []
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
+
+
 def test_a_flow_run_process_whose_serve_is_already_gone_runs_nothing():
     """serve SIGKILLed between starting a flow-run process and that process following it."""
     gone = subprocess.run([sys.executable, "-c", "import flows; print('ran')"], capture_output=True, text=True,
