@@ -2,164 +2,33 @@
 
 ``archive_recordings`` archives every recording that stopped in a window;
 ``archive_one`` archives a single recording by id. Both return an ``ArchiveReport``.
+Their bodies live in ``flows.archiving`` (re-exported here), which does not import Prefect:
+``rtk-archiver archive-one`` without a Prefect API runs ``archive_one_body`` itself.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
 from prefect import flow
-from prefect.futures import PrefectFuture
-from prefect.states import Failed, State
 
-from flows.runtime import ArchiveTaskRunner, retrying
-from flows.watchdog import watch_for_loss
+from flows.archiving import (  # noqa: F401 - re-exported: the flows' building blocks
+    RecordingsFailed,
+    archive_all,
+    archive_one_body,
+    finish_report,
+    invalid_outcome,
+    report_of,
+    run_state,
+    survey,
+)
 from flows.parameters import DestinationParam, OptionalDateTime
+from flows.retries import retrying
+from flows.runtime import ArchiveTaskRunner
+from flows.watchdog import watch_for_loss
 from flows.windows import resolve_window
-from flows.reporting import Progress, emit_outcome_event, publish_report
-from rtk_archiver.api import InvalidRecording
-from rtk_archiver.log import run_logger
-from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
-from rtk_archiver.naming import redact_urls
-from rtk_archiver.plan import Action, Observed, RecordingPlan, Target, plan_run, targets_for
-from rtk_archiver.settings import Settings, load_settings
-from storage_backends import preload_backends
-from tasks.archive import archive_recording
-from tasks.limits import ensure_limits, transfer_slots
-from tasks.listing import get_recording, list_recordings
-from tasks.survey import survey_destination
-
-
-def _failure_reason(exc: BaseException) -> str:
-    return redact_urls(f"{exc}" if str(exc) else type(exc).__name__)
-
-
-def _outcome(plan: RecordingPlan, dry_run: bool) -> RecordingOutcome:
-    """The outcome of a recording that needs no transfer task (or would, in a dry run)."""
-    rec = plan.recording
-    where = plan.destination.display_url(plan.layout.video) if plan.destination and plan.layout else None
-    kind = plan.verdict
-    if plan.action == Action.ALREADY_ARCHIVED:
-        kind = OutcomeKind.ALREADY_ARCHIVED
-    elif plan.action == Action.ARCHIVE:
-        kind = OutcomeKind.WOULD_ARCHIVE
-    assert kind is not None
-    return RecordingOutcome(
-        recording_id=rec.id, output_file_name=rec.output_file_name, kind=kind, reason=plan.reason,
-        destination=where if kind != OutcomeKind.FAILED else None, bytes_total=plan.bytes_total,
-        retry_later=plan.retry_later,
-    )
-
-
-def survey(targets: list[Target], settings: Settings) -> dict[str, Observed]:
-    """Step 2 of the plan: one survey task per destination, all at once."""
-    groups: dict[str, list[Target]] = {}
-    for t in targets:
-        if t.destination is not None and t.verdict is None:
-            groups.setdefault(t.place_id, []).append(t)
-    task = retrying(survey_destination, settings)
-    futures = [(group, task.submit(group[0].destination, group)) for group in groups.values()]
-    observed: dict[str, Observed] = {}
-    for group, future in futures:
-        result = future.result(raise_on_failure=False)
-        if isinstance(result, dict):
-            observed.update(result)
-        else:
-            reason = _failure_reason(result) if isinstance(result, BaseException) else "the destination could not be read"
-            observed.update({t.recording.id: Observed(error=f"cannot look at the destination: {reason}") for t in group})
-    return observed
-
-
-def archive_all(
-    recordings: list[Recording],
-    destination: str | None,
-    dry_run: bool,
-    settings: Settings,
-    force_ids: frozenset[str] = frozenset(),
-) -> list[RecordingOutcome]:
-    """Plan the run once (``rtk_archiver.plan``: verdicts, destinations, keys), then one
-    archive task per recording that needs a transfer, bounded by the task runner; one
-    recording's failure never stops the others. ``force_ids``: archive these again over their
-    own files even if they look archived (the scrub found them damaged)."""
-    logger = run_logger()
-    targets = targets_for(recordings, destination, settings.archive_default_destination)
-    preload_backends({t.destination.kind for t in targets if t.destination is not None})
-    plans = plan_run(targets, survey(targets, settings), force_ids)
-    task = retrying(archive_recording, settings)
-    transfers = Counter(p.destination.kind for p in plans if p.action == Action.ARCHIVE and p.destination and not dry_run)
-    with transfer_slots(transfers, settings):  # the run's transfer slots, per backend, taken once
-        return _archive_planned(recordings, targets, plans, task, dry_run, logger)
-
-
-def _archive_planned(recordings, targets, plans, task, dry_run, logger) -> list[RecordingOutcome]:
-    submitted: list[tuple[Recording, PrefectFuture]] = []
-    outcomes: list[RecordingOutcome] = []
-    for target, plan in zip(targets, plans):
-        if plan.layout is not None and target.candidates and plan.layout.video != target.candidates[0].video:
-            logger.info(
-                "%s: %s is taken at the destination: using %s", plan.recording.label(),
-                target.candidates[0].video, plan.layout.video,
-            )
-        if plan.action == Action.ARCHIVE and not dry_run:
-            submitted.append((plan.recording, task.submit(plan)))
-        else:
-            outcomes.append(_outcome(plan, dry_run))
-    counts = Counter(p.action.value if p.action != Action.NONE else (p.verdict.value if p.verdict else "?") for p in plans)
-    logger.info("Plan: %s", ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do")
-    progress = Progress(len(submitted))
-    for rec, future in submitted:
-        result = future.result(raise_on_failure=False)
-        progress.advance()
-        if isinstance(result, RecordingOutcome):
-            outcomes.append(result)
-        else:
-            reason = _failure_reason(result) if isinstance(result, BaseException) else "task did not complete"
-            logger.error("Failed to archive %s: %s", rec.label(), reason)
-            outcomes.append(
-                RecordingOutcome(
-                    recording_id=rec.id, output_file_name=rec.output_file_name, kind=OutcomeKind.FAILED, reason=reason
-                )
-            )
-    when = {rec.id: rec.stopped_time or rec.invoked_time for rec in recordings}
-    return [o.model_copy(update={"reference_time": when.get(o.recording_id)}) for o in outcomes]
-
-
-class RecordingsFailed(Exception):
-    """The data of a Failed run in which recordings failed: the report rides along, so callers
-    (the CLI, the poll, tests) still get every outcome (``report_of``)."""
-
-    def __init__(self, message: str, report: ArchiveReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-def run_state(report: ArchiveReport) -> ArchiveReport | State:
-    """What a flow returns: its report, or a Failed state carrying it when any recording failed
-    (so the run is red in the UI and "flow run failed" automations fire)."""
-    message = report.run_failure_message()  # failed, at risk of expiring, or lost recordings
-    if message is None:
-        return report
-    return Failed(message=message[:1000], data=RecordingsFailed(message, report))
-
-
-def report_of(state: State) -> ArchiveReport | None:
-    """The report of a finished run of one of the archive flows, failed or not."""
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, ArchiveReport):
-        return result
-    if isinstance(result, RecordingsFailed):
-        return result.report
-    return None
-
-
-def finish_report(report: ArchiveReport) -> ArchiveReport | State:
-    """Events, artifacts and the summary line, then the run's final state."""
-    for outcome in report.outcomes:
-        emit_outcome_event(outcome)
-    publish_report(report)
-    counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
-    run_logger().info("Summary: %s; %d bytes transferred", counts or "nothing to do", report.bytes_transferred)
-    return run_state(report)
+from rtk_archiver.models import ArchiveReport
+from rtk_archiver.settings import load_settings
+from tasks.limits import ensure_limits
+from tasks.listing import list_recordings
 
 
 @flow(name="archive-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
@@ -186,16 +55,4 @@ def archive_recordings(
 @flow(name="archive-one", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def archive_one(recording_id: str, destination: str | None = None, dry_run: bool = False) -> ArchiveReport:
     """Archive a single recording by id."""
-    settings = load_settings()
-    ensure_limits(settings)
-    recording = retrying(get_recording, settings)(recording_id)
-    report = ArchiveReport(dry_run=dry_run)
-    report.outcomes.extend(archive_all([recording], destination, dry_run, settings))
-    return finish_report(report)
-
-
-def invalid_outcome(item: InvalidRecording) -> RecordingOutcome:
-    return RecordingOutcome(
-        recording_id=item.id, output_file_name=item.output_file_name, kind=OutcomeKind.FAILED, reason=item.reason,
-        reference_time=item.reference_time,
-    )
+    return archive_one_body(recording_id, destination, dry_run)

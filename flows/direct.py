@@ -15,8 +15,13 @@ only how its tasks run changes (``flows.runtime.retrying`` returns a ``DirectTas
   event, as there is nothing to send them to (``flows.reporting`` skips them).
 
 The flow's final state is what Prefect would make of the function's return value: a report
-(Completed), a ``Failed`` state carrying the report (``flows.archive.run_state``), or the
-exception the body raised (Failed, "Flow run encountered an exception: ...").
+(Completed), a failed run carrying the report (``flows.archiving.run_state`` returns a
+``FailedRun`` here, a Prefect ``Failed`` state under Prefect), or the exception the body
+raised (Failed, "Flow run encountered an exception: ...").
+
+Nothing here imports Prefect, nor does anything such a run uses (tasks are defined with
+``tasks.define.task``, credentials Blocks live in ``storage_backends.blocks``): importing it
+costs ~80 MiB of memory, most of an ``archive-one`` run's peak (BENCHMARKS.md, "Memory").
 """
 
 from __future__ import annotations
@@ -81,9 +86,8 @@ class DirectTask:
     def _retry(self, exc: Exception) -> bool:
         if self.condition is None:
             return True
-        from prefect.states import Failed  # the condition reads the failed state's data
-
-        return bool(self.condition(self.task, None, Failed(data=exc)))
+        # the condition reads the failed state's data (tasks.retry.retry_transient)
+        return bool(self.condition(self.task, None, FailedRun(_describe(exc), exc)))
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         attempt = 0
@@ -115,6 +119,17 @@ class DirectTask:
 
     def submit(self, *args: Any, **kwargs: Any) -> DirectFuture:
         return DirectFuture(self._pool.submit(self.run, *args, **kwargs))
+
+
+class FailedRun:
+    """A failed run's final state without Prefect: its message and data (what a Prefect
+    ``Failed`` state carries), returned by a flow body run here instead of ``Failed(...)``."""
+
+    def __init__(self, message: str, data: object) -> None:
+        self.message, self.data = message, data
+
+    def is_failed(self) -> bool:
+        return True
 
 
 def _describe(exc: BaseException) -> str:
@@ -160,22 +175,25 @@ def running(max_workers: int) -> Iterator[None]:
 
 
 def run(flow: Any, max_workers: int, **parameters: Any) -> tuple[object, str | None]:
-    """Run ``flow``'s function with ``parameters``: (its result, the final state's message).
-    The result is the report, the ``RecordingsFailed`` of a failed run's state, or the
-    exception the body raised."""
-    from prefect.states import State
-
-    name = getattr(flow, "name", None) or flow.fn.__name__
+    """Run ``flow``'s function (``flow.fn``; or ``flow`` itself, a plain function) with
+    ``parameters``: (its result, the final state's message). The result is the report, the
+    ``RecordingsFailed`` of a failed run's state, or the exception the body raised."""
+    fn = getattr(flow, "fn", flow)
+    name = getattr(flow, "name", None) or fn.__name__
     with _console_logging():
         logger().info("Running %s without a Prefect API (PREFECT_API_URL is not set)", name)
         with running(max_workers):
             try:
-                returned = flow.fn(**parameters)
+                returned = fn(**parameters)
             except Exception as exc:  # noqa: BLE001 - the run's failure, reported like Prefect's
                 message = f"Flow run encountered an exception: {_describe(exc)}"
                 logger().error("Finished in state Failed(%r)", message)
                 return exc, message
-        if isinstance(returned, State):
+        if isinstance(returned, FailedRun):
+            logger().info("Finished in state Failed(%r)", returned.message)
+            return returned.data, returned.message
+        states = sys.modules.get("prefect.states")  # a Prefect state (only if Prefect is loaded)
+        if states is not None and isinstance(returned, states.State):
             logger().info("Finished in state %s(%r)", returned.type.value.title(), returned.message)
             return returned.data, returned.message
         logger().info("Finished in state Completed()")

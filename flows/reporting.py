@@ -1,22 +1,40 @@
 """What a run shows in the Prefect UI: a table artifact per recording, a markdown summary,
 and one event per archived or failed recording (for automations / notifications). None of
-them without a Prefect API to send them to (a flow body run by ``flows.direct``)."""
+them without a Prefect API to send them to (a flow body run by ``flows.direct``, which does
+not import Prefect: its functions are imported where they are used)."""
 
 from __future__ import annotations
 
+import importlib
 import time
-
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.events import emit_event
+from typing import Any
 
 from rtk_archiver.display import markdown_text, printable
 from rtk_archiver.models import ArchiveReport, OutcomeKind, RecordingOutcome
 from flows import direct
+
+#: Prefect's functions used here, imported on first use (a run without Prefect never does)
+_PREFECT = {
+    "create_markdown_artifact": "prefect.artifacts",
+    "create_progress_artifact": "prefect.artifacts",
+    "create_table_artifact": "prefect.artifacts",
+    "update_progress_artifact": "prefect.artifacts",
+    "emit_event": "prefect.events",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PREFECT:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PREFECT[name]), name)
+    globals()[name] = value
+    return value
+
+
+def _prefect(name: str) -> Any:
+    """One of ``_PREFECT``'s functions (as set on this module, if it was: tests replace them)."""
+    return globals().get(name) or __getattr__(name)
+
 
 class Progress:
     """A progress artifact for long runs, updated at most every ``every`` seconds."""
@@ -26,14 +44,14 @@ class Progress:
         self.last = time.monotonic()
         self.artifact_id = None
         if total and not direct.active():
-            self.artifact_id = create_progress_artifact(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
+            self.artifact_id = _prefect("create_progress_artifact")(progress=0.0, key="rtk-archive-progress", description=f"{total} recording(s) to archive")
 
     def advance(self) -> None:
         self.done += 1
         now = time.monotonic()
         if self.artifact_id and (now - self.last >= self.every or self.done == self.total):
             self.last = now
-            update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+            _prefect("update_progress_artifact")(self.artifact_id, progress=100.0 * self.done / self.total)
 
 
 EVENT_FOR = {OutcomeKind.ARCHIVED: "rtk.recording.archived", OutcomeKind.FAILED: "rtk.recording.failed"}
@@ -43,7 +61,7 @@ def emit_outcome_event(outcome: RecordingOutcome) -> None:
     name = EVENT_FOR.get(outcome.kind)
     if name is None or direct.active():
         return
-    emit_event(
+    _prefect("emit_event")(
         event=name,
         resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},
         payload=outcome.model_dump(mode="json", include={"kind", "reason", "destination", "bytes_total", "bytes_transferred", "seconds"}),
@@ -66,14 +84,14 @@ def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> No
         for o in report.outcomes
     ]
     if rows:
-        create_table_artifact(table=rows, key=key, description="What this run did, per recording")
+        _prefect("create_table_artifact")(table=rows, key=key, description="What this run did, per recording")
     counts = "\n".join(f"| {k} | {n} |" for k, n in report.counts().items() if n) or "| nothing to do | 0 |"
     window = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC" if report.since and report.until else "single recording"
     failures = "\n".join(
         f"- {markdown_text(o.recording_id)} {markdown_text(o.output_file_name or '')}: {markdown_text(o.reason)}"
         for o in report.failed
     )
-    create_markdown_artifact(
+    _prefect("create_markdown_artifact")(
         key=f"{key}-summary",
         description="Run summary",
         markdown=(

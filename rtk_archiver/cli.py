@@ -283,11 +283,13 @@ def _needs_no_credentials(args: argparse.Namespace, settings) -> bool:
 def _run_flow_directly(args: argparse.Namespace, settings) -> tuple[object, str | None]:
     """``archive-one``'s flow body without Prefect's engine (``flows.direct``): the same
     plan, tasks, outcomes and report; a failed run's report comes with its state's message."""
+    from types import SimpleNamespace
+
     from flows import direct
-    from flows.archive import RecordingsFailed, archive_one
+    from flows.archiving import RecordingsFailed, archive_one_body  # not flows.archive: no Prefect (~80 MiB)
 
     result, message = direct.run(
-        archive_one, settings.archive_max_concurrent,
+        SimpleNamespace(name="archive-one", fn=archive_one_body), settings.archive_max_concurrent,
         recording_id=args.recording_id, destination=args.destination, dry_run=args.dry_run,
     )
     if isinstance(result, RecordingsFailed):

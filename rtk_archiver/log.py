@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-
-from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
+import sys
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    if "prefect" not in sys.modules:  # no run without Prefect; not imported for a log line (flows.direct)
+        return logging.getLogger("rtk_archiver")
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
     try:
         return get_run_logger()
     except MissingContextError:

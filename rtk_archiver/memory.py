@@ -29,9 +29,14 @@ def tune_malloc() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # glibc's soname first: ctypes.util.find_library runs ldconfig (a child process, forked
+        # from this one) to find it
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
         mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has neither knob)
+    except (OSError, TypeError, AttributeError):  # not glibc (musl has neither knob)
         return False
     done = False
     if "MALLOC_ARENA_MAX" not in os.environ:

@@ -120,7 +120,10 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024, ge=5 * 1024 * 1024, le=512 * 1024 * 1024,
         description="S3 multipart part size in bytes (S3's minimum is 5 MiB; 10,000 parts at most per object).",
     )
-    archive_s3_concurrency: int = Field(default=4, ge=1, le=64, description="S3 parts uploaded at once.")
+    archive_s3_concurrency: int = Field(
+        default=3, ge=1, le=64,
+        description="S3 parts in memory at once: uploading, or one being read (3 x 8 MiB: the 120 MiB memory budget).",
+    )
     archive_gcs_chunk_size: int = Field(
         default=16 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024,
         description="GCS resumable-upload chunk in bytes (a multiple of 256 KiB); each chunk is one request.",
@@ -132,6 +135,13 @@ class Settings(BaseSettings):
     archive_sftp_window_size: int = Field(
         default=64 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024,
         description="SSH channel window in bytes: how much an SFTP upload may have in flight unacknowledged.",
+    )
+    archive_sftp_connections: int = Field(
+        default=1, ge=1, le=16,
+        description="SSH connections an SFTP upload of 16 MiB or more spreads its writes over: the archiver's own "
+        "plus worker processes, each writing disjoint ranges of the temp file (1: one connection, no workers). "
+        "Helps with idle CPU cores or a long link (each SSH channel has its own window); on a CPU-saturated "
+        "machine it was slower (BENCHMARKS.md).",
     )
 
     # --- Watching for loss: expiry watchdog and scrub ----------------------------------------

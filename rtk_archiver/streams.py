@@ -10,6 +10,7 @@ downloads and hashes while the backend uploads (bounded: a few chunks).
 from __future__ import annotations
 
 import hashlib
+import io
 import queue
 import threading
 import zlib
@@ -46,6 +47,32 @@ class _Crc:
         if self._ext is not None:
             return self._ext.digest().hex()
         return f"{self.value & 0xFFFFFFFF:08x}"
+
+
+def read_buffer(source, size: int) -> bytearray:
+    """The next ``size`` bytes of ``source`` (fewer at its end) in one new buffer, read into
+    it in place (``readinto`` when the source has it, as ``VerifyingReader`` does): a part a
+    backend keeps in memory is held once, not as pieces plus their join. Libraries that send
+    a ``bytearray`` as it is (botocore, requests/urllib3) send it without a copy."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    readinto = getattr(source, "readinto", None)
+    try:
+        while got < size:
+            if readinto is not None:
+                n = readinto(view[got:])
+            else:
+                data = source.read(size - got)
+                n = len(data)
+                view[got : got + n] = data
+            if not n:
+                break
+            got += n
+    finally:
+        view.release()
+    if got < size:
+        del buf[got:]
+    return buf
 
 
 def new_hasher(name: str):
@@ -185,26 +212,78 @@ class VerifyingReader:
         interrupt.check()
         return self._read(size)
 
+    def _next_chunk(self) -> bytes | None:
+        """The next chunk: one left over from a read, else the next one received (None at the end)."""
+        if self._pending:
+            chunk = self._pending.popleft()
+            self._pending_size -= len(chunk)
+            return chunk
+        if self._eof:
+            return None
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self._eof = True
+            return None
+
     def _read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all to the end with -1). A read across chunks collects them
+        into one buffer as they come, each dropped once copied (``BytesIO.getvalue`` hands
+        its buffer over without a copy): the result is held once, not beside its pieces."""
         want = None if size is None or size < 0 else size
-        self._fill(want)
-        if want is None or want >= self._pending_size:
-            parts = list(self._pending)
-            self._pending.clear()
-        else:
-            parts, taken = [], 0
-            while taken < want:
-                chunk = self._pending.popleft()
-                if taken + len(chunk) > want:
-                    cut = want - taken
-                    self._pending.appendleft(chunk[cut:])
-                    chunk = chunk[:cut]
-                parts.append(chunk)
-                taken += len(chunk)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)  # one copy at most
-        self._pending_size -= len(data)
+        first: bytes | None = None
+        out: io.BytesIO | None = None
+        taken = 0
+        while want is None or taken < want:
+            chunk = self._next_chunk()
+            if chunk is None:
+                break
+            if want is not None and taken + len(chunk) > want:
+                cut = want - taken
+                rest, chunk = chunk[cut:], chunk[:cut]
+                self._pending.appendleft(rest)
+                self._pending_size += len(rest)
+            taken += len(chunk)
+            if first is None and out is None:
+                first = chunk
+            else:
+                if out is None:
+                    out = io.BytesIO()
+                    if want is not None:  # its buffer sized once (no growth: no heap fragments)
+                        out.seek(want - 1)
+                        out.write(b"\0")
+                        out.seek(0)
+                    out.write(first)
+                    first = None
+                out.write(chunk)
+            del chunk
+        if out is not None:
+            out.truncate(taken)
+        data = out.getvalue() if out is not None else (first if first is not None else b"")
         self.bytes_read += len(data)
         return data
+
+    def readinto(self, buffer) -> int:
+        """Fill ``buffer`` (any writable bytes-like) with the next bytes, as many as it holds
+        unless the body ends first; the count. No intermediate copy of the whole: a backend
+        that keeps a part in memory (S3) holds it once."""
+        interrupt.check()
+        view = memoryview(buffer).cast("B")
+        want, filled = len(view), 0
+        while filled < want:
+            if not self._pending:
+                self._fill(1)
+                if not self._pending:
+                    break
+            chunk = self._pending.popleft()
+            take = min(len(chunk), want - filled)
+            view[filled : filled + take] = memoryview(chunk)[:take]
+            if take < len(chunk):
+                self._pending.appendleft(chunk[take:])
+            self._pending_size -= take
+            filled += take
+        self.bytes_read += filled
+        return filled
 
     def hexdigests(self) -> dict[str, str]:
         return {name: h.hexdigest() for name, h in self.hashers.items()}

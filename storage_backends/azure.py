@@ -10,7 +10,7 @@ commit carries ``If-None-Match: *``, so a blob that appeared meanwhile is never 
 Content-MD5: ``stat`` reports it (``md5``), the sidecar records it, "already archived"
 compares it.
 
-Credentials (``AzureCredentials.get_service_client``), in order: a block named
+Credentials (``azure_service_client``), in order: a block (``storage_backends.blocks``) named
 ``rtk-azure-<container>``; else the environment: ``AZURE_STORAGE_CONNECTION_STRING`` (also how
 an emulator such as Azurite is reached), or ``AZURE_STORAGE_ACCOUNT_URL`` (or
 ``AZURE_STORAGE_ACCOUNT``, the account name) with ``AZURE_STORAGE_KEY`` or
@@ -32,9 +32,9 @@ import posixpath
 import re
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from azure.core import MatchConditions
@@ -48,22 +48,22 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.storage.blob import BlobServiceClient, ContentSettings, StandardBlobTier
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
-from .credentials import block_name_for, block_options, load_block
+from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
 from .tempnames import is_temp_name
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
 
+    from .blocks import AzureCredentials
+
 #: bytes per staged block (at most 50,000 blocks per blob: 390 GiB)
 BLOCK_SIZE = 8 * 1024 * 1024
-#: blocks being staged at once (memory: this many blocks plus the one being read)
+#: blocks in memory at once: being staged, or (one of them) being read
 MAX_IN_FLIGHT = 4
 _DENIED_CODES = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch", "InsufficientAccountPermissions"}
 
@@ -72,54 +72,49 @@ class NoAzureCredentials(PermanentStorageError):
     pass
 
 
-class AzureCredentials(Block):
-    """Credentials for one Azure Blob destination (name it rtk-azure-<container>). Empty: the
-    environment, then DefaultAzureCredential."""
+def __getattr__(name: str) -> Any:
+    if name == "AzureCredentials":  # the block, defined with the others (it imports Prefect)
+        from .blocks import AzureCredentials
 
-    _block_type_name = "RTK Azure Credentials"
-    _block_type_slug = "rtk-azure-credentials"
+        return AzureCredentials
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    connection_string: SecretStr | None = Field(default=None, description="Storage account connection string.")
-    account_url: str | None = Field(default=None, description="https://<account>.blob.core.windows.net")
-    account_key: SecretStr | None = Field(default=None, description="Account key (with account_url).")
-    sas_token: SecretStr | None = Field(default=None, description="SAS token (with account_url).")
-    access_tier: str | None = Field(default=None, description="Access tier of new blobs: Hot, Cool or Cold.")
 
-    storage_option_fields: ClassVar[tuple[str, ...]] = ("access_tier",)
-
-    def get_service_client(self, connection_timeout: float = 20.0, read_timeout: float = 120.0) -> BlobServiceClient:
-        """A BlobServiceClient from this block's fields, else the environment, else
-        DefaultAzureCredential (NoAzureCredentials when there is nothing to use)."""
-        timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
-        conn = self.connection_string.get_secret_value() if self.connection_string else None
-        url, key = self.account_url, self.account_key.get_secret_value() if self.account_key else None
-        sas = self.sas_token.get_secret_value() if self.sas_token else None
-        if not (conn or url):
-            conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or None
-            account = os.environ.get("AZURE_STORAGE_ACCOUNT")
-            url = os.environ.get("AZURE_STORAGE_ACCOUNT_URL") or (f"https://{account}.blob.core.windows.net" if account else None)
-            key = key or os.environ.get("AZURE_STORAGE_KEY") or None
-            sas = sas or os.environ.get("AZURE_STORAGE_SAS_TOKEN") or None
-        if conn:
-            try:
-                return BlobServiceClient.from_connection_string(conn, **timeouts)
-            except ValueError:
-                raise NoAzureCredentials("the Azure connection string is not valid (its text is not shown)") from None
-        if not url:
-            raise NoAzureCredentials("no Azure storage account")
-        credential: object
-        if key:
-            account_name = url.split("//", 1)[-1].split(".", 1)[0]
-            credential = {"account_name": account_name, "account_key": key}
-        elif sas:
-            credential = sas.lstrip("?")
-        else:
-            try:
-                from azure.identity import DefaultAzureCredential
-            except ImportError:
-                raise NoAzureCredentials(f"no key or SAS token for {url} (and azure-identity is not installed)") from None
-            credential = DefaultAzureCredential()
-        return BlobServiceClient(account_url=url, credential=credential, **timeouts)
+def azure_service_client(
+    block: "AzureCredentials | None" = None, connection_timeout: float = 20.0, read_timeout: float = 120.0
+) -> BlobServiceClient:
+    """A BlobServiceClient from the block's fields, else the environment, else
+    DefaultAzureCredential (NoAzureCredentials when there is nothing to use)."""
+    timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
+    conn = block_value(block, "connection_string")
+    url, key = block_value(block, "account_url"), block_value(block, "account_key")
+    sas = block_value(block, "sas_token")
+    if not (conn or url):
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or None
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT")
+        url = os.environ.get("AZURE_STORAGE_ACCOUNT_URL") or (f"https://{account}.blob.core.windows.net" if account else None)
+        key = key or os.environ.get("AZURE_STORAGE_KEY") or None
+        sas = sas or os.environ.get("AZURE_STORAGE_SAS_TOKEN") or None
+    if conn:
+        try:
+            return BlobServiceClient.from_connection_string(conn, **timeouts)
+        except ValueError:
+            raise NoAzureCredentials("the Azure connection string is not valid (its text is not shown)") from None
+    if not url:
+        raise NoAzureCredentials("no Azure storage account")
+    credential: object
+    if key:
+        account_name = url.split("//", 1)[-1].split(".", 1)[0]
+        credential = {"account_name": account_name, "account_key": key}
+    elif sas:
+        credential = sas.lstrip("?")
+    else:
+        try:
+            from azure.identity import DefaultAzureCredential
+        except ImportError:
+            raise NoAzureCredentials(f"no key or SAS token for {url} (and azure-identity is not installed)") from None
+        credential = DefaultAzureCredential()
+    return BlobServiceClient(account_url=url, credential=credential, **timeouts)
 
 
 def azure_metadata(metadata: dict[str, str]) -> dict[str, str]:
@@ -137,15 +132,17 @@ def _b64(data: bytes) -> str:
 
 
 class AzureBackend(StorageBackend):
-    read_ahead_bytes = BLOCK_SIZE
+    #: the transfer's read-ahead, at most (tasks/transfer.py): with blocks in flight, the next
+    #: block is downloaded while they are staged; a longer read-ahead only costs memory
+    read_ahead_limit_bytes = 2 * 1024 * 1024
 
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
-        block = load_block(AzureCredentials, destination, settings.archive_credential_blocks if settings else False)
+        block = load_block("AzureCredentials", destination, settings.archive_credential_blocks if settings else False)
         self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
         stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         try:
-            self.client = (block or AzureCredentials()).get_service_client(min(20.0, stall), stall)
+            self.client = azure_service_client(block, min(20.0, stall), stall)
         except NoAzureCredentials as exc:
             raise NoAzureCredentials(
                 f"no Azure credentials for container '{destination.bucket}' ({exc}): set AZURE_STORAGE_CONNECTION_STRING "
@@ -156,7 +153,6 @@ class AzureBackend(StorageBackend):
         # ARCHIVE_AZURE_BLOCK_SIZE, ARCHIVE_AZURE_CONCURRENCY
         self.block_size = settings.archive_azure_block_size if settings is not None else BLOCK_SIZE
         self.in_flight = settings.archive_azure_concurrency if settings is not None else MAX_IN_FLIGHT
-        self.read_ahead_bytes = self.block_size
         tier = self.destination.options.get("access_tier")
         self.tier = StandardBlobTier(tier) if tier else None
 
@@ -209,14 +205,15 @@ class AzureBackend(StorageBackend):
         pending: deque[Future] = deque()
         pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="rtk-azure-block")
         try:
-            for data in _blocks(source, self.block_size):
+            for data in _blocks(source, self.block_size, lambda: _wait_below(pending, self.in_flight)):
                 md5.update(data)
                 block_id = _b64(f"{upload}-{len(block_ids):08d}".encode())
                 block_ids.append(block_id)
-                while len(pending) >= self.in_flight:
-                    pending.popleft().result()
                 # validate_content: the block's MD5 travels with it and the service checks it
-                pending.append(pool.submit(blob.stage_block, block_id, data, length=len(data), validate_content=True))
+                # in a box the call empties: the block is freed when it is staged, not when the
+                # pool drops the call a moment after the result is set (one block more at the peak)
+                pending.append(pool.submit(_stage, blob, block_id, [data]))
+                del data
             while pending:
                 pending.popleft().result()
             conditions = {} if replace else {"match_condition": MatchConditions.IfMissing}
@@ -284,9 +281,27 @@ class AzureBackend(StorageBackend):
         self.client.close()
 
 
-def _blocks(source: Readable, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
-    """The source in ``block_size`` pieces (the last shorter), until it ends."""
+def _stage(blob, block_id: str, box: list[bytes]) -> None:
+    data = box.pop()
+    try:
+        blob.stage_block(block_id, data, length=len(data), validate_content=True)
+    finally:
+        del data
+
+
+def _wait_below(pending: deque[Future], limit: int) -> None:
+    """Wait until fewer than ``limit`` blocks are in flight (raising the first failure)."""
+    while len(pending) >= limit:
+        pending.popleft().result()
+
+
+def _blocks(source: Readable, block_size: int = BLOCK_SIZE, before_read: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """The source in ``block_size`` pieces (the last shorter), until it ends. ``before_read``
+    is called before each block is read (``put``: until a block in flight is done, so memory
+    holds at most ``in_flight`` blocks, the one being read included)."""
     while True:
+        if before_read is not None:
+            before_read()
         parts, have = [], 0
         while have < block_size:
             data = source.read(block_size - have)
@@ -296,6 +311,9 @@ def _blocks(source: Readable, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
             have += len(data)
         if not have:
             return
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
+        block = parts[0] if len(parts) == 1 else b"".join(parts)
+        del parts
+        yield block
+        del block
         if have < block_size:
             return

@@ -1,7 +1,9 @@
 """Finding a destination's credentials in Prefect Blocks.
 
-Each backend module defines its own credentials Block (``SecretStr`` fields, after
-prefect-aws / prefect-gcp). A recording's ``storage_config`` finds its block by name:
+Each backend has its own credentials Block (``SecretStr`` fields, after prefect-aws /
+prefect-gcp), defined in ``storage_backends.blocks`` (which imports Prefect: only looked at
+when blocks are enabled and a Prefect API can be asked) and exposed by its backend module. A
+recording's ``storage_config`` finds its block by name:
 
     s3 / digitalocean:  rtk-s3-<bucket>
     gcs:                rtk-gcs-<bucket>
@@ -19,12 +21,10 @@ that come from a recording's storage_config (URL destinations put them in the qu
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Any
 
 from .destination import Destination
 from .registry import REGISTRY
-
-B = TypeVar("B")
 
 
 def block_name_for(destination: Destination) -> str:
@@ -50,11 +50,22 @@ def prefect_api_available() -> bool:
         return False
 
 
-def load_block(block_cls: type[B], destination: Destination, enabled: bool = True) -> B | None:
+def block_class(name: str) -> type:
+    """A credentials Block class of ``storage_backends.blocks`` by name (imports Prefect)."""
+    from . import blocks
+
+    return getattr(blocks, name)
+
+
+def load_block(block_cls: type | str, destination: Destination, enabled: bool = True) -> Any:
     """The credentials block for this destination, or None when there is none (or no Prefect
-    API to ask). Only a missing block is treated as 'none'; other errors propagate."""
+    API to ask). ``block_cls``: the class or its name in ``storage_backends.blocks`` (so
+    nothing imports Prefect unless blocks are enabled). Only a missing block is treated as
+    'none'; other errors propagate."""
     if not enabled or not prefect_api_available():
         return None
+    if isinstance(block_cls, str):
+        block_cls = block_class(block_cls)
     name = block_name_for(destination)
     try:
         return block_cls.load(name)  # type: ignore[attr-defined]
@@ -70,3 +81,9 @@ def block_options(block: object | None) -> dict[str, str | None]:
         return {}
     names = getattr(block, "storage_option_fields", ())
     return {name: getattr(block, name, None) for name in names}
+
+
+def block_value(block: object | None, field: str) -> Any:
+    """A block's field (a secret's value unwrapped), None without a block."""
+    value = getattr(block, field, None) if block is not None else None
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else value

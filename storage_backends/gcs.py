@@ -6,7 +6,7 @@ leaves nothing at the key. GCS reports crc32c for every object (and md5 for most
 computed while streaming and compared with what GCS stored (md5 is not: ~1.4 s of CPU per GiB
 on the benchmark machine, 30x crc32c; sha256 of the whole file goes in the sidecar, as everywhere).
 
-Credentials (``GCSCredentials.get_client``): a ``GCSCredentials`` block named
+Credentials (``gcs_client``): a ``GCSCredentials`` block (``storage_backends.blocks``) named
 ``rtk-gcs-<bucket>`` if one exists, else Google's application default credentials; with
 ``STORAGE_EMULATOR_HOST`` set (tests, local emulators) anonymous credentials are used.
 
@@ -22,51 +22,58 @@ import json
 import os
 import posixpath
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import storage
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
-from .credentials import block_name_for, block_options, load_block
+from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
+
+    from .blocks import GCSCredentials
 
 # a multiple of 256 KiB, as resumable uploads require; one chunk is held in memory while it is
 # sent. 16 MiB, rclone's default: each chunk costs a round trip (measured in BENCHMARKS.md)
 CHUNK_SIZE = 16 * 1024 * 1024  # the default of ARCHIVE_GCS_CHUNK_SIZE
 
 
-class GCSCredentials(Block):
-    """Credentials for one GCS destination (name it rtk-gcs-<bucket>)."""
+def __getattr__(name: str) -> Any:
+    if name == "GCSCredentials":  # the block, defined with the others (it imports Prefect)
+        from .blocks import GCSCredentials
 
-    _block_type_name = "RTK GCS Credentials"
-    _block_type_slug = "rtk-gcs-credentials"
+        return GCSCredentials
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    service_account_info: SecretStr | None = Field(default=None, description="Service account key (JSON text).")
-    project: str | None = Field(default=None, description="Project id, if not the key's.")
-    storage_class: str | None = Field(default=None, description="Storage class of new objects (NEARLINE, COLDLINE, ...).")
-    kms_key_name: str | None = Field(default=None, description="Cloud KMS key for new objects (projects/.../cryptoKeys/...).")
 
-    storage_option_fields: ClassVar[tuple[str, ...]] = ("storage_class", "kms_key_name")
+def gcs_client(block: "GCSCredentials | None" = None) -> storage.Client:
+    """A storage client: the block's service account, else (no block, or an empty one)
+    anonymous credentials for an emulator (STORAGE_EMULATOR_HOST), else application default
+    credentials."""
+    info_text, project = block_value(block, "service_account_info"), block_value(block, "project")
+    if info_text is not None:
+        info = json.loads(info_text)
+        return storage.Client.from_service_account_info(info, project=project or info.get("project_id"))
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"), credentials=AnonymousCredentials())
+    return storage.Client(project=project)
 
-    def get_client(self) -> storage.Client:
-        """A storage client: this block's service account, else (an empty block) anonymous
-        credentials for an emulator (STORAGE_EMULATOR_HOST), else application default credentials."""
-        if self.service_account_info is not None:
-            info = json.loads(self.service_account_info.get_secret_value())
-            return storage.Client.from_service_account_info(info, project=self.project or info.get("project_id"))
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"), credentials=AnonymousCredentials())
-        return storage.Client(project=self.project)
+
+def _forget_sent_body(response, *args, **kwargs):
+    """A requests response hook: drop the request body a response keeps (``response.request``).
+    The resumable upload keeps each chunk's response while it reads and sends the next chunk:
+    without this, two chunks (32 MiB) are held instead of one."""
+    request = getattr(response, "request", None)
+    if request is not None:
+        request.body = None
+    return response
 
 
 def _hex(b64: str | None) -> str | None:
@@ -75,18 +82,20 @@ def _hex(b64: str | None) -> str | None:
 
 class GCSBackend(StorageBackend):
     hash_types = ("crc32c",)
-    read_ahead_bytes = CHUNK_SIZE
+    read_ahead_bytes = CHUNK_SIZE // 2
 
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
-        block = load_block(GCSCredentials, destination, settings.archive_credential_blocks if settings else False)
+        block = load_block("GCSCredentials", destination, settings.archive_credential_blocks if settings else False)
         self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
         stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         self.timeout = (min(15.0, stall), stall)  # (connect, read): a stalled upload fails
         self.chunk_size = settings.archive_gcs_chunk_size if settings is not None else CHUNK_SIZE
-        self.read_ahead_bytes = self.chunk_size  # the read-ahead holds at least one chunk
+        # the download runs up to half a chunk ahead while a chunk is sent (memory: the chunk
+        # being sent + this; a whole chunk ahead cost 8 MiB more, at the 120 MiB budget)
+        self.read_ahead_bytes = self.chunk_size // 2
         try:
-            self.client = (block or GCSCredentials()).get_client()
+            self.client = gcs_client(block)
         except (DefaultCredentialsError, ValueError) as exc:
             raise PermanentStorageError(
                 f"no GCS credentials for bucket '{destination.bucket}': set up application default credentials "
@@ -94,6 +103,9 @@ class GCSBackend(StorageBackend):
                 f" ({type(exc).__name__})"
             ) from None
         self.bucket = self.client.bucket(destination.bucket)
+        hooks = getattr(self.client._http, "hooks", None)  # a requests session (AuthorizedSession)
+        if hooks is not None and _forget_sent_body not in hooks.setdefault("response", []):
+            hooks["response"].append(_forget_sent_body)
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key

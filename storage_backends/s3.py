@@ -1,8 +1,13 @@
-"""S3 and S3-compatible (DigitalOcean Spaces, MinIO, R2) backend, on boto3's transfer manager.
+"""S3 and S3-compatible (DigitalOcean Spaces, MinIO, R2) backend, on boto3.
 
-Uploads stream through ``upload_fileobj``: multipart for large files, a bounded number of
-parts in memory, and the multipart upload aborted by boto3 if the source or a part fails,
-so nothing is visible at the key until the upload completes.
+Uploads stream the source in parts of ``ARCHIVE_S3_PART_SIZE``: a file shorter than one part
+is one ``PutObject``, anything longer a multipart upload with ``ARCHIVE_S3_CONCURRENCY`` parts
+in flight; a part is read only when one of them is done, so memory holds at most that many
+parts, each once (read straight into its buffer, sent without a copy: a ``bytearray`` body,
+which neither ``http.client`` nor botocore copy, unlike ``bytes``; boto3's transfer manager
+held ~2x as much for a stream: parts queued beside the ones in flight). If the source or a
+part fails, the multipart upload is aborted, so nothing is visible at the key until the
+upload completes.
 
 Checksums: every upload carries S3's own SHA-256 (``ChecksumAlgorithm=SHA256``): the server
 checks every part against it, and ``stat`` (``HeadObject`` with ``ChecksumMode=ENABLED``)
@@ -16,7 +21,7 @@ S3-compatible stores that lack it.
 Storage options (URL query or the block's fields): ``sse`` (AES256, aws:kms), ``kms_key_id``,
 ``storage_class``; object metadata names the recording and meeting (``put(metadata=...)``).
 
-Credentials: a ``S3Credentials`` block named ``rtk-s3-<bucket>`` if one exists, else
+Credentials: a ``S3Credentials`` block (``storage_backends.blocks``) named ``rtk-s3-<bucket>`` if one exists, else
 boto3's standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles, ...).
 Endpoint: the block's, else ``ARCHIVE_S3_ENDPOINT_URL`` (or, for ``digitalocean``,
 ``ARCHIVE_DIGITALOCEAN_ENDPOINT_URL``, default ``https://{region}.digitaloceanspaces.com``),
@@ -28,65 +33,108 @@ from __future__ import annotations
 import base64
 import hashlib
 import posixpath
+import threading
+from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import boto3
-from boto3.s3.transfer import TransferConfig
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
+from rtk_archiver.streams import read_buffer
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
-from .credentials import block_name_for, block_options, load_block
+from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
 
+    from .blocks import S3Credentials
+
 PART_SIZE = 8 * 1024 * 1024  # the default of ARCHIVE_S3_PART_SIZE
+CONCURRENCY = 3  # the default of ARCHIVE_S3_CONCURRENCY: parts in memory (24 MiB)
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken", "ExpiredToken"}
 
 
-class S3Credentials(Block):
-    """Credentials for one S3 / S3-compatible destination (name it rtk-s3-<bucket>)."""
+def __getattr__(name: str) -> Any:
+    if name == "S3Credentials":  # the block, defined with the others (it imports Prefect)
+        from .blocks import S3Credentials
 
-    _block_type_name = "RTK S3 Credentials"
-    _block_type_slug = "rtk-s3-credentials"
-
-    aws_access_key_id: str | None = Field(default=None, description="Access key id.")
-    aws_secret_access_key: SecretStr | None = Field(default=None, description="Secret access key.")
-    aws_session_token: SecretStr | None = Field(default=None, description="Session token, for temporary credentials.")
-    region_name: str | None = Field(default=None, description="Region, if not the recording's.")
-    endpoint_url: str | None = Field(default=None, description="Endpoint for S3-compatible stores (MinIO, R2, ...).")
-    sse: str | None = Field(default=None, description="Server-side encryption: AES256 or aws:kms.")
-    kms_key_id: str | None = Field(default=None, description="KMS key id or ARN (with sse aws:kms).")
-    storage_class: str | None = Field(default=None, description="Storage class (STANDARD_IA, GLACIER_IR, ...).")
-    checksum: str | None = Field(default=None, description="SHA256 (default) or off, for stores without S3 checksums.")
-
-    storage_option_fields: ClassVar[tuple[str, ...]] = ("sse", "kms_key_id", "storage_class", "checksum")
-
-    def get_client(self, destination: Destination, settings: "Settings | None" = None, config: Config | None = None):
-        """A boto3 S3 client for destination: this block's keys, else boto3's standard chain
-        (an empty block = the chain)."""
-        session = boto3.session.Session(
-            region_name=self.region_name or destination.region,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key.get_secret_value() if self.aws_secret_access_key else None,
-            aws_session_token=self.aws_session_token.get_secret_value() if self.aws_session_token else None,
-        )
-        return session.client("s3", endpoint_url=endpoint_for(destination, settings, self), config=config)
+        return S3Credentials
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def endpoint_for(destination: Destination, settings: "Settings | None", block: S3Credentials | None = None) -> str | None:
+_loader_lock = threading.Lock()
+_loader: object | None = None
+
+
+def _botocore_session() -> botocore.session.Session:
+    """A new botocore session sharing the process's first one's data loader: the S3 service
+    model (JSON) is parsed once, not for every client (~12 MiB each; a run opens one backend
+    to look at the destination and one per transfer)."""
+    global _loader
+    session = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = session.get_component("data_loader")
+        else:
+            session.register_component("data_loader", _loader)
+    return session
+
+
+_clients_lock = threading.Lock()
+_clients: dict[tuple, list] = {}  # key -> [client, backends using it]
+
+
+def _shared_client(key: tuple, make) -> object:
+    """One client per distinct configuration in the process, shared by the backends that use
+    it (boto3 clients are thread-safe): a client costs ~10 MiB (its endpoint rules, model
+    shapes), and a run opens several backends for one destination (the survey, each transfer,
+    each transfer's claim keeper)."""
+    with _clients_lock:
+        entry = _clients.get(key)
+        if entry is None:
+            entry = _clients[key] = [make(), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_client(key: tuple) -> None:
+    with _clients_lock:
+        entry = _clients.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _clients[key]
+    entry[0].close()
+
+
+def s3_client(destination: Destination, settings: "Settings | None", config: Config | None, block: "S3Credentials | None" = None):
+    """A boto3 S3 client for destination: the block's keys if it has any, else boto3's
+    standard chain (no block, or an empty one = the chain)."""
+    session = boto3.session.Session(
+        botocore_session=_botocore_session(),
+        region_name=block_value(block, "region_name") or destination.region,
+        aws_access_key_id=block_value(block, "aws_access_key_id"),
+        aws_secret_access_key=block_value(block, "aws_secret_access_key"),
+        aws_session_token=block_value(block, "aws_session_token"),
+    )
+    return session.client("s3", endpoint_url=endpoint_for(destination, settings, block), config=config)
+
+
+def endpoint_for(destination: Destination, settings: "Settings | None", block: "S3Credentials | None" = None) -> str | None:
     if destination.endpoint_url:
         return destination.endpoint_url
-    if block is not None and block.endpoint_url:
-        return block.endpoint_url
+    if block_value(block, "endpoint_url"):
+        return block_value(block, "endpoint_url")
     if destination.source_type == "digitalocean":
         if settings is not None and settings.digitalocean_endpoint_url:
             return settings.digitalocean_endpoint_url
@@ -94,47 +142,29 @@ def endpoint_for(destination: Destination, settings: "Settings | None", block: S
     return settings.s3_endpoint_url if settings is not None else None
 
 
-class _PartHasher:
-    """Reads through to ``source`` and keeps the sha256 of every ``part_size`` slice of the
-    stream: the parts s3transfer uploads (its parts are ``part_size`` bytes, the last shorter)."""
+class _Parts:
+    """The sha256 of every part sent (one part: a single PutObject), and S3's checksum of the
+    whole checked against them."""
 
-    def __init__(self, source: Readable, part_size: int) -> None:
-        self.source, self.part_size = source, part_size
-        self.parts: list[bytes] = []
-        self._h = hashlib.sha256()
-        self._filled = 0
+    def __init__(self) -> None:
+        self.digests: list[bytes] = []
+        self.multipart = False
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        view, pos = memoryview(data), 0
-        while pos < len(data):
-            take = min(len(data) - pos, self.part_size - self._filled)
-            self._h.update(view[pos : pos + take])
-            pos += take
-            self._filled += take
-            if self._filled == self.part_size:
-                self.parts.append(self._h.digest())
-                self._h, self._filled = hashlib.sha256(), 0
-        return data
+    def add(self, data: bytearray) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        self.digests.append(digest)
+        return digest
 
     def matches(self, reported: str) -> bool:
         """Whether S3's checksum (hex, "-N" when the server marks a composite) is the one of
-        the bytes read: the file's sha256 for a single PUT (shorter than one part), else the
-        composite sha256 of the part digests (s3transfer uploads anything from one part size
-        on in parts)."""
-        parts = self.parts + ([self._h.digest()] if self._filled or not self.parts else [])
+        the bytes sent: the file's sha256 for a single PUT (shorter than one part), else the
+        composite sha256 of the part digests."""
         digest, _, count = reported.partition("-")
-        if not self.parts:  # shorter than one part: a single PutObject
-            return not count and digest == parts[0].hex()
-        if count and int(count) != len(parts):
+        if not self.multipart:
+            return not count and digest == self.digests[0].hex()
+        if count and int(count) != len(self.digests):
             return False
-        return digest == hashlib.sha256(b"".join(parts)).hexdigest()
+        return digest == hashlib.sha256(b"".join(self.digests)).hexdigest()
 
 
 def _s3_hex(value: str | None) -> str | None:
@@ -156,10 +186,13 @@ def _metadata_value(value: str) -> str:
 
 class S3Backend(StorageBackend):
     hash_types = ()  # s3-sha256 is computed in put, per part
+    #: the transfer's read-ahead, at most (tasks/transfer.py): with parts in flight, the next
+    #: part is downloaded while they are sent; a longer read-ahead only costs memory
+    read_ahead_limit_bytes = 2 * 1024 * 1024
 
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
-        block = load_block(S3Credentials, destination, settings.archive_credential_blocks if settings else False)
+        block = load_block("S3Credentials", destination, settings.archive_credential_blocks if settings else False)
         self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
         stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         self.bucket = destination.bucket or ""
@@ -172,10 +205,18 @@ class S3Backend(StorageBackend):
         config = Config(
             retries={"mode": "standard", "max_attempts": 5}, connect_timeout=min(15.0, stall), read_timeout=stall, **when
         )
-        self.client = (block or S3Credentials()).get_client(destination, settings, config)
+        self._client_key = (
+            endpoint_for(destination, settings, block), block_value(block, "region_name") or destination.region,
+            block_value(block, "aws_access_key_id"), block_value(block, "aws_secret_access_key"),
+            block_value(block, "aws_session_token"), self.checksum, stall,
+        )
+        self.client = _shared_client(self._client_key, lambda: s3_client(destination, settings, config, block))
+        self._closed = False
         # no-clobber at the commit itself (If-None-Match: *), not only the stat before the upload:
         # the object appears only when PutObject / CompleteMultipartUpload succeeds, and S3
-        # refuses either with 412 when something is at the key by then
+        # refuses either with 412 when something is at the key by then (the client is shared:
+        # each backend's handler adds it for the keys it is putting without replace, which at
+        # worst makes another backend's put of the same key no-clobber too: the safe way)
         self._no_clobber: set[str] = set()
         for op in ("PutObject", "CompleteMultipartUpload"):
             self.client.meta.events.register(f"before-parameter-build.s3.{op}", self._if_none_match)
@@ -190,12 +231,7 @@ class S3Backend(StorageBackend):
             self.extra_args["StorageClass"] = options["storage_class"]
         # part size and parts in flight: ARCHIVE_S3_PART_SIZE, ARCHIVE_S3_CONCURRENCY
         self.part_size = settings.archive_s3_part_size if settings is not None else PART_SIZE
-        concurrency = settings.archive_s3_concurrency if settings is not None else 4
-        self.transfer_config = TransferConfig(
-            multipart_threshold=self.part_size, multipart_chunksize=self.part_size, max_concurrency=concurrency
-        )
-        # s3transfer keeps up to this many parts read from a non-seekable source in memory
-        self.transfer_config.max_in_memory_upload_chunks = concurrency
+        self.concurrency = settings.archive_s3_concurrency if settings is not None else CONCURRENCY
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key
@@ -260,9 +296,9 @@ class S3Backend(StorageBackend):
         extra = dict(self.extra_args)
         if metadata:
             extra["Metadata"] = {k: _metadata_value(v) for k, v in metadata.items()}
-        hasher = _PartHasher(source, self.part_size)
+        parts = _Parts()
         try:
-            self.client.upload_fileobj(hasher, self.bucket, self._key(key), ExtraArgs=extra, Config=self.transfer_config)
+            self._upload(self._key(key), source, extra, parts)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise KeyTaken(
@@ -272,20 +308,72 @@ class S3Backend(StorageBackend):
             raise self._fail(exc, "upload", key) from None
         except BotoCoreError as exc:
             raise self._fail(exc, "upload", key) from None
-        except Exception as exc:
-            # s3transfer wraps errors raised by the source; surface the original one
-            cause = exc.__cause__ or exc.__context__
-            if type(exc).__module__.startswith("s3transfer") and cause is not None:
-                raise cause from None
-            raise
         info = self.confirm_stored(key, size)
         reported = info.hashes.get("s3-sha256")
-        if reported is not None and not hasher.matches(reported):
+        if reported is not None and not parts.matches(reported):
             self.delete(key)  # ours: written just now
             raise StorageError(
                 f"s3://{self.bucket}/{self._key(key)}: S3's SHA-256 checksum differs from the bytes sent; removed"
             )
         return info  # without s3-sha256 if the store does not report checksums (some S3-compatibles)
+
+    def _checksum(self, data: bytearray, parts: _Parts) -> dict[str, str]:
+        digest = parts.add(data)
+        return {"ChecksumSHA256": base64.b64encode(digest).decode()} if self.checksum else {}
+
+    def _upload(self, key: str, source: Readable, extra: dict, parts: _Parts) -> None:
+        """One PutObject for a file shorter than a part, else a multipart upload with at most
+        ``concurrency`` parts in memory (in flight or being read), aborted on any failure."""
+        data = read_buffer(source, self.part_size)
+        if len(data) < self.part_size:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra, **self._checksum(data, parts))
+            return
+        parts.multipart = True
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="rtk-s3-part")
+        pending: deque[Future] = deque()
+        done: list[dict] = []
+        try:
+            number = 0
+            while data:
+                number += 1
+                args = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number}
+                checksum = self._checksum(data, parts)
+                # handed over in a box the upload empties: the part is freed when its upload
+                # returns, not when the pool drops the call a moment after the result is set
+                # (the next part would be read meanwhile: one part more at the peak)
+                pending.append(pool.submit(self._upload_part, args, [data], checksum))
+                del data
+                while len(pending) >= self.concurrency:  # a part is read only when one is done
+                    done.append(pending.popleft().result())
+                data = read_buffer(source, self.part_size)
+            while pending:
+                done.append(pending.popleft().result())
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+            )
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except (ClientError, BotoCoreError):
+                pass  # left to the bucket's lifecycle rule: invisible, never at the key
+            raise
+        pool.shutdown(wait=True)
+
+    def _upload_part(self, args: dict, box: list[bytearray], checksum: dict[str, str]) -> dict:
+        algorithm = {"ChecksumAlgorithm": "SHA256"} if checksum else {}
+        data = box.pop()
+        try:
+            answer = self.client.upload_part(**args, Body=data, **algorithm, **checksum)
+        finally:
+            del data
+        part = {"PartNumber": args["PartNumber"], "ETag": answer["ETag"]}
+        if "ChecksumSHA256" in checksum:
+            part["ChecksumSHA256"] = answer.get("ChecksumSHA256") or checksum["ChecksumSHA256"]
+        return part
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
         obj = self._call("read", key, self.client.get_object, Range=f"bytes=0-{limit - 1}")
@@ -298,7 +386,12 @@ class S3Backend(StorageBackend):
         self._call("delete", key, self.client.delete_object)
 
     def close(self) -> None:
-        self.client.close()
+        if self._closed:
+            return
+        self._closed = True
+        for op in ("PutObject", "CompleteMultipartUpload"):
+            self.client.meta.events.unregister(f"before-parameter-build.s3.{op}", self._if_none_match)
+        _release_client(self._client_key)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
         """Objects under ``prefix``, a page (1,000 keys) at a time, in key order. The listing

@@ -10,6 +10,9 @@
 * Uploads go to a hidden temporary name in the target directory with pipelined writes over
   a large SSH window, are size-checked, then renamed into place (``posix-rename``); the
   temporary file is removed on any failure.
+* ``ARCHIVE_SFTP_CONNECTIONS`` > 1: an upload of ``PARALLEL_MIN_BYTES`` or more also writes
+  over extra connections in worker processes, disjoint ranges of the same temp file
+  (``sftp_parallel.py``); the size check and the rename are the same.
 """
 
 from __future__ import annotations
@@ -24,17 +27,16 @@ import stat as stat_mod
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import paramiko
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
 
 from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
+from .sftp_parallel import PARALLEL_MIN_BYTES, ParallelUpload, WriterPool
 from .tempnames import TEMP_MARKER, pid_alive, temp_prefix
 
 if TYPE_CHECKING:
@@ -83,17 +85,12 @@ def _abandoned(name: str, prefix: str, mtime: float, server_now: float) -> bool:
     return server_now - mtime > CROSS_HOST_ABANDONED_SECONDS
 
 
-class SFTPCredentials(Block):
-    """Credentials for one SFTP destination (name it rtk-sftp-<username>-at-<host>)."""
+def __getattr__(name: str) -> Any:
+    if name == "SFTPCredentials":  # the block, in storage_backends.blocks (it imports Prefect)
+        from .blocks import SFTPCredentials
 
-    _block_type_name = "RTK SFTP Credentials"
-    _block_type_slug = "rtk-sftp-credentials"
-
-    password: SecretStr | None = Field(
-        default=None, description="Login password (auth_method PASSWORD) or the private key's passphrase (KEY)."
-    )
-    private_key: SecretStr | None = Field(default=None, description="Private key text (OpenSSH or PEM format).")
-    known_hosts: str | None = Field(default=None, description="known_hosts lines for this host.")
+        return SFTPCredentials
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_private_key(text: str, passphrase: str | None) -> paramiko.PKey:
@@ -127,11 +124,13 @@ class SFTPBackend(StorageBackend):
     def __init__(self, destination: Destination, settings: "Settings") -> None:
         super().__init__(destination)
         self.settings = settings
-        self.block = load_block(SFTPCredentials, destination, settings.archive_credential_blocks)
+        self.block = load_block("SFTPCredentials", destination, settings.archive_credential_blocks)
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._root = ""
         self._made: set[str] = set()
+        self._pool: WriterPool | None = None  # extra upload connections (sftp_parallel), on first use
+        self.last_upload_connections = 1  # connections the last put wrote over (tests, logs)
 
     # -- connection ------------------------------------------------------------------------
     @property
@@ -253,7 +252,34 @@ class SFTPBackend(StorageBackend):
         self._root = root if root.startswith("/") else posixpath.join(self._sftp.normalize("."), root)
         return self._sftp
 
+    def _writer_pool(self, size: int | None) -> WriterPool | None:
+        """The extra upload connections for a put of ``size`` bytes, if it should use them:
+        a known size of at least ``PARALLEL_MIN_BYTES`` and ``ARCHIVE_SFTP_CONNECTIONS`` > 1."""
+        extra = self.settings.archive_sftp_connections - 1
+        if size is None or size < PARALLEL_MIN_BYTES or extra < 1 or self._transport is None:
+            return None
+        if self._pool is None:
+            password, key_text = self._credentials()
+            method = self.destination.auth_method or ("KEY" if key_text else "PASSWORD")
+            key = self._transport.get_remote_server_key()
+            d = self.destination
+            conf = {
+                "host": d.host, "port": 22 if d.port is None else d.port, "user": d.username,
+                "password": password, "key_text": key_text if method != "PASSWORD" else None,
+                "host_key_type": key.get_name(), "host_key": key.get_base64(),
+                "window": self.settings.archive_sftp_window_size, "max_packet": MAX_PACKET_SIZE,
+                "stall_seconds": self.settings.archive_upload_stall_seconds, "connect_timeout": CONNECT_TIMEOUT,
+            }
+            self._pool = WriterPool(conf, extra, self.where)
+        if self._pool.refused is not None:
+            return None
+        self._pool.start()
+        return self._pool
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         for closable in (self._sftp, self._transport):
             if closable is not None:
                 try:
@@ -318,6 +344,7 @@ class SFTPBackend(StorageBackend):
         prefix = temp_prefix(name)
         tmp = posixpath.join(directory, f"{prefix}{_writer_tag()}-{uuid.uuid4().hex[:8]}")
         reading = False
+        upload: ParallelUpload | None = None
         with _LIVE_LOCK:
             _LIVE.add(posixpath.basename(tmp))
         try:
@@ -326,13 +353,28 @@ class SFTPBackend(StorageBackend):
                 self._remove_abandoned(sftp, directory, prefix, server_now)
                 remote.set_pipelined(True)
                 remote.MAX_REQUEST_SIZE = _write_request_size(sftp)
+                pool = self._writer_pool(size)
+                self.last_upload_connections = 1
+                if pool is not None:
+                    upload = ParallelUpload(pool, tmp, remote, self.settings.archive_upload_stall_seconds)
+                offset = 0
                 while True:
                     reading = True  # the source's own errors propagate as they are
                     chunk = source.read(WRITE_CHUNK)
                     reading = False
                     if not chunk:
                         break
-                    remote.write(chunk)
+                    if upload is not None:
+                        upload.write(offset, chunk)
+                    else:
+                        remote.write(chunk)
+                    offset += len(chunk)
+                if upload is not None:
+                    acknowledged = upload.finish()
+                    self.last_upload_connections = 1 + len(upload.active) if upload.local_bytes else len(upload.active)
+                    upload = None
+                    if acknowledged != offset:
+                        raise StorageError(f"{tmp} on {self.where}: {acknowledged} of {offset} bytes acknowledged by the server")
             written = sftp.stat(tmp).st_size
             if size is not None and written != size:
                 raise StorageError(f"{tmp} on {self.where} holds {written} bytes after upload, expected {size}")
@@ -341,6 +383,8 @@ class SFTPBackend(StorageBackend):
             else:
                 self._rename_no_clobber(sftp, tmp, final)
         except BaseException as exc:
+            if upload is not None:  # the workers' writes settled (or the workers stopped) first
+                upload.abort()
             self._remove_quietly(tmp)
             if isinstance(exc, OSError) and not reading:  # permission denied, disk full, timeouts
                 raise self._os_error(exc, "upload", final) from None

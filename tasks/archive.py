@@ -17,8 +17,6 @@ import uuid
 from datetime import datetime, timezone
 
 import httpx
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from rtk_archiver import __version__
 from rtk_archiver.api import ApiError, RealtimeKitAPI
@@ -29,6 +27,7 @@ from rtk_archiver.plan import Action, RecordingPlan, is_archived, own_names
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import PermanentStorageError, StorageBackend, StorageError, open_backend
 from storage_backends.base import KeyTaken
+from tasks.define import task
 from tasks.limits import CLAIM_POLL_SECONDS, CLAIM_RENEW_SECONDS, CLAIM_WAIT_SECONDS, api_throttle, claim_holder, claim_is_live, transfer_gate
 from tasks.survey import read_sidecar_seen
 from tasks.retry import retry_transient
@@ -210,7 +209,7 @@ class ClaimKeeper:
     retries=3,
     retry_delay_seconds=[10, 30, 90],
     retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
+    no_cache=True,
     persist_result=False,
 )
 def archive_recording(plan: RecordingPlan) -> RecordingOutcome:

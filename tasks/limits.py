@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -45,11 +46,6 @@ from datetime import datetime, timezone
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-from prefect.concurrency.sync import rate_limit
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.settings import get_current_settings
 
 from rtk_archiver.prefect_api import private_api_active
 from rtk_archiver.settings import Settings
@@ -78,7 +74,13 @@ CLAIM_WAIT_SECONDS = 3600.0
 
 def shared_limits_available() -> bool:
     """True when runs share a Prefect server (not the embedded, per-process one, nor the
-    private one the CLI starts for a single run)."""
+    private one the CLI starts for a single run). Prefect is imported by the functions that
+    talk to it, not here: a flow body run without Prefect (``flows.direct``, no API) never
+    imports it (~80 MiB of memory)."""
+    if "prefect" not in sys.modules and not os.environ.get("PREFECT_API_URL"):
+        return False
+    from prefect.settings import get_current_settings
+
     return bool(get_current_settings().api.url) and not private_api_active()
 
 
@@ -96,6 +98,10 @@ def ensure_limits(settings: Settings) -> None:
     """Create or update the limits (one API read when they exist), then ``check_leases``."""
     if not shared_limits_available():
         return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
     wanted = wanted_limits(settings)
     with get_client(sync_client=True) as client:
         existing = {gcl.name: gcl for gcl in client.read_global_concurrency_limits(limit=200, offset=0)}
@@ -126,6 +132,8 @@ def ensure_limits(settings: Settings) -> None:
 def api_throttle() -> None:
     """Take one slot of the shared API rate limit (waits while the rate is exceeded)."""
     if shared_limits_available():
+        from prefect.concurrency.sync import rate_limit
+
         rate_limit(API_RATE_LIMIT, occupy=1, strict=False)
 
 
@@ -133,6 +141,8 @@ def api_throttle() -> None:
 
 def _gone(exc: BaseException) -> bool:
     """A lease the server does not know (404/410)."""
+    from prefect.exceptions import ObjectNotFound
+
     if isinstance(exc, ObjectNotFound):
         return True
     response = getattr(exc, "response", None)
@@ -155,6 +165,8 @@ def _check_leases(client) -> bool:
     lease is gone); then every transfer limit's active slots are set back to 0 (the slots of
     leases nobody can release any more) and a new canary is taken. Two API calls when nothing
     was lost."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.variables import Variable
 
     value = Variable.get(CANARY_VARIABLE, default=None)
@@ -193,6 +205,8 @@ def _check_leases(client) -> bool:
 def check_leases() -> bool:
     if not shared_limits_available():
         return False
+    from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:
         return _check_leases(client)
 
@@ -225,6 +239,8 @@ class _Batch:
 
     def acquire(self) -> None:
         """As many slots as are free, up to ``wanted``; waits for at least one."""
+        from prefect.client.orchestration import get_client
+
         waited_since = time.monotonic()
         with get_client(sync_client=True) as client:
             while True:
@@ -246,6 +262,8 @@ class _Batch:
         self._thread.start()
 
     def _keep(self) -> None:
+        from prefect.client.orchestration import get_client
+
         while not self._stop.wait(LEASE_SECONDS / 4):
             try:
                 with get_client(sync_client=True) as client:
@@ -278,6 +296,8 @@ class _Batch:
             lease, self.lease = self.lease, None
         if lease is None:
             return
+        from prefect.client.orchestration import get_client
+
         try:
             with get_client(sync_client=True) as client:
                 client.release_concurrency_slots_with_lease(lease)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from rtk_archiver.api import InvalidRecording, RealtimeKitAPI
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import Recording
 from rtk_archiver.settings import load_settings
+from tasks.define import task
 from tasks.limits import api_throttle
 from tasks.retry import retry_transient
 
@@ -31,7 +30,7 @@ def stopped_within(recording: Recording, since: datetime, until: datetime) -> bo
     return since <= when < until
 
 
-@task(name="list-recordings", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], cache_policy=NO_CACHE, persist_result=False)
+@task(name="list-recordings", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], no_cache=True, persist_result=False)
 def list_recordings(since: datetime, until: datetime) -> Listing:
     """Every recording that stopped in [since, until), plus unfinished ones invoked in it."""
     settings = load_settings()
@@ -52,13 +51,13 @@ def list_recordings(since: datetime, until: datetime) -> Listing:
     return Listing(recordings=recordings, invalid=invalid)
 
 
-@task(name="get-recording", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], cache_policy=NO_CACHE, persist_result=False)
+@task(name="get-recording", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], no_cache=True, persist_result=False)
 def get_recording(recording_id: str) -> Recording:
     with RealtimeKitAPI(load_settings(), throttle=api_throttle) as api:
         return api.get_recording(recording_id)
 
 
-@task(name="list-meeting-recordings", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], cache_policy=NO_CACHE, persist_result=False)
+@task(name="list-meeting-recordings", retries=3, retry_condition_fn=retry_transient, retry_delay_seconds=[5, 20, 60], no_cache=True, persist_result=False)
 def list_meeting_recordings(meeting_id: str) -> Listing:
     """Every recording of one meeting, whatever its time."""
     settings = load_settings()

@@ -6,13 +6,11 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from rtk_archiver.models import Sidecar
 from rtk_archiver.plan import Observed, SidecarSeen, Target, own_names
 from rtk_archiver.settings import load_settings
 from storage_backends import Destination, StorageBackend, StorageError, open_backend
+from tasks.define import task
 from tasks.retry import is_permanent, retry_transient
 
 #: a sidecar is far smaller (models.SIDECAR_TEXT_LIMIT); anything larger is not one
@@ -59,7 +57,7 @@ def survey_one(backend: StorageBackend, target: Target) -> Observed:
 
 
 @task(name="survey-destination", retries=3, retry_delay_seconds=[5, 20, 60], retry_condition_fn=retry_transient,
-      cache_policy=NO_CACHE, persist_result=False)
+      no_cache=True, persist_result=False)
 def survey_destination(destination: Destination, targets: list[Target]) -> dict[str, Observed]:
     """What ``destination`` holds at the candidate names of each target (by recording id).
     A permanent failure (credentials, missing bucket, refused host key) is recorded for every

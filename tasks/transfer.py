@@ -68,7 +68,25 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+#: bytes httpcore asks the socket for per read of a body (its default: 64 KiB): fewer trips
+#: through httpcore and h11 per byte; a read returns what has arrived, up to this. Measured on
+#: a 256 MiB download from the simulator (CPU of the download loop): 0.39-0.66 s at 64 KiB,
+#: 0.31-0.47 s at 256 KiB, 0.20-0.28 s at 1 MiB; but 1 MiB reads raised the peak RSS of a
+#: 256 MiB transfer to SFTP by ~5 MiB (each read allocates its whole size first), 256 KiB did not.
+DOWNLOAD_READ_BYTES = 256 * 1024
+
+
+def larger_socket_reads() -> None:
+    """httpcore's sync HTTP/1.1 connections read up to ``DOWNLOAD_READ_BYTES`` at a time
+    (a class attribute: process-wide, never lowered)."""
+    from httpcore._sync.http11 import HTTP11Connection
+
+    if getattr(HTTP11Connection, "READ_NUM_BYTES", 0) < DOWNLOAD_READ_BYTES:
+        HTTP11Connection.READ_NUM_BYTES = DOWNLOAD_READ_BYTES
+
+
 def download_client(timeout: httpx.Timeout) -> httpx.Client:
+    larger_socket_reads()
     return httpx.Client(timeout=timeout, follow_redirects=True, verify=tls_context())
 
 
@@ -386,6 +404,10 @@ def stream_file(
     progress = _Progress(logger, f"{kind} -> {backend.url(key)}", size)
     if read_ahead:  # at least what the backend sends at once (GCS: one resumable-upload chunk)
         read_ahead = max(read_ahead, -(-backend.read_ahead_bytes // download.chunk_size))
+        # at most what a backend with parts in flight needs (S3, Azure: the download goes on
+        # while a part is read; more only costs memory)
+        if (limit := getattr(backend, "read_ahead_limit_bytes", None)) is not None:
+            read_ahead = min(read_ahead, max(1, limit // download.chunk_size))
     reader = VerifyingReader(download.chunks(), size, backend.hash_types, on_progress=progress, read_ahead=read_ahead)
     try:
         extra = {"metadata": metadata} if metadata else {}  # backends without metadata take none

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run_bench(module: str, tmp_path: Path, *args: str) -> dict:
-    env = {"RTK_BENCH_RESULTS": str(tmp_path), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    env = {"RTK_BENCH_RESULTS": str(tmp_path), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     name = module.rsplit(".", 1)[1]
@@ -24,6 +26,7 @@ def test_listing_benchmark_runs(tmp_path):
     assert data["count"] == 300 and data["runs"][0]["median"] > 0
 
 
+@pytest.mark.slow
 def test_small_recordings_benchmark_runs_and_checks_the_rerun(tmp_path):
     data = run_bench("bench.small", tmp_path, "--count", "5", "--size", "4K")
     assert data["first"]["outcomes"] == {"archived": 5}

@@ -46,6 +46,8 @@ def postgres():
         yield url
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # a PostgreSQL-backed server, two workers, ~70 runs: minutes on a loaded machine
 def test_two_workers_backfill_and_manual_run_archive_each_recording_once(postgres, tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()

@@ -115,6 +115,7 @@ def test_entrypoints_are_imported_not_read_from_the_current_directory(tmp_path, 
         module_entrypoint("flows.poll")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-ctrl-c"])
 def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, tmp_path, sig):
     """A run in progress (stuck on a slow API) is cancelled; serve exits 0 within seconds, no
@@ -161,6 +162,7 @@ def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, 
     _no_service_errors(prefect_server, mark)
 
 
+@pytest.mark.slow
 def test_the_scheduler_itself_runs_the_poll_and_archives(prefect_server, archiver_env, tmp_path):
     """No run is created here: the server's scheduler creates them from serve's schedule."""
     recs = [archiver_env.state.add_recording(file_size=20_000 + i, stopped_time=NOW - timedelta(minutes=20 + i)) for i in range(3)]
@@ -210,6 +212,7 @@ def test_the_scheduler_itself_runs_the_poll_and_archives(prefect_server, archive
     print(f"first scheduled poll completed {first_done:.0f} s after serve started; {by_state}; {took:.0f} s in all")
 
 
+@pytest.mark.slow
 def test_serve_without_prefect_api_url_starts_a_server_whose_scheduler_runs(archiver_env, tmp_path):
     """No PREFECT_API_URL: serve starts a Prefect server with its services (Prefect's own
     fallback, an ephemeral server, has no scheduler: the poll never ran), and stops it."""
@@ -237,6 +240,7 @@ def test_serve_without_prefect_api_url_starts_a_server_whose_scheduler_runs(arch
     print(f"no PREFECT_API_URL: archived by the schedule {took:.0f} s after serve started")
 
 
+@pytest.mark.slow
 def test_deploy_from_any_directory(prefect_server, archiver_env, tmp_path):
     """`rtk-archiver deploy` from elsewhere registers every deployment with the project's
     entrypoints and pull step (it failed on flows/poll.py relative to the cwd)."""

@@ -248,7 +248,7 @@ def test_a_garbage_signal_number_from_an_interrupted_wait_is_not_a_stop_request(
 
 def test_startup_benchmark_runs(tmp_path):
     """bench/startup.py still runs (its figure is not checked here: see BENCHMARKS.md)."""
-    env = {"RTK_BENCH_RESULTS": str(tmp_path), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    env = {"RTK_BENCH_RESULTS": str(tmp_path), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "bench.startup", "--runs", "1", "--variants", "archive-one"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

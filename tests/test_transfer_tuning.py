@@ -35,8 +35,7 @@ def test_s3_part_size_and_concurrency_are_used_and_verified(s3_env):
     backend = open_backend(parse_destination_url(f"s3://{s3_env}/tuned"),
                            settings(archive_s3_part_size=5 * MiB, archive_s3_concurrency=2))
     try:
-        assert backend.transfer_config.multipart_chunksize == 5 * MiB
-        assert backend.transfer_config.max_concurrency == 2 == backend.transfer_config.max_in_memory_upload_chunks
+        assert backend.part_size == 5 * MiB and backend.concurrency == 2
         reader = VerifyingReader(media(size), size, backend.hash_types)
         info = backend.put("video.mp4", reader, size)
         reader.verify_end()
@@ -53,7 +52,7 @@ def test_gcs_chunk_size_is_used(gcs_env):
     size = 3 * MiB + 5
     backend = open_backend(parse_destination_url(f"gs://{gcs_env}/tuned"), settings(archive_gcs_chunk_size=MiB))
     try:
-        assert backend.chunk_size == MiB == backend.read_ahead_bytes
+        assert backend.chunk_size == MiB == 2 * backend.read_ahead_bytes
         reader = VerifyingReader(media(size), size, backend.hash_types)
         info = backend.put("video.mp4", reader, size)
         reader.verify_end()
@@ -67,7 +66,7 @@ def test_azure_block_size_and_concurrency_are_used(azure_env):
     backend = open_backend(parse_destination_url(f"az://{azure_env}/tuned"),
                            settings(archive_azure_block_size=MiB, archive_azure_concurrency=2))
     try:
-        assert (backend.block_size, backend.in_flight, backend.read_ahead_bytes) == (MiB, 2, MiB)
+        assert (backend.block_size, backend.in_flight) == (MiB, 2)
         reader = VerifyingReader(media(size), size, backend.hash_types)
         info = backend.put("video.mp4", reader, size)
         reader.verify_end()

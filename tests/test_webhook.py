@@ -410,6 +410,7 @@ def _run_poll(api_url: str) -> str:
     return run.state.type.value
 
 
+@pytest.mark.slow
 def test_end_to_end_webhook_to_archive_on_a_real_server(prefect_server, archiver_env, tmp_path):
     """SLOW (real `prefect server`, `rtk-archiver serve` and `rtk-archiver webhook` processes,
     ~40 s): the simulator's webhook for an UPLOADED recording gets it archived by a manual run
