@@ -39,9 +39,8 @@ bench-deps: $(BENCH_STAMP)
 	@BENCH=1 scripts/install-system-deps.sh
 
 BENCH_ARGS ?=
-# bench.scale: 10,000 recordings through a Prefect server on PostgreSQL: long (hours with per-recording
-# limits: ~35 min per 1,000 on a busy 2-core machine, see BENCHMARKS.md);
-# e.g. SCALE_ARGS="--count 2000" for a shorter run
+# bench.scale: 10,000 recordings through a Prefect server on PostgreSQL: ~40 min on a busy 2-core
+# machine (BENCHMARKS.md "Proven at scale"); e.g. SCALE_ARGS="--count 1000" for a ~2 min run
 SCALE_ARGS ?=
 # bench.wan (BENCHMARKS.md "Over an emulated WAN"): default 256 MiB, both links, every backend, 3 runs
 WAN_ARGS ?=
