@@ -339,7 +339,7 @@ def measure_tree(cmd: list[str], env: dict[str, str], timeout: float = 1800) -> 
     return Measured(seconds, hwm / 1024, peak, os.waitstatus_to_exitcode(status), output), peak, sorted(set(seen.values()))
 
 
-def run_archiver(sim: Simulator, backend: Backend, rid: str, prefix: str, tmp: Path, blocks: bool) -> dict:
+def run_archiver(sim: Simulator, backend: Backend, rid: str, prefix: str, tmp: Path, blocks: bool = False) -> dict:
     report = tmp / "report.json"
     env = archiver_env(sim, tmp / "prefect", **backend.archiver_env, ARCHIVE_CREDENTIAL_BLOCKS=str(blocks).lower())
     cmd = [str(BIN / "rtk-archiver"), "archive-one", rid, "--destination", backend.archiver_url(prefix), "--report", str(report)]
