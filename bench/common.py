@@ -155,6 +155,73 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | N
     return Measured(seconds, (peak / 1024) or tree, tree, proc.returncode, output)
 
 
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                kids = [int(k) for k in fh.read().split()]
+        except OSError:
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+def _pss_kib(pid: int) -> int:
+    """The process's proportional set size: shared pages divided among the processes sharing
+    them (a child forked from the CLI is not its memory counted twice)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "?"
+
+
+def measure_tree(cmd: list[str], env: dict[str, str], timeout: float = 1800, cwd: Path | None = None) -> tuple[Measured, float, list[str]]:
+    """Run cmd: (``Measured`` with the process's own peak RSS (VmHWM), the peak MiB of the
+    process and its descendants together (the largest sum of their PSS, sampled every 10 ms;
+    at least the VmHWM), the names of the descendants seen)."""
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        hwm = tree = 0
+        seen: dict[int, str] = {}
+        while True:
+            kids = _descendants(proc.pid)
+            for k in kids:
+                if k not in seen:
+                    seen[k] = _comm(k)
+            now = _pss_kib(proc.pid) + sum(_pss_kib(k) for k in kids) if kids else 0
+            own = _peak_rss_kib(proc.pid) or 0
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            hwm, tree = max(hwm, own), max(tree, now)
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise TimeoutError(f"{cmd[0]} ran longer than {timeout} s")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    peak = max(tree, hwm) / 1024
+    return Measured(seconds, hwm / 1024, peak, os.waitstatus_to_exitcode(status), output), peak, sorted(set(seen.values()))
+
+
 def checked(m: Measured, what: str) -> Measured:
     if m.returncode != 0:
         raise RuntimeError(f"{what} failed ({m.returncode}):\n{m.output[-3000:]}")

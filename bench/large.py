@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import (
-    BIN, Measured, MiB, Simulator, archiver_env, checked, gcs_emulator, measure, median, moto_s3, parse_size, save,
+    BIN, MiB, Simulator, archiver_env, checked, gcs_emulator, measure, measure_tree, median, moto_s3, parse_size, save,
     simulator, size_label,
 )
 
@@ -261,84 +260,6 @@ BACKENDS = {"sftp": sftp_backend, "s3": s3_backend, "gcs": gcs_backend, "azure":
 
 
 # -- contenders ---------------------------------------------------------------------------------
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as fh:
-                kids = [int(k) for k in fh.read().split()]
-        except OSError:
-            kids = []
-        out += kids
-        todo += kids
-    return out
-
-
-def _pss_kib(pid: int) -> int:
-    """The process's proportional set size: shared pages divided among the processes sharing
-    them (a child forked from the CLI is not its memory counted twice)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as fh:
-            return fh.read().strip()
-    except OSError:
-        return "?"
-
-
-def measure_tree(cmd: list[str], env: dict[str, str], timeout: float = 1800) -> tuple[Measured, float, list[str]]:
-    """Run cmd: (``Measured`` with the process's own peak RSS (VmHWM), the peak MiB of the
-    process and its descendants together (the largest sum of their PSS, sampled every 10 ms;
-    at least the VmHWM), the names of the descendants seen)."""
-    with tempfile.TemporaryFile() as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        hwm = tree = 0
-        seen: dict[int, str] = {}
-        while True:
-            kids = _descendants(proc.pid)
-            for k in kids:
-                if k not in seen:
-                    seen[k] = _comm(k)
-            now = _pss_kib(proc.pid) + sum(_pss_kib(k) for k in kids) if kids else 0
-            own = _status_kib(proc.pid, "VmHWM")
-            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            hwm, tree = max(hwm, own), max(tree, now)
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise TimeoutError(f"{cmd[0]} ran longer than {timeout} s")
-            time.sleep(0.01)
-        seconds = time.perf_counter() - started
-        out.seek(0)
-        output = out.read().decode(errors="replace")
-    peak = max(tree, hwm) / 1024
-    return Measured(seconds, hwm / 1024, peak, os.waitstatus_to_exitcode(status), output), peak, sorted(set(seen.values()))
-
-
 def run_archiver(sim: Simulator, backend: Backend, rid: str, prefix: str, tmp: Path, blocks: bool = False) -> dict:
     report = tmp / "report.json"
     env = archiver_env(sim, tmp / "prefect", **backend.archiver_env, ARCHIVE_CREDENTIAL_BLOCKS=str(blocks).lower())

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from bench.common import measure_tree
 from rtk_archiver.simulator import SimulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,60 +33,6 @@ def _env(sim: SimulatorServer, tmp: Path, **extra: str) -> dict[str, str]:
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra,
     )
     return env
-
-
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _pss_kib(pid: int) -> int:
-    """Proportional set size: pages shared with the parent (a forked child) counted once."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
-        return []
-
-
-def run_peak_mib(cmd: list[str], env: dict[str, str], timeout: float = 240) -> tuple[int, str, float]:
-    """(exit status, output, peak MiB): the process's VmHWM, or the largest sum of its PSS and
-    its children's (a private Prefect server would count), sampled every 20 ms."""
-    with open(Path(env["PREFECT_HOME"]).parent / f"out-{time.monotonic_ns()}.txt", "w+") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline, peak_kib = time.monotonic() + timeout, 0
-        while True:
-            hwm = _status_kib(proc.pid, "VmHWM")
-            children = _children(proc.pid)
-            tree = _pss_kib(proc.pid) + sum(_pss_kib(c) for c in children) if children else 0
-            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            peak_kib = max(peak_kib, hwm, tree)
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                pytest.fail(f"archive-one ran longer than {timeout} s")
-            time.sleep(0.02)
-        out.seek(0)
-        return os.waitstatus_to_exitcode(status), out.read(), peak_kib / 1024
 
 
 def test_the_run_without_a_prefect_api_imports_no_prefect():
@@ -125,7 +71,10 @@ def test_archive_one_peak_memory_stays_under_the_limit(backend, tmp_path, reques
     with SimulatorServer() as sim:
         rec = sim.state.add_recording(file_size=SIZE, audio=False)
         cmd = [sys.executable, "-m", "rtk_archiver.cli", "archive-one", rec["id"], "--destination", destination]
-        code, output, peak = run_peak_mib(cmd, _env(sim, tmp_path))
+        # the process's VmHWM, or the largest sum of its and its descendants' PSS (a private
+        # Prefect server would count), sampled every 10 ms (the benchmark's own measure)
+        measured, peak, _ = measure_tree(cmd, _env(sim, tmp_path), timeout=240, cwd=ROOT)
+    code, output = measured.returncode, measured.output
     assert code == 0, output[-3000:]
     assert "1 archived" in output, output[-3000:]
     assert peak <= RSS_LIMIT_MIB, f"archive-one of {SIZE // MiB} MiB to {backend} peaked at {peak:.0f} MiB (limit {RSS_LIMIT_MIB:.0f})"
