@@ -11,6 +11,10 @@ every other thread: no Python-level handler runs for them, so neither Prefect's 
 bridge nor the default KeyboardInterrupt can crash the flow half-way. A second signal, or a
 run that has not wound down ``grace`` seconds after the first, exits at once (``os._exit``;
 the private Prefect API child goes with it, see ``prefect_api``).
+
+Elsewhere (flow-run processes of ``serve`` and of workers) Prefect's SIGTERM bridge and Python's
+KeyboardInterrupt raise wherever the main thread is; ``redeliver_swallowed_signals`` makes sure
+one that lands in a finalizer is not lost.
 """
 
 from __future__ import annotations
@@ -168,3 +172,48 @@ def watch_signals(grace: float = 20.0) -> Iterator[None]:
 def unblock_in_child() -> None:
     """For a child process (``preexec_fn``): the default signal mask, whatever the parent's."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+#: re-deliveries of a signal swallowed by a finalizer, at most (then Python's own report)
+REDELIVER_LIMIT = 5
+REDELIVER_DELAY_SECONDS = 0.05
+_previous_unraisablehook = None
+_redelivered = 0
+
+
+def redeliver_swallowed_signals() -> None:
+    """A signal handler that raises (Prefect's SIGTERM bridge in a flow-run process, Python's
+    KeyboardInterrupt) runs wherever the main thread happens to be. When that is a finalizer or
+    a weakref callback, Python cannot raise it: it prints "Exception ignored in ..." with a
+    traceback, and the run goes on as if no signal had come (seen: a cancelled run that kept
+    transferring until serve killed it). From here on such a signal is sent again, shortly and
+    from another thread, so that it lands in ordinary code; up to ``REDELIVER_LIMIT`` times.
+    Idempotent; called once per process when the flows are imported (``flows/__init__``)."""
+    global _previous_unraisablehook
+    if _previous_unraisablehook is not None:
+        return
+    _previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = _unraisable
+
+
+def _swallowed_signal(exc: BaseException | None) -> int | None:
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    # Prefect's TerminationSignal, recognised without importing Prefect (the direct path never does)
+    if any(c.__name__ == "TerminationSignal" and c.__module__.startswith("prefect") for c in type(exc).__mro__):
+        signum = getattr(exc, "signal", None)
+        return signum if isinstance(signum, int) else None
+    return None
+
+
+def _unraisable(args) -> None:  # noqa: ANN001 - sys.UnraisableHookArgs
+    global _redelivered
+    signum = _swallowed_signal(args.exc_value)
+    if signum is None or _redelivered >= REDELIVER_LIMIT:
+        _previous_unraisablehook(args)
+        return
+    _redelivered += 1
+    _say(f"{signal_name(signum)} arrived inside a finalizer, where it cannot stop the run: delivering it again")
+    timer = threading.Timer(REDELIVER_DELAY_SECONDS, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()

@@ -207,10 +207,11 @@ async def _kill_stragglers_after(seconds: float) -> list[int]:
     return killed
 
 
-def flow_run_processes() -> list[int]:
-    """This serve's flow-run processes: its children started with ``SERVE_PID_ENV`` set to its
-    pid (the Prefect server serve may start is launched before that is set)."""
-    me = os.getpid()
+def flow_run_processes(serve_pid: int | None = None) -> list[int]:
+    """The flow-run processes of this serve (or of the serve ``serve_pid``): its children started
+    with ``SERVE_PID_ENV`` set to its pid (the Prefect server serve may start is launched before
+    that is set)."""
+    me = os.getpid() if serve_pid is None else serve_pid
     marker = f"{SERVE_PID_ENV}={me}".encode()
     found = []
     for entry in os.scandir("/proc"):
@@ -230,6 +231,9 @@ def follow_serve() -> None:
     the kernel sends SIGKILL when serve's process ends, ``PR_SET_PDEATHSIG``). A serve that is
     already gone: exit now, run nothing. Anywhere else (the CLI, a worker's flow runs, serve
     itself): nothing. Called once per process when the flows are imported (``flows/__init__``).
+
+    It also leaves serve's process group, so that a Ctrl-C reaches serve only (which cancels the
+    run); a Ctrl-C in the instant before this runs still reaches it.
 
     SIGKILL, not SIGTERM: the process ends at once, as if its host were lost, which every
     write path already survives (nothing partial at a final name; a stale temp file is
@@ -252,3 +256,11 @@ def follow_serve() -> None:
         print(f"rtk-archiver: the serve process ({serve_pid}) that started this flow run is gone: not running it",
               file=sys.stderr, flush=True)
         os._exit(1)
+    # Out of serve's process group: Ctrl-C in serve's terminal signals the whole foreground group,
+    # and a SIGINT here would race serve's own cancellation (KeyboardInterrupt wherever this
+    # process happens to be, printed as a traceback when that is a finalizer). serve cancels its
+    # runs itself on Ctrl-C (the runner's SIGTERM), and this process still dies with serve (above).
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # already a group / session leader: nothing to leave
+        pass

@@ -113,7 +113,9 @@ import os, subprocess, sys, time
 from rtk_archiver.serving import SERVE_PID_ENV
 if sys.argv[1] == "serve":
     os.environ[SERVE_PID_ENV] = str(os.getpid())
-child = subprocess.Popen([sys.executable, "-c", "import flows, time; print('imported', flush=True); time.sleep(120)"])
+child = subprocess.Popen([sys.executable, "-c", "import flows, os, time; "
+                          "print('imported', 'own-group' if os.getpgid(0) == os.getpid() else 'parent-group', flush=True); "
+                          "time.sleep(120)"])
 print(child.pid, flush=True)
 time.sleep(120)
 """
@@ -129,13 +131,16 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("parent", ["serve", "not-serve"])
 def test_a_flow_run_process_of_serve_dies_with_it(parent):
-    """SIGKILL of serve takes its flow-run processes along (PR_SET_PDEATHSIG); a process that
-    serve did not start (the CLI, a worker's flow run) is left alone."""
+    """SIGKILL of serve takes its flow-run processes along (PR_SET_PDEATHSIG), which run in a
+    process group of their own; a process that serve did not start (the CLI, a worker's flow
+    run) is left alone."""
     proc = subprocess.Popen([sys.executable, "-c", _FAKE_SERVE, parent], stdout=subprocess.PIPE, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     child = int(proc.stdout.readline())
     try:
-        assert proc.stdout.readline().strip() == "imported"  # the child has imported the flows
+        # the child has imported the flows; serve's leaves serve's process group (a Ctrl-C in
+        # serve's terminal reaches serve only, which cancels the run)
+        assert proc.stdout.readline().split() == ["imported", "own-group" if parent == "serve" else "parent-group"]
         assert _alive(child)
         proc.kill()
         proc.wait()
@@ -173,6 +178,53 @@ def test_serve_kills_a_flow_run_process_that_outlives_its_sigterm_and_only_those
         for p in (ours, other):
             p.kill()
             p.wait()
+
+
+# A flow-run process's main thread inside a weakref callback when the runner's SIGTERM arrives:
+# Prefect's bridge raises TerminationSignal there, and Python can only print it.
+_SWALLOWED = """
+import os, signal, sys, time, weakref
+if sys.argv[1] == "flows":
+    import flows  # as every flow-run process does
+from prefect.exceptions import TerminationSignal
+
+def bridge(signum, frame):  # what prefect.utilities.engine.capture_sigterm installs
+    raise TerminationSignal(signum)
+
+signal.signal(signal.SIGTERM, bridge)
+
+class Resource:
+    pass
+
+def finalizer(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):  # the handler runs here, inside the callback
+        pass
+
+resource = Resource()
+ref = weakref.ref(resource, finalizer)
+try:
+    del resource
+    time.sleep(5)
+    print("the run went on", flush=True)
+except TerminationSignal:
+    print("the run stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("imported", ["flows", "nothing"])
+def test_a_sigterm_that_lands_in_a_finalizer_is_delivered_again(imported):
+    """Prefect's SIGTERM bridge raising inside a finalizer: without the flows' hook the exception
+    is printed with a traceback and the signal is lost; with it, the signal is sent again and
+    stops the run, no traceback."""
+    run = subprocess.run([sys.executable, "-c", _SWALLOWED, imported], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if imported == "nothing":  # the failure the hook exists for
+        assert "the run went on" in run.stdout and "Exception ignored in" in run.stderr
+        return
+    assert run.stdout.strip() == "the run stopped", run.stderr
+    assert "Traceback" not in run.stderr
+    assert "SIGTERM arrived inside a finalizer, where it cannot stop the run: delivering it again" in run.stderr
 
 
 def test_a_flow_run_process_whose_serve_is_already_gone_runs_nothing():

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rtk_archiver.serving import flow_run_processes
 from tests.fixtures import free_port
 from tests.fixtures.prefect_server import ERROR_LINE, PrefectServer, running_serve
 
@@ -137,6 +138,8 @@ def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, 
 
         _wait("the manual run to be Running", lambda: state()["type"] == "RUNNING", 90, serve)
         time.sleep(1)
+        runs = flow_run_processes(serve.proc.pid)
+        assert runs, "no flow-run process of serve found"
         started = time.monotonic()
         if sig == signal.SIGINT:
             os.killpg(serve.proc.pid, sig)  # Ctrl-C: the terminal signals the foreground group
@@ -152,7 +155,10 @@ def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, 
         assert took < 15, f"serve took {took:.1f} s to stop"
         assert "never awaited" not in log and "Traceback" not in log, log[-4000:]
         assert f"{sig.name} received" in log and "serve: stopped" in log
-        _wait("serve's flow-run processes to be gone", lambda: _group_gone(serve.proc.pid), 10)
+        # the run's process ended on the runner's SIGTERM, not killed as a straggler
+        assert "after the stop began: killing it" not in log, log[-4000:]
+        _wait("serve's flow-run processes to be gone", lambda: not any(Path(f"/proc/{pid}").exists() for pid in runs), 10)
+        _wait("serve's process group to be gone", lambda: _group_gone(serve.proc.pid), 10)
         final = _wait("the run in progress to end", lambda: (s := state())["type"] not in ("RUNNING", "PENDING", "CANCELLING") and s, 20)
         assert final["type"] in ("CANCELLED", "CRASHED"), final  # never Completed: nothing was archived
         assert not any(archiver_env.archive.iterdir())
