@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ from deployments import (
     crashed_runs_automation,
     job_variables,
 )
+from rtk_archiver.serving import flow_run_processes
 from rtk_archiver.settings import Settings, SettingsError, apply_project_defaults, flow_run_env, load_settings
 from rtk_archiver.simulator import media_sha256
 from tests.fixtures.prefect_server import PrefectServer, running_serve
@@ -253,19 +254,6 @@ def _wait(what: str, check, timeout: float, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _group(pgid: int) -> list[int]:
-    """The live processes of a process group."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid and _alive(int(entry)):
-                    pids.append(int(entry))
-            except ProcessLookupError:
-                pass
-    return pids
-
-
 @contextmanager
 def _client(server: PrefectServer):
     from prefect.client.orchestration import get_client
@@ -388,19 +376,20 @@ def test_serve_sigkilled_mid_transfer_its_runs_die_with_it_and_a_restarted_serve
         run_id = _manual_run(prefect_server, serve, [r["id"] for r in recs])
         _wait("the run to be Running with both downloads under way",
               lambda: _state(prefect_server, run_id)["type"] == "RUNNING" and len(_temp_files(archive)) >= 2, 120)
-        pgid = serve.proc.pid  # its own session and group (running_serve)
-        before = _group(pgid)
-        assert len(before) >= 2, before  # serve and the run's process
+        runs = flow_run_processes(serve.proc.pid)  # each in a process group of its own (follow_serve)
+        assert runs, "no flow-run process of serve found"
         log = serve.log_text()
         assert "automation rtk-archiver-crash-dead-runs" in log and "without a heartbeat for 45 s" in log, log[-3000:]
         serve.proc.kill()
         serve.proc.wait()
         killed = time.monotonic()
         try:  # no process of the dead serve goes on transferring beside the next one
-            _wait("the dead serve's flow-run processes to be gone", lambda: not _group(pgid), 10, interval=0.1)
+            _wait("the dead serve's flow-run processes to be gone", lambda: not any(_alive(pid) for pid in runs), 10, interval=0.1)
         except AssertionError:
-            os.killpg(pgid, signal.SIGKILL)
-            raise AssertionError(f"flow-run processes outlived serve's SIGKILL: {before}") from None
+            for pid in runs:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"flow-run processes outlived serve's SIGKILL: {runs}") from None
     assert _state(prefect_server, run_id)["type"] == "RUNNING"  # nobody told the server
     archiver_env.state.faults.download_trickles = 0
 
