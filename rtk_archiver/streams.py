@@ -212,6 +212,21 @@ class VerifyingReader:
         interrupt.check()
         return self._read(size)
 
+    def read1(self, size: int = -1) -> bytes:
+        """The next chunk as it was received, without joining or copying (``io``'s ``read1``):
+        at most ``size`` bytes (-1: the whole chunk); b"" at the end. For a backend that takes
+        chunks of any size (SFTP), this spares cutting and re-joining every chunk under the GIL."""
+        interrupt.check()
+        chunk = self._next_chunk()
+        if chunk is None:
+            return b""
+        if 0 <= size < len(chunk):
+            rest, chunk = chunk[size:], chunk[:size]
+            self._pending.appendleft(rest)
+            self._pending_size += len(rest)
+        self.bytes_read += len(chunk)
+        return chunk
+
     def _next_chunk(self) -> bytes | None:
         """The next chunk: one left over from a read, else the next one received (None at the end)."""
         if self._pending:

@@ -37,6 +37,8 @@ from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, Sto
 from .credentials import block_name_for, load_block
 from .destination import Destination
 from .sftp_parallel import PARALLEL_MIN_BYTES, ParallelUpload, WriterPool
+from .sftp_stream import WriteStream
+from .sftp_stream import supported as stream_supported
 from .tempnames import TEMP_MARKER, pid_alive, temp_prefix
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 WINDOW_SIZE = 64 * 1024 * 1024  # large SSH window: writes rarely wait for window adjusts (ARCHIVE_SFTP_WINDOW_SIZE)
 MAX_PACKET_SIZE = 256 * 1024
 WRITE_CHUNK = 1024 * 1024  # paramiko splits each write into SFTP requests, pipelined
+WRITE_CHUNK_MAX = 16 * 1024 * 1024  # a chunk handed over whole (read1) up to this size
 # OpenSSH's sftp-server takes messages up to 256 KiB; paramiko defaults to 32 KiB requests.
 MAX_SFTP_MESSAGE = 255 * 1024
 CONNECT_TIMEOUT = 20.0
@@ -321,6 +324,12 @@ class SFTPBackend(StorageBackend):
             return PermanentStorageError(f"permission denied to {action} {path} on {self.where}")
         return StorageError(f"SFTP {action} of {path} on {self.where} failed: {type(exc).__name__}: {exc}")
 
+    def _lost(self, doing: str, path: str) -> StorageError:
+        """The connection died (reset, closed, stalled): dropped here, so that the next use (a
+        retry) connects again instead of finding a dead one that still looks alive."""
+        self.close()
+        return StorageError(f"SFTP connection to {self.where} lost while {doing} {path}")
+
     # -- the interface -------------------------------------------------------------------------
     def stat(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -330,6 +339,8 @@ class SFTPBackend(StorageBackend):
             return None
         except OSError as exc:
             raise self._os_error(exc, "stat", path) from None
+        except (paramiko.SSHException, EOFError):
+            raise self._lost("checking", path) from None
         return ObjectInfo(size=int(attrs.st_size or 0))
 
     def put(
@@ -355,20 +366,32 @@ class SFTPBackend(StorageBackend):
                 remote.MAX_REQUEST_SIZE = _write_request_size(sftp)
                 pool = self._writer_pool(size)
                 self.last_upload_connections = 1
+                stream: WriteStream | None = None
                 if pool is not None:
                     upload = ParallelUpload(pool, tmp, remote, self.settings.archive_upload_stall_seconds)
+                elif stream_supported(sftp):
+                    stream = WriteStream(sftp, remote)
                 offset = 0
+                # the chunks as downloaded when the source can hand them over uncut (VerifyingReader)
+                whole = getattr(source, "read1", None) if stream is not None else None
+                read, read_size = (whole, WRITE_CHUNK_MAX) if whole is not None else (source.read, WRITE_CHUNK)
                 while True:
                     reading = True  # the source's own errors propagate as they are
-                    chunk = source.read(WRITE_CHUNK)
+                    chunk = read(read_size)
                     reading = False
                     if not chunk:
                         break
                     if upload is not None:
                         upload.write(offset, chunk)
+                    elif stream is not None:
+                        stream.write(chunk)
                     else:
                         remote.write(chunk)
                     offset += len(chunk)
+                if stream is not None:  # every write's status read and checked
+                    acknowledged = stream.finish()
+                    if acknowledged != offset:
+                        raise StorageError(f"{tmp} on {self.where}: {acknowledged} of {offset} bytes acknowledged by the server")
                 if upload is not None:
                     acknowledged = upload.finish()
                     self.last_upload_connections = 1 + len(upload.active) if upload.local_bytes else len(upload.active)
@@ -386,10 +409,12 @@ class SFTPBackend(StorageBackend):
             if upload is not None:  # the workers' writes settled (or the workers stopped) first
                 upload.abort()
             self._remove_quietly(tmp)
+            if isinstance(exc, TimeoutError) and not reading:  # a stalled connection: the next use connects again
+                self.close()
             if isinstance(exc, OSError) and not reading:  # permission denied, disk full, timeouts
                 raise self._os_error(exc, "upload", final) from None
             if isinstance(exc, (paramiko.SSHException, EOFError)) and not reading:
-                raise StorageError(f"SFTP connection to {self.where} lost during upload of {final}") from None
+                raise self._lost("uploading", final) from None
             raise
         finally:
             with _LIVE_LOCK:
@@ -440,6 +465,8 @@ class SFTPBackend(StorageBackend):
             return None
         except OSError as exc:
             raise self._os_error(exc, "read", path) from None
+        except (paramiko.SSHException, EOFError):
+            raise self._lost("reading", path) from None
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -449,6 +476,8 @@ class SFTPBackend(StorageBackend):
             pass
         except OSError as exc:
             raise self._os_error(exc, "delete", path) from None
+        except (paramiko.SSHException, EOFError):
+            raise self._lost("deleting", path) from None
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
         """Regular files under ``prefix``, in key order (as S3 and GCS list), one directory in
@@ -464,7 +493,7 @@ class SFTPBackend(StorageBackend):
         except OSError as exc:
             raise self._os_error(exc, "list", path) from None
         except (paramiko.SSHException, EOFError):
-            raise StorageError(f"SFTP connection to {self.where} lost while listing {path}") from None
+            raise self._lost("listing", path) from None
 
         def is_dir(a: paramiko.SFTPAttributes) -> bool:
             return stat_mod.S_ISDIR(a.st_mode or 0)
@@ -492,4 +521,4 @@ class SFTPBackend(StorageBackend):
         except OSError as exc:
             raise self._os_error(exc, "read", path) from None
         except (paramiko.SSHException, EOFError):
-            raise StorageError(f"SFTP connection to {self.where} lost while reading {path}") from None
+            raise self._lost("reading", path) from None
