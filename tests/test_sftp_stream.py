@@ -188,3 +188,24 @@ def test_read1_hands_each_chunk_over_uncut():
     assert reader.tell() == 35
     reader.verify_end()
     assert reader.hexdigests()["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+@pytest.mark.parametrize("stated", ["openssh", 5000, None], ids=["openssh-255KiB", "small", "unstated"])
+def test_write_requests_keep_to_the_servers_stated_limit(sftp_backend_factory, monkeypatch, stated):
+    """OpenSSH states 255 KiB (limits@openssh.com): requests fill 7 SSH packets. A server that
+    states less gets no more; one that states nothing gets 4 packets, as before."""
+    sizes = []
+    real = stream_mod.WriteStream._request
+    monkeypatch.setattr(stream_mod.WriteStream, "_request", lambda self, data: sizes.append(len(data)) or real(self, data))
+    if stated != "openssh":
+        monkeypatch.setattr(stream_mod, "max_write_bytes", lambda sftp: stated)
+    backend = sftp_backend_factory("rtkpass")
+    data = content(3 * MiB + 7)
+    backend.put("limits.mp4", VerifyingReader(chunks(data, MiB), len(data)), len(data))
+    assert (backend.base_path / "limits.mp4").read_bytes() == data
+    if stated == "openssh":
+        assert stream_mod.max_write_bytes(backend._sftp) == 255 * 1024
+    per_packet = backend._sftp.get_channel().out_max_packet_size - 64
+    header = 4 + 1 + 4 + 4 + 4 + 8 + 4  # OpenSSH's handles are 4 bytes
+    expected = {"openssh": 7 * per_packet - header, 5000: 5000, None: 4 * per_packet - header}[stated]
+    assert max(sizes) == expected
