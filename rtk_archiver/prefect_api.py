@@ -18,8 +18,6 @@ server for minutes).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib.util
 import os
 import signal
@@ -35,6 +33,7 @@ from pathlib import Path
 import httpx
 
 from rtk_archiver import interrupt
+from rtk_archiver.children import child_setup
 
 PRIVATE_API_ENV = "RTK_ARCHIVER_PRIVATE_PREFECT_API"
 STARTUP_TIMEOUT_SECONDS = 120.0  # the first start on a new PREFECT_HOME migrates its database
@@ -76,7 +75,7 @@ def private_prefect_api(while_starting: Callable[[], object] | None = None) -> I
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
-            start_new_session=True, preexec_fn=_child_setup(os.getpid()),
+            start_new_session=True, preexec_fn=child_setup(os.getpid()),
         )
         try:
             os.environ["PREFECT_API_URL"] = url
@@ -95,7 +94,7 @@ def private_prefect_api(while_starting: Callable[[], object] | None = None) -> I
 #: services off) in a thread, so uvicorn installs no signal handlers; SIGINT and SIGTERM are
 #: ignored (a terminal's Ctrl-C, or a service manager's SIGTERM to the whole group, is the
 #: CLI's to handle: it still needs its API to finish the run); it stops when its stdin closes
-#: (the CLI is done, or gone) and dies with the CLI (PR_SET_PDEATHSIG, ``_child_setup``).
+#: (the CLI is done, or gone) and dies with the CLI (PR_SET_PDEATHSIG, ``children.child_setup``).
 _SERVE = """
 import os, signal, sys, threading
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -130,34 +129,6 @@ def _stop_server(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     except (OSError, subprocess.TimeoutExpired):
         proc.kill()
         proc.wait()
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _child_setup(parent: int):
-    """``preexec_fn`` for a child that must die with this process: SIGKILL on the parent's
-    death (Linux; it fires when the thread that started the child exits, here the main
-    thread, i.e. the process), exit if the parent already died, and the default signal mask
-    (the CLI blocks SIGINT / SIGTERM in its threads, see ``rtk_archiver.interrupt``).
-    Everything it needs is resolved before the fork."""
-    libc = None
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            libc = None
-    prctl = libc.prctl if libc is not None else None
-    unblock = (signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
-
-    def setup() -> None:
-        signal.pthread_sigmask(*unblock)
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the line above: follow it
-            os._exit(1)
-
-    return setup
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:

@@ -44,12 +44,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rtk_archiver.children import die_with_parent
+
 STOP_TIMEOUT_SECONDS = 30.0
 #: flow-run processes still alive this long after serve began to stop are killed (_stop)
 STRAGGLER_SECONDS = 10.0
 #: set by serve for the flow-run processes it starts: its pid (see ``follow_serve``)
 SERVE_PID_ENV = "RTK_ARCHIVER_SERVE_PID"
-PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVER_STARTUP_TIMEOUT_SECONDS = 180.0  # the first start migrates a new database
 SERVER_LOG_NAME = "rtk-archiver-server.log"
@@ -244,13 +245,7 @@ def follow_serve() -> None:
         return
     serve_pid = int(raw)
     os.environ.pop(SERVE_PID_ENV, None)  # not for processes this one starts
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)  # this process's own libc: no library look-up
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):  # not Linux: the heartbeat automation still marks such runs Crashed
+    if not die_with_parent(signal.SIGKILL):  # not Linux: the heartbeat automation still marks such runs Crashed
         return
     if os.getppid() != serve_pid:  # serve died before the line above
         print(f"rtk-archiver: the serve process ({serve_pid}) that started this flow run is gone: not running it",
@@ -263,4 +258,12 @@ def follow_serve() -> None:
     try:
         os.setpgid(0, 0)
     except OSError:  # already a group / session leader: nothing to leave
+        pass
+    # and off serve's terminal: a read from it in a background group would stop this process
+    # (SIGTTIN), heartbeats and all, until a SIGKILL
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    except OSError:
         pass

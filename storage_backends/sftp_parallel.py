@@ -42,6 +42,8 @@ import termios
 import time
 from pathlib import Path
 
+from rtk_archiver.children import child_setup
+
 from .base import PermanentStorageError, StorageError
 from .sftp_worker import FRAME
 
@@ -66,6 +68,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, WORKER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, close_fds=True,
+            preexec_fn=child_setup(os.getpid()),  # a worker writing to a stalled server dies with the run
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.fd_in, self.fd_out = self.proc.stdin.fileno(), self.proc.stdout.fileno()

@@ -43,6 +43,8 @@ PACKETS_PER_REQUEST_UNSTATED = 4
 #: statuses read as soon as they have arrived, at the latest when this many requests are unanswered
 MAX_UNANSWERED = 256
 NOISE_BYTES = 4096
+#: packets sent with one sendmsg at most (a window granted in slivers cannot pile up more)
+MAX_BATCH = 16
 
 _P = "_Packetizer__"  # paramiko.packet.Packetizer's private attributes, read and kept as it does
 _NEEDED = ("block_engine_out", "aead_out", "etm_out", "compress_engine_out", "dump_packets", "iv_out",
@@ -77,10 +79,13 @@ def max_write_bytes(sftp: paramiko.SFTPClient) -> int | None:
     try:
         t, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
         if t == CMD_EXTENDED_REPLY:
-            msg.get_int64()  # max packet length
+            packet = msg.get_int64()  # the largest SFTP packet, header included (0: not stated)
             msg.get_int64()  # max read length
-            most = msg.get_int64() or None  # 0: no stated limit
-    except (OSError, paramiko.SFTPError):  # unsupported by this server
+            write = msg.get_int64()  # 0: not stated
+            header = 4 + 1 + 4 + 4 + 256 + 8 + 4  # a write request's header, with the longest handle (SFTP v3)
+            stated = [n for n in (write, packet - header if packet else 0) if n > 0]
+            most = min(stated) if stated else None
+    except (OSError, EOFError, paramiko.SFTPError):  # unsupported by this server (a status, even EOF)
         most = None
     sftp._rtk_max_write = most
     return most
@@ -161,38 +166,48 @@ class WriteStream:
             + self.handle + struct.pack(">QI", self.offset, len(data))
         self.offset += len(data)
         try:
-            self._send(self._pieces(header, data))
+            self._send_request(header, data)
         except BaseException:
             # a stalled window, or a packet stream cut in the middle of a packet: the connection
             # is of no more use (the backend connects again for its next request)
             self.transport.close()
             raise
 
-    def _pieces(self, header: bytes, data: memoryview) -> list[bytearray]:
-        """The request's bytes as the plaintexts of its SSH packets, each given its channel
-        window first (waiting for the server's window, holding no lock of the connection)."""
-        out = []
+    def _send_request(self, header: bytes, data: memoryview) -> None:
+        """The request's bytes as SSH packets, each given its channel window first. Packets
+        built are sent together, and always before waiting for more window: a server grants
+        window only for data it has received (with a window smaller than a request, waiting
+        first would wait for ever)."""
+        built: list[bytearray] = []
         pending = [memoryview(header), data]
         while pending:
             wanted = sum(len(p) for p in pending)
-            size = self._window(wanted)
-            padding = 3 + GCM_BLOCK - ((9 + size + 4) % GCM_BLOCK)
-            plain = bytearray(1 + 9 + size + padding)
-            struct.pack_into(">BBII", plain, 0, padding, MSG_CHANNEL_DATA, self.channel.remote_chanid, size)
-            at, left = 10, size
-            while left:
-                part = pending[0]
-                take = min(len(part), left)
-                plain[at:at + take] = part[:take]
-                at += take
-                left -= take
-                if take == len(part):
-                    pending.pop(0)
-                else:
-                    pending[0] = part[take:]
-            plain[at:] = self._padding(padding)
-            out.append(plain)
-        return out
+            # only this stream takes from the window: what is there now stays there
+            if built and (self.channel.out_window_size < min(wanted, self._per_packet) or len(built) >= MAX_BATCH):
+                self._send(built)
+                built = []
+            built.append(self._packet(self._window(wanted), pending))
+        self._send(built)
+
+    def _packet(self, size: int, pending: list[memoryview]) -> bytearray:
+        """The plaintext of one SSH_MSG_CHANNEL_DATA packet carrying the next ``size`` bytes of
+        ``pending`` (taken from it)."""
+        padding = 3 + GCM_BLOCK - ((9 + size + 4) % GCM_BLOCK)
+        plain = bytearray(1 + 9 + size + padding)
+        struct.pack_into(">BBII", plain, 0, padding, MSG_CHANNEL_DATA, self.channel.remote_chanid, size)
+        at, left = 10, size
+        while left:
+            part = pending[0]
+            take = min(len(part), left)
+            plain[at:at + take] = part[:take]
+            at += take
+            left -= take
+            if take == len(part):
+                pending.pop(0)
+            else:
+                pending[0] = part[take:]
+        plain[at:] = self._padding(padding)
+        return plain
 
     def _padding(self, size: int) -> bytes:
         """Random padding (RFC 4253), drawn from the system 4 KiB at a time, not per packet."""

@@ -115,7 +115,8 @@ from rtk_archiver.serving import SERVE_PID_ENV
 if sys.argv[1] == "serve":
     os.environ[SERVE_PID_ENV] = str(os.getpid())
 child = subprocess.Popen([sys.executable, "-c", "import flows, os, time; "
-                          "print('imported', 'own-group' if os.getpgid(0) == os.getpid() else 'parent-group', flush=True); "
+                          "print('imported', 'own-group' if os.getpgid(0) == os.getpid() else 'parent-group', "
+                          "'stdin-null' if os.readlink('/proc/self/fd/0') == '/dev/null' else 'stdin-inherited', flush=True); "
                           "time.sleep(120)"])
 print(child.pid, flush=True)
 time.sleep(120)
@@ -135,13 +136,14 @@ def test_a_flow_run_process_of_serve_dies_with_it(parent):
     """SIGKILL of serve takes its flow-run processes along (PR_SET_PDEATHSIG), which run in a
     process group of their own; a process that serve did not start (the CLI, a worker's flow
     run) is left alone."""
-    proc = subprocess.Popen([sys.executable, "-c", _FAKE_SERVE, parent], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", _FAKE_SERVE, parent], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     child = int(proc.stdout.readline())
     try:
         # the child has imported the flows; serve's leaves serve's process group (a Ctrl-C in
         # serve's terminal reaches serve only, which cancels the run)
-        assert proc.stdout.readline().split() == ["imported", "own-group" if parent == "serve" else "parent-group"]
+        # (and off its terminal: stdin is /dev/null)
+        assert proc.stdout.readline().split() == ["imported", *(["own-group", "stdin-null"] if parent == "serve" else ["parent-group", "stdin-inherited"])]
         assert _alive(child)
         proc.kill()
         proc.wait()
@@ -218,8 +220,8 @@ def test_a_sigterm_that_lands_in_a_finalizer_is_delivered_again(imported):
     """Prefect's SIGTERM bridge raising inside a finalizer: without the flows' hook the exception
     is printed with a traceback and the signal is lost; with it, the signal is sent again and
     stops the run, no traceback."""
-    run = subprocess.run([sys.executable, "-c", _SWALLOWED, imported], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = subprocess.run([sys.executable, "-c", _SWALLOWED, imported], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "PREFECT__FLOW_RUN_ID": "00000000-0000-0000-0000-000000000000"})
     if imported == "nothing":  # the failure the hook exists for
         assert "the run went on" in run.stdout and "Exception ignored in" in run.stderr
         return

@@ -209,3 +209,86 @@ def test_write_requests_keep_to_the_servers_stated_limit(sftp_backend_factory, m
     header = 4 + 1 + 4 + 4 + 4 + 8 + 4  # OpenSSH's handles are 4 bytes
     expected = {"openssh": 7 * per_packet - header, 5000: 5000, None: 4 * per_packet - header}[stated]
     assert max(sizes) == expected
+
+
+class _SmallWindowServer:
+    """A paramiko SFTP server (in this process) whose channel window is ``window`` bytes,
+    smaller than one write request (dropbear's default is 24 KiB): it grants more window only
+    for data it has received."""
+
+    def __init__(self, root, window: int) -> None:
+        import socket
+        import threading
+
+        self.root, self.window = root, window
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.transports = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        root = self.root
+
+        class Auth(paramiko.ServerInterface):
+            def check_auth_password(self, username, password):
+                return paramiko.AUTH_SUCCESSFUL
+
+            def get_allowed_auths(self, username):
+                return "password"
+
+            def check_channel_request(self, kind, chanid):
+                return paramiko.OPEN_SUCCEEDED
+
+        class Files(paramiko.SFTPServerInterface):
+            def open(self, path, flags, attr):
+                handle = paramiko.SFTPHandle(flags)
+                handle.filename = str(root) + path
+                handle.readfile = handle.writefile = os.fdopen(os.open(handle.filename, flags, 0o644), "r+b" if flags & os.O_RDWR else "wb")
+                return handle
+
+            def stat(self, path):
+                return paramiko.SFTPAttributes.from_stat(os.stat(str(root) + path))
+
+            lstat = stat
+
+        conn, _ = self.listener.accept()
+        transport = paramiko.Transport(conn, default_window_size=self.window)
+        transport.add_server_key(paramiko.ECDSAKey.generate())
+        transport.set_subsystem_handler("sftp", paramiko.SFTPServer, Files)
+        transport.start_server(server=Auth())
+        self.transports.append(transport)
+
+    def client(self) -> paramiko.SFTPClient:
+        transport = paramiko.Transport(("127.0.0.1", self.port))
+        options = transport.get_security_options()
+        options.ciphers = ["aes128-gcm@openssh.com"] + [c for c in options.ciphers if "gcm" not in c]
+        transport.connect(username="u", password="p")
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        sftp.get_channel().settimeout(10)
+        return sftp
+
+
+@pytest.mark.parametrize("window", [16 * 1024, 64 * 1024])
+def test_a_server_window_smaller_than_a_request(tmp_path, window):
+    """Packets built are sent before waiting for window: waiting first, with the whole request
+    held back, waited for ever on a server granting window only for what it received."""
+    server = _SmallWindowServer(tmp_path, window)
+    sftp = server.client()
+    try:
+        assert stream_mod.supported(sftp)
+        assert sftp.get_channel().out_window_size < 4 * 32 * 1024  # less than one request
+        data = content(3 * MiB + 5)
+        with sftp.open("/small-window.mp4", "wb") as remote:
+            stream = stream_mod.WriteStream(sftp, remote)
+            started = time.monotonic()
+            stream.write(data)
+            assert stream.finish() == len(data)
+            assert time.monotonic() - started < 8  # no stall (the channel's timeout is 10 s)
+        assert (tmp_path / "small-window.mp4").read_bytes() == data
+    finally:
+        sftp.get_channel().get_transport().close()
+        for t in server.transports:
+            t.close()
+        server.listener.close()
