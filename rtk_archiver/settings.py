@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024,
         description="SSH channel window in bytes: how much an SFTP upload may have in flight unacknowledged.",
     )
+    archive_sftp_channels: int = Field(
+        default=1, ge=1, le=8,
+        description="SFTP channels of the one SSH connection an upload of 16 MiB or more writes over, disjoint "
+        "ranges of the temp file. Each channel has its own window (OpenSSH: 2 MiB), which caps one channel at "
+        "2 MiB per round trip: more channels for a far server (BENCHMARKS.md, 'Over an emulated WAN').",
+    )
     archive_sftp_connections: int = Field(
         default=1, ge=1, le=16,
         description="SSH connections an SFTP upload of 16 MiB or more spreads its writes over: the archiver's own "

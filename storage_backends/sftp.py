@@ -130,6 +130,8 @@ class SFTPBackend(StorageBackend):
         self.block = load_block("SFTPCredentials", destination, settings.archive_credential_blocks)
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._channels: list[paramiko.SFTPClient] = []  # more SFTP channels of the connection (ARCHIVE_SFTP_CHANNELS)
+        self._channels_refused = False
         self._root = ""
         self._made: set[str] = set()
         self._pool: WriterPool | None = None  # extra upload connections (sftp_parallel), on first use
@@ -255,6 +257,26 @@ class SFTPBackend(StorageBackend):
         self._root = root if root.startswith("/") else posixpath.join(self._sftp.normalize("."), root)
         return self._sftp
 
+    def _extra_channels(self, size: int | None) -> list[paramiko.SFTPClient]:
+        """The SFTP channels besides the first that an upload of ``size`` bytes also writes over
+        (``ARCHIVE_SFTP_CHANNELS`` - 1, for ``PARALLEL_MIN_BYTES`` or more), opened once per
+        connection; a server that refuses one (OpenSSH's ``MaxSessions``) leaves fewer."""
+        want = self.settings.archive_sftp_channels - 1
+        if want < 1 or size is None or size < PARALLEL_MIN_BYTES or self._transport is None:
+            return []
+        while len(self._channels) < want and not self._channels_refused:
+            try:
+                extra = paramiko.SFTPClient.from_transport(
+                    self._transport, window_size=self.settings.archive_sftp_window_size, max_packet_size=MAX_PACKET_SIZE)
+            except (paramiko.SSHException, OSError, EOFError):
+                extra = None
+            if extra is None:
+                self._channels_refused = True
+                break
+            extra.get_channel().settimeout(self.settings.archive_upload_stall_seconds)
+            self._channels.append(extra)
+        return self._channels[:want]
+
     def _writer_pool(self, size: int | None) -> WriterPool | None:
         """The extra upload connections for a put of ``size`` bytes, if it should use them:
         a known size of at least ``PARALLEL_MIN_BYTES`` and ``ARCHIVE_SFTP_CONNECTIONS`` > 1."""
@@ -283,7 +305,7 @@ class SFTPBackend(StorageBackend):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        for closable in (self._sftp, self._transport):
+        for closable in (*self._channels, self._sftp, self._transport):
             if closable is not None:
                 try:
                     closable.close()
@@ -291,6 +313,8 @@ class SFTPBackend(StorageBackend):
                     pass
         self._sftp = None
         self._transport = None
+        self._channels = []
+        self._channels_refused = False
 
     # -- paths -------------------------------------------------------------------------------
     def _path(self, key: str) -> str:
@@ -356,6 +380,7 @@ class SFTPBackend(StorageBackend):
         tmp = posixpath.join(directory, f"{prefix}{_writer_tag()}-{uuid.uuid4().hex[:8]}")
         reading = False
         upload: ParallelUpload | None = None
+        extras: list[tuple[paramiko.SFTPClient, paramiko.SFTPFile]] = []  # more channels' handles on the temp file
         with _LIVE_LOCK:
             _LIVE.add(posixpath.basename(tmp))
         try:
@@ -367,10 +392,14 @@ class SFTPBackend(StorageBackend):
                 pool = self._writer_pool(size)
                 self.last_upload_connections = 1
                 stream: WriteStream | None = None
+                self.last_upload_channels = 1
                 if pool is not None:
                     upload = ParallelUpload(pool, tmp, remote, self.settings.archive_upload_stall_seconds)
                 elif stream_supported(sftp):
-                    stream = WriteStream(sftp, remote)
+                    for extra in self._extra_channels(size):
+                        extras.append((extra, extra.open(tmp, "r+")))  # the same file, not truncated
+                    stream = WriteStream(sftp, remote, extras)
+                    self.last_upload_channels = len(extras) + 1
                 offset = 0
                 # the chunks as downloaded when the source can hand them over uncut (VerifyingReader)
                 whole = getattr(source, "read1", None) if stream is not None else None
@@ -392,6 +421,9 @@ class SFTPBackend(StorageBackend):
                     acknowledged = stream.finish()
                     if acknowledged != offset:
                         raise StorageError(f"{tmp} on {self.where}: {acknowledged} of {offset} bytes acknowledged by the server")
+                    for _, handle in extras:
+                        handle.close()
+                    extras = []
                 if upload is not None:
                     acknowledged = upload.finish()
                     self.last_upload_connections = 1 + len(upload.active) if upload.local_bytes else len(upload.active)
@@ -408,6 +440,11 @@ class SFTPBackend(StorageBackend):
         except BaseException as exc:
             if upload is not None:  # the workers' writes settled (or the workers stopped) first
                 upload.abort()
+            for _, handle in extras:
+                try:
+                    handle.close()
+                except Exception:  # noqa: BLE001 - a broken connection: the original error matters
+                    pass
             self._remove_quietly(tmp)
             if isinstance(exc, TimeoutError) and not reading:  # a stalled connection: the next use connects again
                 self.close()

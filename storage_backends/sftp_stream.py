@@ -91,29 +91,61 @@ def max_write_bytes(sftp: paramiko.SFTPClient) -> int | None:
     return most
 
 
-class WriteStream:
-    """Sequential pipelined writes to one open remote file (``SFTPFile``), from its start."""
+class _Lane:
+    """One SFTP channel of the stream, with its own handle on the file and its own window."""
 
-    def __init__(self, sftp: paramiko.SFTPClient, remote: paramiko.SFTPFile) -> None:
-        self.sftp = sftp
-        self.channel = sftp.get_channel()
-        self.transport = self.channel.get_transport()
-        self.packetizer = self.transport.packetizer
+    def __init__(self, stream: "WriteStream", sftp: paramiko.SFTPClient, remote: paramiko.SFTPFile) -> None:
+        self.stream, self.sftp, self.channel = stream, sftp, sftp.get_channel()
         self.handle: bytes = remote.handle
-        self.offset = 0
-        self.acknowledged = 0
-        self.error: BaseException | None = None
-        self._unanswered: dict[int, int] = {}  # request number -> its data bytes
-        self._per_packet = self.channel.out_max_packet_size - 64  # as paramiko's Channel sends
-        self._header_size = 4 + 1 + 4 + 4 + len(self.handle) + 8 + 4
-        self._noise, self._noise_at = b"", 0
+        self.unanswered: dict[int, int] = {}  # request number -> its data bytes
+        self.per_packet = self.channel.out_max_packet_size - 64  # as paramiko's Channel sends
+        self.header_size = 4 + 1 + 4 + 4 + len(self.handle) + 8 + 4
         packets = PACKETS_PER_REQUEST_UNSTATED
         most = max_write_bytes(sftp)
         if most is not None:
-            packets = max(1, min(PACKETS_PER_REQUEST, (most + self._header_size) // self._per_packet))
-        self._per_request = packets * self._per_packet - self._header_size
-        if most is not None and most < self._per_request:  # a server that takes less than a packet
-            self._per_request = most
+            packets = max(1, min(PACKETS_PER_REQUEST, (most + self.header_size) // self.per_packet))
+        self.per_request = packets * self.per_packet - self.header_size
+        if most is not None and most < self.per_request:  # a server that takes less than a packet
+            self.per_request = most
+
+    def read_status(self) -> None:
+        self.sftp._read_response()  # paramiko reads it and calls _async_response
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        stream = self.stream
+        size = self.unanswered.pop(num, 0)
+        if t != CMD_STATUS:
+            stream.error = stream.error or paramiko.SFTPError(f"expected a status for write #{num}, got message type {t}")
+            return
+        try:
+            self.sftp._convert_status(msg)  # raises on anything but OK
+        except (OSError, EOFError) as exc:
+            stream.error = stream.error or exc
+            return
+        stream.acknowledged += size
+
+
+class WriteStream:
+    """Sequential pipelined writes to one remote file, from its start, over one or more SFTP
+    channels of the same SSH connection (``lanes``: each an SFTP client on its own channel and
+    its own handle on the file). Each channel has its own window (OpenSSH: 2 MiB), which
+    bounds one channel to 2 MiB per round trip; a request goes to the channel with the most
+    window free, at its offset in the file."""
+
+    def __init__(self, sftp: paramiko.SFTPClient, remote: paramiko.SFTPFile,
+                 more: list[tuple[paramiko.SFTPClient, paramiko.SFTPFile]] = ()) -> None:
+        self.sftp = sftp
+        self.transport = sftp.get_channel().get_transport()
+        self.packetizer = self.transport.packetizer
+        self.offset = 0
+        self.acknowledged = 0
+        self.error: BaseException | None = None
+        self._noise, self._noise_at = b"", 0
+        self.lanes = [_Lane(self, sftp, remote)] + [_Lane(self, c, r) for c, r in more]
+        for lane in self.lanes[1:]:
+            if lane.channel.get_transport() is not self.transport:
+                raise ValueError("every lane of a WriteStream is a channel of the same SSH connection")
+        self._per_request = min(lane.per_request for lane in self.lanes)
 
     # -- the interface ---------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -121,80 +153,73 @@ class WriteStream:
         per_request = self._per_request
         for start in range(0, len(view), per_request):
             self._raise_error()
-            self._request(view[start:start + per_request])
-            if len(self._unanswered) >= MAX_UNANSWERED:
-                self._read_status()
-            while self._unanswered and self.channel.recv_ready():
-                self._read_status()
+            lane = self._lane()
+            self._request(lane, view[start:start + per_request])
+            if len(lane.unanswered) >= MAX_UNANSWERED:
+                lane.read_status()
+            for each in self.lanes:
+                while each.unanswered and each.channel.recv_ready():
+                    each.read_status()
 
     def finish(self) -> int:
         """Wait for every status; raise the first failure; the bytes acknowledged."""
-        while self._unanswered and self.error is None:
-            self._read_status()
+        for lane in self.lanes:
+            while lane.unanswered and self.error is None:
+                lane.read_status()
         self._raise_error()
         return self.acknowledged
 
-    # -- answers (paramiko's SFTPClient reads them and calls _async_response) ----------------
-    def _read_status(self) -> None:
-        self.sftp._read_response()
-
-    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
-        size = self._unanswered.pop(num, 0)
-        if t != CMD_STATUS:
-            self.error = self.error or paramiko.SFTPError(f"expected a status for write #{num}, got message type {t}")
-            return
-        try:
-            self.sftp._convert_status(msg)  # raises on anything but OK
-        except (OSError, EOFError) as exc:
-            self.error = self.error or exc
-            return
-        self.acknowledged += size
+    def _lane(self) -> _Lane:
+        if len(self.lanes) == 1:
+            return self.lanes[0]
+        return max(self.lanes, key=lambda lane: lane.channel.out_window_size)
 
     def _raise_error(self) -> None:
         if self.error is not None:
             raise self.error
 
     # -- requests ------------------------------------------------------------------------------
-    def _request(self, data: memoryview) -> None:
-        sftp = self.sftp
+    def _request(self, lane: _Lane, data: memoryview) -> None:
+        sftp = lane.sftp
         with sftp._lock:
             num = sftp.request_number
             sftp.request_number += 1
-            sftp._expecting[num] = self
-        self._unanswered[num] = len(data)
-        header = struct.pack(">IBII", self._header_size - 4 + len(data), CMD_WRITE, num, len(self.handle)) \
-            + self.handle + struct.pack(">QI", self.offset, len(data))
+            sftp._expecting[num] = lane
+        lane.unanswered[num] = len(data)
+        header = struct.pack(">IBII", lane.header_size - 4 + len(data), CMD_WRITE, num, len(lane.handle)) \
+            + lane.handle + struct.pack(">QI", self.offset, len(data))
         self.offset += len(data)
         try:
-            self._send_request(header, data)
+            self._send_request(lane, header, data)
         except BaseException:
             # a stalled window, or a packet stream cut in the middle of a packet: the connection
             # is of no more use (the backend connects again for its next request)
             self.transport.close()
             raise
 
-    def _send_request(self, header: bytes, data: memoryview) -> None:
+    def _send_request(self, lane: _Lane, header: bytes, data: memoryview) -> None:
         """The request's bytes as SSH packets, each given its channel window first. Packets
         built are sent together, and always before waiting for more window: a server grants
         window only for data it has received (with a window smaller than a request, waiting
         first would wait for ever)."""
         built: list[bytearray] = []
         pending = [memoryview(header), data]
+        channel = lane.channel
         while pending:
             wanted = sum(len(p) for p in pending)
             # only this stream takes from the window: what is there now stays there
-            if built and (self.channel.out_window_size < min(wanted, self._per_packet) or len(built) >= MAX_BATCH):
+            if built and (channel.out_window_size < min(wanted, lane.per_packet) or len(built) >= MAX_BATCH):
                 self._send(built)
                 built = []
-            built.append(self._packet(self._window(wanted), pending))
+            built.append(self._packet(channel, self._window(channel, wanted), pending))
         self._send(built)
 
-    def _packet(self, size: int, pending: list[memoryview]) -> bytearray:
+    def _packet(self, channel: paramiko.Channel, size: int, pending: list[memoryview]) -> bytearray:
         """The plaintext of one SSH_MSG_CHANNEL_DATA packet carrying the next ``size`` bytes of
         ``pending`` (taken from it)."""
         padding = 3 + GCM_BLOCK - ((9 + size + 4) % GCM_BLOCK)
         plain = bytearray(1 + 9 + size + padding)
-        struct.pack_into(">BBII", plain, 0, padding, MSG_CHANNEL_DATA, self.channel.remote_chanid, size)
+        struct.pack_into(">BBII", plain, 0, padding, MSG_CHANNEL_DATA, channel.remote_chanid, size)
         at, left = 10, size
         while left:
             part = pending[0]
@@ -216,8 +241,7 @@ class WriteStream:
         self._noise_at += size
         return self._noise[self._noise_at - size:self._noise_at]
 
-    def _window(self, wanted: int) -> int:
-        channel = self.channel
+    def _window(self, channel: paramiko.Channel, wanted: int) -> int:
         with channel.lock:
             if channel.closed:
                 raise EOFError("the SFTP channel is closed")
@@ -284,7 +308,7 @@ class WriteStream:
         0.1 s so that a closed connection is noticed); no progress for the channel's timeout
         (``ARCHIVE_UPLOAD_STALL_SECONDS``) is a stall."""
         views = [memoryview(b) for b in buffers]
-        limit = self.channel.gettimeout()
+        limit = self.lanes[0].channel.gettimeout()
         progress = time.monotonic()
         while views:
             try:

@@ -196,7 +196,7 @@ def test_write_requests_keep_to_the_servers_stated_limit(sftp_backend_factory, m
     states less gets no more; one that states nothing gets 4 packets, as before."""
     sizes = []
     real = stream_mod.WriteStream._request
-    monkeypatch.setattr(stream_mod.WriteStream, "_request", lambda self, data: sizes.append(len(data)) or real(self, data))
+    monkeypatch.setattr(stream_mod.WriteStream, "_request", lambda self, lane, data: sizes.append(len(data)) or real(self, lane, data))
     if stated != "openssh":
         monkeypatch.setattr(stream_mod, "max_write_bytes", lambda sftp: stated)
     backend = sftp_backend_factory("rtkpass")
@@ -292,3 +292,47 @@ def test_a_server_window_smaller_than_a_request(tmp_path, window):
         for t in server.transports:
             t.close()
         server.listener.close()
+
+
+def test_several_channels_of_one_connection_share_an_upload(sftp_backend_factory, monkeypatch):
+    """ARCHIVE_SFTP_CHANNELS=3: requests go to the channel with the most window free, each at
+    its offset, through each channel's own handle on the one temp file."""
+    monkeypatch.setattr(sftp_mod, "PARALLEL_MIN_BYTES", MiB)
+    lanes = []
+    real = stream_mod.WriteStream._request
+    monkeypatch.setattr(stream_mod.WriteStream, "_request", lambda self, lane, data: lanes.append(lane.channel.get_id()) or real(self, lane, data))
+    backend = sftp_backend_factory("rtkpass", archive_sftp_channels=3)
+    data = content(SIZE)
+    reader = VerifyingReader(chunks(data, 300_001), SIZE)
+    backend.put("a/rec.mp4", reader, SIZE)
+    assert (backend.base_path / "a/rec.mp4").read_bytes() == data
+    assert backend.last_upload_channels == 3 and len(set(lanes)) == 3, lanes
+    assert leftovers(backend) == []
+    lanes.clear()  # the channels serve the next put too; a small one uses only the first
+    backend.put("a/small.m4a", VerifyingReader(iter([data[:1000]]), 1000), 1000)
+    assert backend.last_upload_channels == 1 and len(set(lanes)) == 1
+    backend.put("a/rec2.mp4", VerifyingReader(chunks(data, MiB), SIZE), SIZE)
+    assert (backend.base_path / "a/rec2.mp4").read_bytes() == data
+    assert len(backend._channels) == 2  # opened once per connection
+
+
+def test_channels_the_server_refuses_leave_fewer(sftp_backend_factory, monkeypatch):
+    """A server that refuses another session on the connection (OpenSSH's MaxSessions): the
+    upload goes over the channels it has."""
+    monkeypatch.setattr(sftp_mod, "PARALLEL_MIN_BYTES", MiB)
+    backend = sftp_backend_factory("rtkpass", archive_sftp_channels=4)
+    backend.stat("warm-up")
+    real = paramiko.SFTPClient.from_transport
+    opened = []
+
+    def refusing_the_third(transport, *args, **kwargs):
+        if len(opened) >= 1:
+            raise paramiko.ChannelException(1, "Administratively prohibited")
+        opened.append(1)
+        return real(transport, *args, **kwargs)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "from_transport", refusing_the_third)
+    data = content(SIZE)
+    backend.put("refused.mp4", VerifyingReader(chunks(data, MiB), SIZE), SIZE)
+    assert (backend.base_path / "refused.mp4").read_bytes() == data
+    assert backend.last_upload_channels == 2 and backend._channels_refused
