@@ -397,7 +397,11 @@ class SFTPBackend(StorageBackend):
                     upload = ParallelUpload(pool, tmp, remote, self.settings.archive_upload_stall_seconds)
                 elif stream_supported(sftp):
                     for extra in self._extra_channels(size):
-                        extras.append((extra, extra.open(tmp, "r+")))  # the same file, not truncated
+                        try:
+                            extras.append((extra, extra.open(tmp, "r+")))  # the same file, not truncated
+                        except (OSError, paramiko.SSHException, EOFError):  # a server limiting open files
+                            self._channels_refused = True
+                            break
                     stream = WriteStream(sftp, remote, extras)
                     self.last_upload_channels = len(extras) + 1
                 offset = 0
