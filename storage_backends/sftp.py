@@ -26,6 +26,7 @@ import threading
 import stat as stat_mod
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -260,22 +261,45 @@ class SFTPBackend(StorageBackend):
     def _extra_channels(self, size: int | None) -> list[paramiko.SFTPClient]:
         """The SFTP channels besides the first that an upload of ``size`` bytes also writes over
         (``ARCHIVE_SFTP_CHANNELS`` - 1, for ``PARALLEL_MIN_BYTES`` or more), opened once per
-        connection; a server that refuses one (OpenSSH's ``MaxSessions``) leaves fewer."""
+        connection, all at once (each takes 3 round trips); a server that refuses one
+        (OpenSSH's ``MaxSessions``) leaves fewer."""
         want = self.settings.archive_sftp_channels - 1
         if want < 1 or size is None or size < PARALLEL_MIN_BYTES or self._transport is None:
             return []
-        while len(self._channels) < want and not self._channels_refused:
-            try:
-                extra = paramiko.SFTPClient.from_transport(
-                    self._transport, window_size=self.settings.archive_sftp_window_size, max_packet_size=MAX_PACKET_SIZE)
-            except (paramiko.SSHException, OSError, EOFError):
-                extra = None
-            if extra is None:
-                self._channels_refused = True
-                break
-            extra.get_channel().settimeout(self.settings.archive_upload_stall_seconds)
-            self._channels.append(extra)
+        missing = want - len(self._channels)
+        if missing > 0 and not self._channels_refused:
+            with ThreadPoolExecutor(missing, thread_name_prefix="rtk-sftp-channel") as pool:
+                opened = list(pool.map(lambda _: self._open_channel(), range(missing)))
+            self._channels += [c for c in opened if c is not None]
+            self._channels_refused = None in opened
         return self._channels[:want]
+
+    def _open_channel(self) -> paramiko.SFTPClient | None:
+        transport = self._transport
+        try:
+            extra = paramiko.SFTPClient.from_transport(
+                transport, window_size=self.settings.archive_sftp_window_size, max_packet_size=MAX_PACKET_SIZE)
+        except (paramiko.SSHException, OSError, EOFError, AttributeError):
+            return None
+        if extra is not None:
+            extra.get_channel().settimeout(self.settings.archive_upload_stall_seconds)
+        return extra
+
+    def _open_on_extra_channels(self, tmp: str, channels: list[paramiko.SFTPClient]) -> list[tuple[paramiko.SFTPClient, paramiko.SFTPFile]]:
+        """Handles on the temp file (created by the first channel) on each extra channel, opened
+        all at once, not truncating it; a channel on which the server refuses one is left out."""
+        if not channels:
+            return []
+
+        def open_on(extra: paramiko.SFTPClient) -> tuple[paramiko.SFTPClient, paramiko.SFTPFile] | None:
+            try:
+                return extra, extra.open(tmp, "r+")
+            except (OSError, paramiko.SSHException, EOFError):  # a server limiting open files
+                return None
+
+        with ThreadPoolExecutor(len(channels), thread_name_prefix="rtk-sftp-channel") as pool:
+            opened = list(pool.map(open_on, channels))
+        return [pair for pair in opened if pair is not None]
 
     def _writer_pool(self, size: int | None) -> WriterPool | None:
         """The extra upload connections for a put of ``size`` bytes, if it should use them:
@@ -396,12 +420,7 @@ class SFTPBackend(StorageBackend):
                 if pool is not None:
                     upload = ParallelUpload(pool, tmp, remote, self.settings.archive_upload_stall_seconds)
                 elif stream_supported(sftp):
-                    for extra in self._extra_channels(size):
-                        try:
-                            extras.append((extra, extra.open(tmp, "r+")))  # the same file, not truncated
-                        except (OSError, paramiko.SSHException, EOFError):  # a server limiting open files
-                            self._channels_refused = True
-                            break
+                    extras = self._open_on_extra_channels(tmp, self._extra_channels(size))
                     stream = WriteStream(sftp, remote, extras)
                     self.last_upload_channels = len(extras) + 1
                 offset = 0

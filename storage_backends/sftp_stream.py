@@ -71,8 +71,9 @@ def supported(sftp: paramiko.SFTPClient) -> bool:
 
 def max_write_bytes(sftp: paramiko.SFTPClient) -> int | None:
     """The largest write the server takes, as it states in answer to ``limits@openssh.com``
-    (asked once per connection); None if it does not say."""
-    known = getattr(sftp, "_rtk_max_write", False)
+    (asked once per connection, whichever of its channels asks); None if it does not say."""
+    transport = sftp.get_channel().get_transport()
+    known = getattr(transport, "_rtk_max_write", False)
     if known is not False:
         return known
     most = None
@@ -87,7 +88,7 @@ def max_write_bytes(sftp: paramiko.SFTPClient) -> int | None:
             most = min(stated) if stated else None
     except (OSError, EOFError, paramiko.SFTPError):  # unsupported by this server (a status, even EOF)
         most = None
-    sftp._rtk_max_write = most
+    transport._rtk_max_write = most
     return most
 
 
