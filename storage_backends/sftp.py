@@ -137,6 +137,7 @@ class SFTPBackend(StorageBackend):
         self._made: set[str] = set()
         self._pool: WriterPool | None = None  # extra upload connections (sftp_parallel), on first use
         self.last_upload_connections = 1  # connections the last put wrote over (tests, logs)
+        self.last_upload_channels = 1  # SFTP channels the last put wrote over (tests, logs)
 
     # -- connection ------------------------------------------------------------------------
     @property
@@ -301,6 +302,24 @@ class SFTPBackend(StorageBackend):
             opened = list(pool.map(open_on, channels))
         return [pair for pair in opened if pair is not None]
 
+    def _close_on_extra_channels(self, handles: list[tuple[paramiko.SFTPClient, paramiko.SFTPFile]]) -> None:
+        """Close the extra channels' handles all at once (a round trip each); raise the first
+        failure after trying them all."""
+        if not handles:
+            return
+
+        def close(handle: paramiko.SFTPFile) -> BaseException | None:
+            try:
+                handle.close()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                return exc
+            return None
+
+        with ThreadPoolExecutor(len(handles), thread_name_prefix="rtk-sftp-channel") as pool:
+            failures = [f for f in pool.map(close, [h for _, h in handles]) if f is not None]
+        if failures:
+            raise failures[0]
+
     def _writer_pool(self, size: int | None) -> WriterPool | None:
         """The extra upload connections for a put of ``size`` bytes, if it should use them:
         a known size of at least ``PARALLEL_MIN_BYTES`` and ``ARCHIVE_SFTP_CONNECTIONS`` > 1."""
@@ -444,9 +463,8 @@ class SFTPBackend(StorageBackend):
                     acknowledged = stream.finish()
                     if acknowledged != offset:
                         raise StorageError(f"{tmp} on {self.where}: {acknowledged} of {offset} bytes acknowledged by the server")
-                    for _, handle in extras:
-                        handle.close()
-                    extras = []
+                    closing, extras = extras, []
+                    self._close_on_extra_channels(closing)  # a failing close fails the put
                 if upload is not None:
                     acknowledged = upload.finish()
                     self.last_upload_connections = 1 + len(upload.active) if upload.local_bytes else len(upload.active)
@@ -463,11 +481,10 @@ class SFTPBackend(StorageBackend):
         except BaseException as exc:
             if upload is not None:  # the workers' writes settled (or the workers stopped) first
                 upload.abort()
-            for _, handle in extras:
-                try:
-                    handle.close()
-                except Exception:  # noqa: BLE001 - a broken connection: the original error matters
-                    pass
+            try:
+                self._close_on_extra_channels(extras)
+            except Exception:  # noqa: BLE001 - a broken connection: the original error matters
+                pass
             self._remove_quietly(tmp)
             if isinstance(exc, TimeoutError) and not reading:  # a stalled connection: the next use connects again
                 self.close()
