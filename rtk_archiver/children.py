@@ -9,11 +9,12 @@ even when the parent is SIGKILLed, so no helper is left running, or writing, aft
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
 from collections.abc import Callable
+
+from rtk_archiver.interrupt import unblock_in_child
 
 PR_SET_PDEATHSIG = 1
 
@@ -22,7 +23,8 @@ def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+        # this process's own libc: ctypes.util.find_library would run ldconfig, a child process
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
@@ -42,10 +44,9 @@ def child_setup(parent: int) -> Callable[[], None]:
     blocks SIGINT / SIGTERM in its threads, see ``rtk_archiver.interrupt``). Everything it needs
     is resolved before the fork."""
     prctl = _prctl()
-    unblock = (signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
 
     def setup() -> None:
-        signal.pthread_sigmask(*unblock)
+        unblock_in_child()
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the line above: follow it

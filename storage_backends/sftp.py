@@ -25,7 +25,7 @@ import socket
 import threading
 import stat as stat_mod
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +113,16 @@ def load_private_key(text: str, passphrase: str | None) -> paramiko.PKey:
         "the SFTP private key cannot be read: not an Ed25519/ECDSA/RSA key in OpenSSH or PEM format, "
         "or the passphrase (SFTP_PASSWORD) is wrong"
     )
+
+
+def _at_once(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``fn`` of each item, all at once, each in a thread of its own (SFTP requests of several
+    channels: a round trip each, waited for together); [] for no items."""
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(len(items), thread_name_prefix="rtk-sftp-channel") as pool:
+        return list(pool.map(fn, items))
 
 
 def _write_request_size(sftp: paramiko.SFTPClient) -> int:
@@ -269,8 +279,7 @@ class SFTPBackend(StorageBackend):
             return []
         missing = want - len(self._channels)
         if missing > 0 and not self._channels_refused:
-            with ThreadPoolExecutor(missing, thread_name_prefix="rtk-sftp-channel") as pool:
-                opened = list(pool.map(lambda _: self._open_channel(), range(missing)))
+            opened = _at_once(lambda _: self._open_channel(), range(missing))
             self._channels += [c for c in opened if c is not None]
             self._channels_refused = None in opened
         return self._channels[:want]
@@ -289,24 +298,17 @@ class SFTPBackend(StorageBackend):
     def _open_on_extra_channels(self, tmp: str, channels: list[paramiko.SFTPClient]) -> list[tuple[paramiko.SFTPClient, paramiko.SFTPFile]]:
         """Handles on the temp file (created by the first channel) on each extra channel, opened
         all at once, not truncating it; a channel on which the server refuses one is left out."""
-        if not channels:
-            return []
-
         def open_on(extra: paramiko.SFTPClient) -> tuple[paramiko.SFTPClient, paramiko.SFTPFile] | None:
             try:
                 return extra, extra.open(tmp, "r+")
             except (OSError, paramiko.SSHException, EOFError):  # a server limiting open files
                 return None
 
-        with ThreadPoolExecutor(len(channels), thread_name_prefix="rtk-sftp-channel") as pool:
-            opened = list(pool.map(open_on, channels))
-        return [pair for pair in opened if pair is not None]
+        return [pair for pair in _at_once(open_on, channels) if pair is not None]
 
     def _close_on_extra_channels(self, handles: list[tuple[paramiko.SFTPClient, paramiko.SFTPFile]]) -> None:
         """Close the extra channels' handles all at once (a round trip each); raise the first
         failure after trying them all."""
-        if not handles:
-            return
 
         def close(handle: paramiko.SFTPFile) -> BaseException | None:
             try:
@@ -315,8 +317,7 @@ class SFTPBackend(StorageBackend):
                 return exc
             return None
 
-        with ThreadPoolExecutor(len(handles), thread_name_prefix="rtk-sftp-channel") as pool:
-            failures = [f for f in pool.map(close, [h for _, h in handles]) if f is not None]
+        failures = [f for f in _at_once(close, [h for _, h in handles]) if f is not None]
         if failures:
             raise failures[0]
 

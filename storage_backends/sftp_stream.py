@@ -135,7 +135,6 @@ class WriteStream:
 
     def __init__(self, sftp: paramiko.SFTPClient, remote: paramiko.SFTPFile,
                  more: list[tuple[paramiko.SFTPClient, paramiko.SFTPFile]] = ()) -> None:
-        self.sftp = sftp
         self.transport = sftp.get_channel().get_transport()
         self.packetizer = self.transport.packetizer
         self.offset = 0
