@@ -31,9 +31,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -54,6 +52,7 @@ from rtk_archiver.models import ObjectInfo
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
+from .parts import PartUploads
 from .tempnames import is_temp_name
 
 if TYPE_CHECKING:
@@ -202,20 +201,18 @@ class AzureBackend(StorageBackend):
         upload = uuid.uuid4().hex  # block ids of this upload only (another upload of the name stages its own)
         md5 = hashlib.md5(usedforsecurity=False)
         block_ids: list[str] = []
-        pending: deque[Future] = deque()
-        pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="rtk-azure-block")
+        uploads = PartUploads(self.in_flight, "rtk-azure-block")
         try:
-            for data in _blocks(source, self.block_size, lambda: _wait_below(pending, self.in_flight)):
+            for data in _blocks(source, self.block_size, uploads.wait_below):
                 md5.update(data)
                 block_id = _b64(f"{upload}-{len(block_ids):08d}".encode())
                 block_ids.append(block_id)
                 # validate_content: the block's MD5 travels with it and the service checks it
                 # in a box the call empties: the block is freed when it is staged, not when the
                 # pool drops the call a moment after the result is set (one block more at the peak)
-                pending.append(pool.submit(_stage, blob, block_id, [data]))
+                uploads.submit(_stage, blob, block_id, [data])
                 del data
-            while pending:
-                pending.popleft().result()
+            uploads.finish()
             conditions = {} if replace else {"match_condition": MatchConditions.IfMissing}
             blob.commit_block_list(
                 block_ids,
@@ -229,9 +226,7 @@ class AzureBackend(StorageBackend):
         except AzureError as exc:
             raise self._fail(exc, "upload", key) from None
         finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True)
+            uploads.abandon()  # after finish(): nothing left to drop
         info = self.confirm_stored(key, size)
         if info.hashes.get("md5") not in (None, md5.hexdigest()):
             self.delete(key)
@@ -287,12 +282,6 @@ def _stage(blob, block_id: str, box: list[bytes]) -> None:
         blob.stage_block(block_id, data, length=len(data), validate_content=True)
     finally:
         del data
-
-
-def _wait_below(pending: deque[Future], limit: int) -> None:
-    """Wait until fewer than ``limit`` blocks are in flight (raising the first failure)."""
-    while len(pending) >= limit:
-        pending.popleft().result()
 
 
 def _blocks(source: Readable, block_size: int = BLOCK_SIZE, before_read: Callable[[], None] | None = None) -> Iterator[bytes]:

@@ -34,9 +34,7 @@ import base64
 import hashlib
 import posixpath
 import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -51,6 +49,7 @@ from rtk_archiver.streams import read_buffer
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
+from .parts import PartUploads
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
@@ -330,9 +329,7 @@ class S3Backend(StorageBackend):
             return
         parts.multipart = True
         upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="rtk-s3-part")
-        pending: deque[Future] = deque()
-        done: list[dict] = []
+        uploads = PartUploads(self.concurrency, "rtk-s3-part")
         try:
             number = 0
             while data:
@@ -342,26 +339,21 @@ class S3Backend(StorageBackend):
                 # handed over in a box the upload empties: the part is freed when its upload
                 # returns, not when the pool drops the call a moment after the result is set
                 # (the next part would be read meanwhile: one part more at the peak)
-                pending.append(pool.submit(self._upload_part, args, [data], checksum))
+                uploads.submit(self._upload_part, args, [data], checksum)
                 del data
-                while len(pending) >= self.concurrency:  # a part is read only when one is done
-                    done.append(pending.popleft().result())
+                uploads.wait_below()  # a part is read only when one is done
                 data = read_buffer(source, self.part_size)
-            while pending:
-                done.append(pending.popleft().result())
+            done = sorted(uploads.finish(), key=lambda part: part["PartNumber"])
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
             )
         except BaseException:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True)
+            uploads.abandon()
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except (ClientError, BotoCoreError):
                 pass  # left to the bucket's lifecycle rule: invisible, never at the key
             raise
-        pool.shutdown(wait=True)
 
     def _upload_part(self, args: dict, box: list[bytearray], checksum: dict[str, str]) -> dict:
         algorithm = {"ChecksumAlgorithm": "SHA256"} if checksum else {}

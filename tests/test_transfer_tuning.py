@@ -85,3 +85,118 @@ def test_sftp_window_size_is_used(sftp_backend_factory):
         assert channel.in_window_size == 8 * MiB
     finally:
         backend.close()
+
+
+# --- parts finishing out of order (storage_backends/parts.py) -----------------------------
+
+
+def test_a_slow_part_does_not_hold_back_the_next_read():
+    """``wait_below`` returns as soon as any part is done: with part 1 slow and part 2 done,
+    the next part may be read (the download goes on) while part 1 is still in flight."""
+    import threading
+
+    from storage_backends.parts import PartUploads
+
+    release = threading.Event()
+    uploads = PartUploads(2, "test-part")
+    uploads.submit(lambda: (release.wait(10), "slow")[1])
+    uploads.submit(lambda: "fast")
+    uploads.wait_below()  # the old code waited for the oldest part: here, until release
+    assert uploads.results == ["fast"] and not release.is_set()
+    release.set()
+    assert uploads.finish() == ["fast", "slow"]
+
+
+def test_a_failed_part_is_raised_and_parts_not_started_are_dropped():
+    import threading
+
+    from storage_backends.parts import PartUploads
+
+    started, release = [], threading.Event()
+
+    def part(n):
+        started.append(n)
+        if n == 1:
+            raise OSError("part 1 refused")
+        release.wait(10)
+
+    uploads = PartUploads(2, "test-part")
+    uploads.submit(part, 1)
+    uploads.submit(part, 2)
+    with pytest.raises(OSError, match="part 1 refused"):
+        uploads.wait_below()
+    uploads.submit(part, 3)  # queued behind part 2 (2 workers: part 2 and the failed 1's)
+    release.set()
+    uploads.abandon()
+    assert 1 in started
+
+
+def _first_part_slow(monkeypatch, cls, method, index_of):
+    """Part 1's upload of ``cls`` sleeps until a later part is done (completion out of order)."""
+    import threading
+
+    later_done = threading.Event()
+    order: list[int] = []
+    original = getattr(cls, method)
+
+    def slowed(*args, **kwargs):
+        n = index_of(*args, **kwargs)
+        if n == 1:
+            assert later_done.wait(20), "a later part never finished while part 1 was in flight"
+        result = original(*args, **kwargs)
+        order.append(n)
+        if n != 1:
+            later_done.set()
+        return result
+
+    monkeypatch.setattr(cls, method, slowed)
+    return order
+
+
+def test_s3_parts_finishing_out_of_order_complete_in_order(s3_env, monkeypatch):
+    """Part 1 finishes last: the multipart upload is completed with the parts in their
+    order (S3 refuses any other), and the object is the exact bytes with their checksum."""
+    from storage_backends.s3 import S3Backend
+
+    size = 16 * MiB + 3  # 4 parts of 5 MiB (2 in flight)
+    order = _first_part_slow(monkeypatch, S3Backend, "_upload_part", lambda self, args, box, checksum: args["PartNumber"])
+    backend = open_backend(parse_destination_url(f"s3://{s3_env}/unordered"),
+                           settings(archive_s3_part_size=5 * MiB, archive_s3_concurrency=2))
+    try:
+        reader = VerifyingReader(media(size), size, backend.hash_types)
+        info = backend.put("video.mp4", reader, size)
+        reader.verify_end()
+        assert order[0] != 1 and sorted(order) == [1, 2, 3, 4]
+        data = b"".join(media(size))
+        body = backend.client.get_object(Bucket=s3_env, Key="unordered/video.mp4")["Body"].read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+        parts = [hashlib.sha256(data[i : i + 5 * MiB]).digest() for i in range(0, size, 5 * MiB)]
+        assert info.size == size and info.hashes["s3-sha256"].split("-")[0] == hashlib.sha256(b"".join(parts)).hexdigest()
+    finally:
+        backend.close()
+
+
+def test_azure_blocks_finishing_out_of_order_commit_in_order(azure_env, monkeypatch):
+    import storage_backends.azure as azure_module
+
+    size = 3 * MiB + 1  # 4 blocks of 1 MiB (2 in flight)
+    staged: list[str] = []
+
+    def index_of(blob, block_id, box):
+        staged.append(block_id)
+        return len(staged)
+
+    order = _first_part_slow(monkeypatch, azure_module, "_stage", index_of)
+    backend = open_backend(parse_destination_url(f"az://{azure_env}/unordered"),
+                           settings(archive_azure_block_size=MiB, archive_azure_concurrency=2))
+    try:
+        reader = VerifyingReader(media(size), size, backend.hash_types)
+        info = backend.put("video.mp4", reader, size)
+        reader.verify_end()
+        assert order[0] != 1 and sorted(order) == [1, 2, 3, 4]
+        data = b"".join(media(size))
+        assert info.hashes["md5"] == hashlib.md5(data).hexdigest()
+        body = backend.container.get_blob_client("unordered/video.mp4").download_blob().readall()
+        assert body == data
+    finally:
+        backend.close()
