@@ -42,7 +42,8 @@ BENCH_ARGS ?=
 # bench.scale: 10,000 recordings through a Prefect server on PostgreSQL: ~40 min on a busy 2-core
 # machine (BENCHMARKS.md "Proven at scale"); e.g. SCALE_ARGS="--count 1000" for a ~2 min run
 SCALE_ARGS ?=
-# bench.wan (BENCHMARKS.md "Over an emulated WAN"): default 256 MiB, both links, every backend, 3 runs
+# bench.wan (BENCHMARKS.md "Over an emulated WAN"): default 256 MiB, both links, every backend, 3 runs;
+# bench.wan_timeline: where the object stores' time goes at 20 ms / 100 Mbit/s (~6 min)
 WAN_ARGS ?=
 bench: bench-deps
 	$(BIN)/python -m bench.listing
@@ -53,6 +54,7 @@ bench: bench-deps
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 	$(BIN)/python -m bench.wan $(WAN_ARGS)
+	$(BIN)/python -m bench.wan_timeline
 	$(BIN)/python -m bench.server_path
 	$(BIN)/python -m bench.report
 
