@@ -12,6 +12,8 @@ For each archiver run it prints a timeline of the upload, from the archiver's ow
   (``slot wait``: the download stands still once the read-ahead is full), and the parts that
   finished out of order;
 * GCS: each chunk's request time (sent and answered), the first and last ones;
+* ``download held``: how long the download waited for room in the read-ahead (the upload was
+  behind);
 * the process's CPU time.
 
     python -m bench.wan_timeline [--link 20ms-100M] [--backends s3 azure gcs] [--size 256M] [--runs 2]
@@ -86,6 +88,19 @@ def inner(url: str, size: int, destination: str, key: str) -> None:
         log("download end")
 
     Download.chunks = traced_chunks
+
+    from rtk_archiver import streams
+
+    offer, held = streams.ReadAhead._offer, [0.0]
+
+    def traced_offer(self, item):  # blocks while the read-ahead is full: the download held back
+        started = time.monotonic()
+        try:
+            return offer(self, item)
+        finally:
+            held[0] += time.monotonic() - started
+
+    streams.ReadAhead._offer = traced_offer
     settings = load_settings()
     with open_backend(parse_destination_url(destination), settings) as backend, \
             download_client(httpx.Timeout(120, connect=15)) as http:
@@ -104,7 +119,8 @@ def inner(url: str, size: int, destination: str, key: str) -> None:
                     read_ahead=settings.archive_read_ahead_chunks)
         log("end")
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"events": events, "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 2)}), flush=True)
+    print(json.dumps({"events": events, "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 2),
+                      "download_held_seconds": round(held[0], 2)}), flush=True)
 
 
 def summarize(events: list, size: int) -> dict:
@@ -181,7 +197,8 @@ def main() -> int:
                                    backend.archiver_url(prefix), "x.mp4"]
                             done = subprocess.run(ns.cmd(cmd), env=env, check=True, capture_output=True, text=True, cwd=REPO)
                             result = json.loads(done.stdout.strip().splitlines()[-1])
-                            got = {**summarize(result["events"], args.size), "cpu_seconds": result["cpu_seconds"]}
+                            got = {**summarize(result["events"], args.size), "cpu_seconds": result["cpu_seconds"],
+                                   "download_held_seconds": result["download_held_seconds"]}
                         backend.clean(prefix)
                         row[tool].append(got)
                         print(f"{args.link} {name} run {run + 1} {tool}: {json.dumps(got)}", flush=True)

@@ -125,8 +125,19 @@ def _open_run(page, run_name: str):
     """Runs -> the run, by its name; the state badge in the run page's header."""
     from playwright.sync_api import expect
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.get_by_role("link", name="Runs", exact=True).first.click()
-    page.get_by_role("link", name=run_name, exact=True).click()
+    for attempt in range(3):
+        # the list polls the server and re-renders (a new run's row moves the others down): a
+        # click can land while the rows move and open nothing; click again, as a user would
+        page.get_by_role("link", name=run_name, exact=True).click()
+        try:
+            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"), timeout=UI_TIMEOUT_MS // 3)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     # the run's own page (the list's rows have breadcrumbs and state badges too): its tabs
     expect(page.get_by_role("tab", name="Artifacts")).to_be_visible(timeout=UI_TIMEOUT_MS)
     title = page.get_by_role("navigation", name="breadcrumb").filter(has=page.get_by_text(run_name, exact=True))
