@@ -99,9 +99,28 @@ def _group(page, label: re.Pattern):
     return page.locator("div.group").filter(has=page.get_by_text(label)).last
 
 
+def _follow(page, link, url: re.Pattern) -> None:
+    """Click a link in a list that the UI re-renders while it polls the server (the Runs and
+    Deployments lists: a new run's row moves the others, activity bars redraw): a click that
+    lands while the rows move opens nothing. Click again until the link's page opens, up to 3
+    times, as a user would. (Seen in full test runs: the click on a run's row, and on a
+    deployment's, left the list on screen.)"""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    before = page.url  # (a page of the same kind may be open already: wait for another one)
+    for attempt in range(3):
+        link.click()
+        try:
+            page.wait_for_url(lambda now: now != before and url.search(now) is not None, timeout=UI_TIMEOUT_MS // 3)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+
+
 def _open_custom_run(page, deployment: str) -> None:
     page.get_by_role("link", name="Deployments", exact=True).first.click()
-    page.get_by_role("link", name=deployment, exact=True).click()
+    _follow(page, page.get_by_role("link", name=deployment, exact=True), re.compile(r"/deployments/deployment/[0-9a-f-]{36}"))
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Custom run").click()
 
@@ -125,19 +144,8 @@ def _open_run(page, run_name: str):
     """Runs -> the run, by its name; the state badge in the run page's header."""
     from playwright.sync_api import expect
 
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
     page.get_by_role("link", name="Runs", exact=True).first.click()
-    for attempt in range(3):
-        # the list polls the server and re-renders (a new run's row moves the others down): a
-        # click can land while the rows move and open nothing; click again, as a user would
-        page.get_by_role("link", name=run_name, exact=True).click()
-        try:
-            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"), timeout=UI_TIMEOUT_MS // 3)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
+    _follow(page, page.get_by_role("link", name=run_name, exact=True), re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
     # the run's own page (the list's rows have breadcrumbs and state badges too): its tabs
     expect(page.get_by_role("tab", name="Artifacts")).to_be_visible(timeout=UI_TIMEOUT_MS)
     title = page.get_by_role("navigation", name="breadcrumb").filter(has=page.get_by_text(run_name, exact=True))
