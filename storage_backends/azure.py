@@ -201,7 +201,7 @@ class AzureBackend(StorageBackend):
         upload = uuid.uuid4().hex  # block ids of this upload only (another upload of the name stages its own)
         md5 = hashlib.md5(usedforsecurity=False)
         block_ids: list[str] = []
-        uploads = PartUploads(self.in_flight, "rtk-azure-block")
+        uploads = PartUploads(self.in_flight, "rtk-azure-block", oldest_first=True)
         try:
             for data in _blocks(source, self.block_size, uploads.wait_below):
                 md5.update(data)
