@@ -181,17 +181,12 @@ def main() -> int:
                 env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_", "PREFECT_"))}
                 env.update(backend.archiver_env, **extra, PYTHONPATH=str(REPO), ARCHIVE_CREDENTIAL_BLOCKS="false",
                            CLOUDFLARE_API_TOKEN="bench", CLOUDFLARE_ACCOUNT_ID="bench", REALTIMEKIT_APP_ID="bench")
-                rclone_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
-                rclone_env.update(backend.rclone_env, RCLONE_CONFIG="/dev/null")
                 row = {"backend": name, "archiver": [], "rclone": []}
                 for run in range(args.runs):
                     for tool in (("archiver", "rclone") if run % 2 == 0 else ("rclone", "archiver")):
                         prefix = f"t{run}-{tool}"
                         if tool == "rclone":
-                            started = time.monotonic()
-                            subprocess.run(ns.cmd(["rclone", "copyurl", url, backend.rclone_path(prefix, "x.mp4")]),
-                                           env=rclone_env, check=True, capture_output=True)
-                            got = {"seconds": round(time.monotonic() - started, 2)}
+                            got = wan.run_rclone(ns, url, backend, prefix, "x.mp4")
                         else:
                             cmd = [str(BIN / "python"), "-m", "bench.wan_timeline", "--inner", url, str(args.size),
                                    backend.archiver_url(prefix), "x.mp4"]
