@@ -4,6 +4,7 @@ upload stays verified with them: the stored checksum is the one of the bytes sen
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import pytest
@@ -115,23 +116,27 @@ def test_a_failed_part_is_raised_and_parts_not_started_are_dropped():
 
     from storage_backends.parts import PartUploads
 
-    started, release = [], threading.Event()
+    started, sending, release = [], threading.Event(), threading.Event()
 
     def part(n):
         started.append(n)
         if n == 1:
             raise OSError("part 1 refused")
+        sending.set()
         release.wait(10)
 
     uploads = PartUploads(1, "test-part")  # one worker: a second part waits in the queue
     uploads.submit(part, 1)
     with pytest.raises(OSError, match="part 1 refused"):
         uploads.wait_below()
-    uploads.submit(part, 2)  # sending (until released)
+    uploads.submit(part, 2)
+    # part 2 must be sending before abandon (the worker may not have taken it yet: a part
+    # not started is dropped, which is what part 3 checks)
+    assert sending.wait(10)
     uploads.submit(part, 3)  # queued behind it
     threading.Timer(0.2, release.set).start()
     uploads.abandon()  # drops part 3, waits for part 2
-    assert started == [1, 2]
+    assert started == [1, 2] and release.is_set()
 
 
 def _first_part_slow(monkeypatch, cls, method, index_of):
@@ -181,11 +186,8 @@ def test_azure_blocks_finishing_out_of_order_commit_in_order(azure_env, monkeypa
     import storage_backends.azure as azure_module
 
     size = 3 * MiB + 1  # 4 blocks of 1 MiB (2 in flight)
-    staged: list[str] = []
-
-    def index_of(blob, block_id, box):
-        staged.append(block_id)
-        return len(staged)
+    def index_of(blob, block_id, box):  # the id is "<upload>-<index from 0>", base64
+        return int(base64.b64decode(block_id).decode().rsplit("-", 1)[1]) + 1
 
     order = _first_part_slow(monkeypatch, azure_module, "_stage", index_of)
     backend = open_backend(parse_destination_url(f"az://{azure_env}/unordered"),
