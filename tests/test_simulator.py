@@ -136,3 +136,21 @@ def test_secrets_are_never_returned(sim, sdk):
     for body in bodies:
         assert "SUPERSECRET" not in body and "PASSPHRASE-XYZ" not in body
     assert view["id"] in "".join(bodies)
+
+
+def test_media_bytes_are_the_same_whatever_part_is_read():
+    """Blocks are drawn only as far as a read goes: any range, of any length, is the same
+    bytes as that slice of the whole file (a short draw is the start of a long one)."""
+    from rtk_archiver.simulator.content import BLOCK, _block, _pool_block, iter_media
+
+    size = 2 * BLOCK + 12_345
+    _block.cache_clear(), _pool_block.cache_clear()
+    whole = b"".join(iter_media("rid", "video", 0, size))
+    assert len(whole) == size and hashlib.sha256(whole).hexdigest() == media_sha256("rid", "video", size)
+    for start, end in [(0, 1), (0, 7), (3, 13), (0, 65_536), (5, 65_539), (BLOCK - 3, BLOCK + 5),
+                       (BLOCK + 1, 2 * BLOCK - 1), (2 * BLOCK, size), (17, size)]:
+        _block.cache_clear(), _pool_block.cache_clear()  # drawn afresh for this read alone
+        assert b"".join(iter_media("rid", "video", start, end)) == whole[start:end], (start, end)
+    # a small file's bytes are the start of a big file's (same id): its block is a prefix
+    assert media_bytes("rid", "video", 0, 65_537) == whole[:65_537]
+    assert media_bytes("rid", "audio", 0, 4096) != whole[:4096]
