@@ -48,6 +48,7 @@ WAN_ARGS ?=
 bench: bench-deps
 	$(BIN)/python -m bench.listing
 	$(BIN)/python -m bench.small
+	$(BIN)/python -m bench.crowded
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.large $(BENCH_ARGS)
 	$(BIN)/python -m bench.webhook

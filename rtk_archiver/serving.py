@@ -194,7 +194,7 @@ async def _kill_stragglers_after(seconds: float) -> list[int]:
     wherever the process happens to be, and raised inside a finalizer (a weakref callback) it is
     only printed ("Exception ignored in ...") and the run goes on (seen under load: serve still
     running 20 s after SIGTERM). The runner then sees the process gone and marks the run
-    Cancelled; a temp file it leaves is removed by the next upload of that name."""
+    Cancelled; a temp file it leaves is removed by the next run's first upload into its directory."""
     await asyncio.sleep(seconds)
     killed = []
     for pid in flow_run_processes():

@@ -6,17 +6,18 @@ keys the archiver proved are its own, replacing (``rename``). The final name onl
 a complete file.
 
 Temp files are ``.<name>.<digest of the full name>.rtkpart-<random>``, and their writer holds
-an exclusive ``flock`` on them until they are gone. Cleanup only removes a temp file of the
-same final name whose lock it can take: its writer is dead (a killed run), never a live upload
-of another run. A writer that loses the instant between creating its temp file and locking it
-to a cleanup sees its name gone once it holds the lock, and starts over under a new name.
+an exclusive ``flock`` on them until they are gone. Cleanup only removes a temp file whose
+lock it can take: its writer is dead (a killed run), never a live upload of another run. It
+runs on a process's first upload into a directory, then at most every ``SWEEP_SECONDS``
+(``tempnames.Sweeps``: listing the directory on every upload cost O(files in it) per upload).
+A writer that loses the instant between creating its temp file and locking it to a cleanup
+sees its name gone once it holds the lock, and starts over under a new name.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import glob
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .destination import Destination
-from .tempnames import TEMP_MARKER, temp_prefix
+from .tempnames import SWEEPS, TEMP_MARKER, temp_prefix, temp_writer
 
 COPY_CHUNK = 1024 * 1024
 
@@ -104,7 +105,12 @@ class LocalBackend(StorageBackend):
         if not replace and final.exists():
             raise KeyTaken(f"{final} already exists and was not written by this recording's archive: left untouched")
         prefix = temp_prefix(final.name)
-        self._remove_abandoned(final.parent, prefix)
+        where = ("file", str(final.parent))
+        for left in SWEEPS.take_left(where):  # this process's own, from a failed upload
+            if not _unlink_quietly(final.parent / left):
+                SWEEPS.left_behind(where, left)
+        if SWEEPS.due(where):
+            self._remove_abandoned(final.parent)
         tmp: Path | None = None
         written = 0
         fd = -1
@@ -135,8 +141,8 @@ class LocalBackend(StorageBackend):
                     ) from None
                 os.unlink(tmp)
         except BaseException as exc:
-            if tmp is not None:
-                _unlink_quietly(tmp)
+            if tmp is not None and not _unlink_quietly(tmp):
+                SWEEPS.left_behind(where, tmp.name)
             if isinstance(exc, OSError) and not reading and not isinstance(exc, FileExistsError):
                 raise os_error(exc, "write", final) from None
             raise
@@ -165,10 +171,16 @@ class LocalBackend(StorageBackend):
             os.close(fd)
         raise StorageError(f"could not create a temp file next to {directory / prefix!s}: removed each time")
 
-    def _remove_abandoned(self, directory: Path, prefix: str) -> None:
-        """Temp files of this final name whose writer is gone (a killed run): their lock is
-        free. A live upload holds its lock: never touched."""
-        for stale in directory.glob(f"{glob.escape(prefix)}*"):
+    @staticmethod
+    def _remove_abandoned(directory: Path) -> None:
+        """Temp files in ``directory`` whose writer is gone (a killed run): their lock is free.
+        A live upload holds its lock: never touched."""
+        try:
+            with os.scandir(directory) as entries:
+                names = [e.name for e in entries if temp_writer(e.name) is not None]
+        except OSError:
+            return
+        for stale in (directory / name for name in names):
             try:
                 fd = os.open(stale, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
@@ -247,11 +259,13 @@ def _same_file(path: Path, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: Path) -> bool:
+    """Remove ``path``; whether it is gone."""
     try:
         path.unlink(missing_ok=True)
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,7 +9,10 @@
   host (and recording its key) needs ``SFTP_TRUST_UNKNOWN_HOSTS=true``.
 * Uploads go to a hidden temporary name in the target directory with pipelined writes over
   a large SSH window, are size-checked, then renamed into place (``posix-rename``); the
-  temporary file is removed on any failure.
+  temporary file is removed on any failure. A temp file left by a killed upload is removed on
+  a process's first upload into its directory (then at most every ``SWEEP_SECONDS``) when its
+  writer is provably gone (``_abandoned``); listing the directory on every upload cost
+  O(files in it) round trips per upload.
 * ``ARCHIVE_SFTP_CONNECTIONS`` > 1: an upload of ``PARALLEL_MIN_BYTES`` or more also writes
   over extra connections in worker processes, disjoint ranges of the same temp file
   (``sftp_parallel.py``); the size check and the rename are the same.
@@ -40,7 +43,7 @@ from .destination import Destination
 from .sftp_parallel import PARALLEL_MIN_BYTES, ParallelUpload, WriterPool
 from .sftp_stream import WriteStream
 from .sftp_stream import supported as stream_supported
-from .tempnames import TEMP_MARKER, pid_alive, temp_prefix
+from .tempnames import SWEEPS, TEMP_MARKER, pid_alive, temp_prefix, temp_writer
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
@@ -77,9 +80,14 @@ def _writer_tag() -> str:
     return f"{_HOST_TAG}-{os.getpid()}"
 
 
-def _abandoned(name: str, prefix: str, mtime: float, server_now: float) -> bool:
-    """A temp name is ``<prefix><host>-<pid>-<random>``."""
-    parts = name[len(prefix):].split("-")
+def _abandoned(name: str, mtime: float, server_now: float) -> bool:
+    """Whether a temp file's writer is provably gone. A temp name is
+    ``<prefix><host>-<pid>-<random>``; from another host (or an unknown writer part), it is
+    gone once the file has not changed for CROSS_HOST_ABANDONED_SECONDS."""
+    writer = temp_writer(name)
+    if writer is None:
+        return False  # not a temp name this archiver writes: never touched
+    parts = writer.split("-")
     if len(parts) == 3 and parts[0] == _HOST_TAG and parts[1].isdigit():
         pid = int(parts[1])
         if pid == os.getpid():
@@ -430,7 +438,12 @@ class SFTPBackend(StorageBackend):
         try:
             with sftp.open(tmp, "wb") as remote:
                 server_now = remote.stat().st_mtime or 0
-                self._remove_abandoned(sftp, directory, prefix, server_now)
+                where = ("sftp", self.where, directory)
+                for left in SWEEPS.take_left(where):  # this process's own, from a failed upload
+                    if not self._remove_quietly(posixpath.join(directory, left)):
+                        SWEEPS.left_behind(where, left)
+                if SWEEPS.due(where):
+                    self._remove_abandoned(sftp, directory, server_now)
                 remote.set_pipelined(True)
                 remote.MAX_REQUEST_SIZE = _write_request_size(sftp)
                 pool = self._writer_pool(size)
@@ -486,7 +499,8 @@ class SFTPBackend(StorageBackend):
                 self._close_on_extra_channels(extras)
             except Exception:  # noqa: BLE001 - a broken connection: the original error matters
                 pass
-            self._remove_quietly(tmp)
+            if not self._remove_quietly(tmp):  # the connection is gone: the next upload here removes it
+                SWEEPS.left_behind(("sftp", self.where, directory), posixpath.basename(tmp))
             if isinstance(exc, TimeoutError) and not reading:  # a stalled connection: the next use connects again
                 self.close()
             if isinstance(exc, OSError) and not reading:  # permission denied, disk full, timeouts
@@ -514,25 +528,30 @@ class SFTPBackend(StorageBackend):
                 "left untouched"
             ) from None
 
-    def _remove_abandoned(self, sftp: paramiko.SFTPClient, directory: str, prefix: str, server_now: float) -> None:
-        """Temp files of this final name whose writer is provably gone: written from this host
+    def _remove_abandoned(self, sftp: paramiko.SFTPClient, directory: str, server_now: float) -> None:
+        """Temp files in ``directory`` whose writer is provably gone: written from this host
         by a process that no longer exists (or by this process, in an upload that is over);
         from another host, untouched for ``CROSS_HOST_ABANDONED_SECONDS`` of the server's time.
         A live upload is never touched."""
         try:
-            entries = [e for e in sftp.listdir_attr(directory) if e.filename.startswith(prefix)]
+            entries = [e for e in sftp.listdir_attr(directory) if temp_writer(e.filename) is not None]
         except OSError:
             return
         for entry in entries:
-            if _abandoned(entry.filename, prefix, entry.st_mtime or 0, server_now):
+            if _abandoned(entry.filename, entry.st_mtime or 0, server_now):
                 self._remove_quietly(posixpath.join(directory, entry.filename))
 
-    def _remove_quietly(self, path: str) -> None:
+    def _remove_quietly(self, path: str) -> bool:
+        """Remove ``path`` if the connection still works; whether it is gone."""
         try:
             if self._sftp is not None and self._transport is not None and self._transport.is_active():
                 self._sftp.remove(path)
+                return True
+        except FileNotFoundError:
+            return True
         except Exception:  # noqa: BLE001 - the original error matters more; a rerun cleans up
             pass
+        return False
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
         path = self._path(key)

@@ -1,10 +1,13 @@
 """Stale-temp cleanup only ever removes temp files that are provably abandoned: never a live
-upload of another run, never another name's temp file (names sharing their first characters)."""
+upload of another run, never a file whose name is not one the archiver writes. It looks
+through a directory on a process's first upload there, then at most every SWEEP_SECONDS: not
+on every upload, which cost O(files in the directory) per upload."""
 
 from __future__ import annotations
 
 import io
 import os
+import posixpath
 import subprocess
 import sys
 import time
@@ -13,7 +16,7 @@ import pytest
 
 from rtk_archiver.settings import Settings
 from storage_backends import open_backend, parse_destination_url
-from storage_backends.tempnames import temp_prefix
+from storage_backends.tempnames import SWEEPS, Sweeps, temp_prefix, temp_writer
 
 
 def settings() -> Settings:
@@ -40,31 +43,85 @@ def _hold_lock(path) -> subprocess.Popen:
     return proc
 
 
+def test_temp_names_are_recognised_strictly():
+    name = "x" * 150 + ".mp4"
+    assert temp_writer(f"{temp_prefix(name)}0123456789ab") == "0123456789ab"
+    assert temp_writer(f"{temp_prefix('a.mp4')}host-12-abcd") == "host-12-abcd"
+    # a user's files that only look alike are never taken for temp files
+    for other in (".notes.rtkpart-1", "a.mp4.0123456789abcdef.rtkpart-1", ".a.0123456789ABCDEF.rtkpart-1",
+                  f"{temp_prefix('a.mp4')}", ".a.mp4.0123456789abcde.rtkpart-1", "a.mp4"):
+        assert temp_writer(other) is None, other
+
+
+def test_sweeps_are_due_once_per_directory_per_interval():
+    now = [0.0]
+    sweeps = Sweeps(every=600, clock=lambda: now[0])
+    assert sweeps.due("a") and not sweeps.due("a") and sweeps.due("b")
+    now[0] = 599
+    assert not sweeps.due("a")
+    now[0] = 600
+    assert sweeps.due("a") and not sweeps.due("a")
+    sweeps.forget()
+    assert sweeps.due("a") and sweeps.due("b")
+    # temp files this process could not remove (a dropped connection), by directory
+    sweeps.left_behind("a", ".x.0123456789abcdef.rtkpart-1")
+    sweeps.left_behind("a", ".y.0123456789abcdef.rtkpart-2")
+    assert sweeps.take_left("b") == []
+    assert sweeps.take_left("a") == [".x.0123456789abcdef.rtkpart-1", ".y.0123456789abcdef.rtkpart-2"]
+    assert sweeps.take_left("a") == []
+
+
 def test_local_cleanup_spares_live_uploads_and_removes_abandoned_ones(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     backend = open_backend(parse_destination_url(f"file://{root}"), settings())
     name = "x" * 150 + ".mp4"
     live = root / f"{temp_prefix(name)}live"
-    other_name = root / f"{temp_prefix('x' * 150 + '.mkv')}other"  # another final name's temp file
+    other_name = root / f"{temp_prefix('x' * 150 + '.mkv')}other"  # another final name's, abandoned
+    users = root / ".x.mp4.rtkpart-mine"  # a user's file that only looks like one: never touched
     writer = _hold_lock(live)
     try:
         other_name.write_bytes(b"another name's upload")
+        users.write_bytes(b"a user's")
         old = time.time() - 3600
         os.utime(live, (old, old))
         os.utime(other_name, (old, old))
+        SWEEPS.forget()  # as in a new process: its first upload here looks through the directory
         backend.put(name, io.BytesIO(b"v1"), 2)
         assert live.exists()  # its writer holds the lock: a live upload, left alone
-        assert other_name.exists()  # not this name's
+        assert not other_name.exists()  # its writer is gone: removed, whatever its name
     finally:
         writer.kill()
         writer.wait()
-    # the writer is gone (killed run): the next write of that name removes its temp file at
+    # the writer is gone (killed run). This process already looked here: it does not list the
+    # directory again before SWEEP_SECONDS; the next process (or this one later) removes it at
     # once, however recent (a rerun right after a SIGKILL leaves nothing behind)
     os.utime(live)
     backend.put(name, io.BytesIO(b"v2"), 2, replace=True)
-    assert not live.exists() and other_name.exists()
+    assert live.exists()
+    SWEEPS.forget()
+    backend.put("another.mp4", io.BytesIO(b"v3"), 2)
+    assert not live.exists() and users.read_bytes() == b"a user's"
     assert (root / name).read_bytes() == b"v2"
+    assert sorted(p.name for p in root.iterdir()) == sorted([name, "another.mp4", users.name])
+
+
+def test_local_uploads_do_not_list_the_directory_each_time(tmp_path, monkeypatch):
+    """A directory of many files: its listing is O(files), so it is read once, not per upload."""
+    import storage_backends.local as local_mod
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(300):
+        (root / f"rec-{i:04d}.mp4").write_bytes(b"")
+    scans: list[str] = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(local_mod.os, "scandir", lambda path: (scans.append(str(path)), real_scandir(path))[1])
+    backend = open_backend(parse_destination_url(f"file://{root}"), settings())
+    SWEEPS.forget()
+    for i in range(20):
+        backend.put(f"new-{i}.mp4", io.BytesIO(b"v"), 1)
+    assert scans == [str(root.resolve())]
 
 
 def test_local_concurrent_writers_of_one_name_never_lose_their_temp_files(tmp_path):
@@ -110,20 +167,44 @@ def test_sftp_cleanup_spares_live_uploads_and_removes_abandoned_ones(sftp_backen
         "mine_over": f"{prefix}{sftp_mod._HOST_TAG}-{os.getpid()}-cccccccc",  # this process, upload over
         "remote_new": f"{prefix}0123456789-77-dddddddd",  # another host, recently written
         "remote_old": f"{prefix}0123456789-78-eeeeeeee",  # another host, untouched for a day
-        "other_name": f"{temp_prefix('y' * 150 + '.mkv')}{sftp_mod._HOST_TAG}-{dead.pid}-ffffffff",
+        "other_name": f"{temp_prefix('y' * 150 + '.mkv')}{sftp_mod._HOST_TAG}-{dead.pid}-ffffffff",  # gone too
+        "users_old": ".y.mp4.rtkpart-0123456789-78-eeeeeeee",  # a user's look-alike, a day old: not ours
     }
     try:
         for path in files.values():
             (base / path).write_bytes(b"partial")
         day_ago = time.time() - 86400
         os.utime(base / files["remote_old"], (day_ago, day_ago))
+        os.utime(base / files["users_old"], (day_ago, day_ago))
+        backend.put("d/other.mp4", io.BytesIO(b"x"), 1)  # this process already looked through d/
+        assert all((base / v).exists() for v in files.values())
+        SWEEPS.forget()  # as in the next process: its first upload into d/ looks through it
         backend.put(f"d/{name}", io.BytesIO(b"video"), 5)
         left = {k for k, v in files.items() if (base / v).exists()}
-        assert left == {"live_here", "remote_new", "other_name"}
+        assert left == {"live_here", "remote_new", "users_old"}
         assert (base / name).read_bytes() == b"video"
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_sftp_uploads_do_not_list_the_directory_each_time(sftp_backend_factory, monkeypatch):
+    """Listing a directory over SFTP takes a round trip per ~100 names: it is read once per
+    directory (per SWEEP_SECONDS), not per upload."""
+    import paramiko
+
+    backend = sftp_backend_factory()
+    backend.put_bytes("d/keep.json", b"{}")
+    for i in range(300):
+        (backend.base_path / "d" / f"rec-{i:04d}.mp4").write_bytes(b"")
+    listed: list[str] = []
+    real = paramiko.SFTPClient.listdir_attr
+    monkeypatch.setattr(paramiko.SFTPClient, "listdir_attr", lambda self, path=".": (listed.append(path), real(self, path))[1])
+    SWEEPS.forget()
+    for i in range(20):
+        backend.put(f"d/new-{i}.mp4", io.BytesIO(b"v"), 1)
+    backend.put(f"e/new.mp4", io.BytesIO(b"v"), 1)
+    assert [posixpath.basename(p) for p in listed] == ["d", "e"]
 
 
 def test_sftp_no_clobber_rename_leaves_what_appeared_meanwhile(sftp_backend_factory):
