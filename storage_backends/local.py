@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,11 +182,13 @@ class LocalBackend(StorageBackend):
         except OSError:
             return
         for stale in (directory / name for name in names):
-            try:
-                fd = os.open(stale, os.O_RDONLY | os.O_CLOEXEC)
+            try:  # never a symlink's target; a FIFO named like a temp file must not block
+                fd = os.open(stale, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError:
-                continue  # gone meanwhile
+                continue  # gone meanwhile (or not a file we could have written)
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue  # the archiver only writes regular files
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:

@@ -534,7 +534,10 @@ class SFTPBackend(StorageBackend):
         from another host, untouched for ``CROSS_HOST_ABANDONED_SECONDS`` of the server's time.
         A live upload is never touched."""
         try:
-            entries = [e for e in sftp.listdir_attr(directory) if temp_writer(e.filename) is not None]
+            entries = [  # regular files only: the archiver never writes a link or a FIFO
+                e for e in sftp.listdir_attr(directory)
+                if temp_writer(e.filename) is not None and stat_mod.S_ISREG(e.st_mode or 0)
+            ]
         except OSError:
             return
         for entry in entries:

@@ -169,10 +169,14 @@ def test_sftp_cleanup_spares_live_uploads_and_removes_abandoned_ones(sftp_backen
         "remote_old": f"{prefix}0123456789-78-eeeeeeee",  # another host, untouched for a day
         "other_name": f"{temp_prefix('y' * 150 + '.mkv')}{sftp_mod._HOST_TAG}-{dead.pid}-ffffffff",  # gone too
         "users_old": ".y.mp4.rtkpart-0123456789-78-eeeeeeee",  # a user's look-alike, a day old: not ours
+        "link_old": f"{temp_prefix('z.mp4')}0123456789-79-abababab",  # a symlink by that name: not ours
     }
     try:
-        for path in files.values():
-            (base / path).write_bytes(b"partial")
+        for key, path in files.items():
+            if key != "link_old":
+                (base / path).write_bytes(b"partial")
+        (base / files["link_old"]).symlink_to(base / "keep.json")
+        os.utime(base / files["link_old"], (day_ago := time.time() - 86400, day_ago), follow_symlinks=False)
         day_ago = time.time() - 86400
         os.utime(base / files["remote_old"], (day_ago, day_ago))
         os.utime(base / files["users_old"], (day_ago, day_ago))
@@ -180,8 +184,8 @@ def test_sftp_cleanup_spares_live_uploads_and_removes_abandoned_ones(sftp_backen
         assert all((base / v).exists() for v in files.values())
         SWEEPS.forget()  # as in the next process: its first upload into d/ looks through it
         backend.put(f"d/{name}", io.BytesIO(b"video"), 5)
-        left = {k for k, v in files.items() if (base / v).exists()}
-        assert left == {"live_here", "remote_new", "users_old"}
+        left = {k for k, v in files.items() if (base / v).is_symlink() or (base / v).exists()}
+        assert left == {"live_here", "remote_new", "users_old", "link_old"}
         assert (base / name).read_bytes() == b"video"
     finally:
         sleeper.kill()
@@ -230,3 +234,28 @@ def test_sftp_no_clobber_rename_leaves_what_appeared_meanwhile(sftp_backend_fact
     assert target.read_bytes() == b"someone else's"
     assert sorted(p.name for p in target.parent.iterdir()) == ["keep.json", "race.mp4"]
 
+
+
+def test_local_cleanup_never_blocks_on_a_fifo_nor_follows_a_symlink(tmp_path):
+    """Things named exactly like temp files that the archiver never writes (it writes regular
+    files only): a FIFO is not opened for a read that would block, a symlink is not followed."""
+    import threading
+
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"not the archiver's")
+    fifo = root / f"{temp_prefix('a.mp4')}fifo"
+    link = root / f"{temp_prefix('b.mp4')}link"
+    os.mkfifo(fifo)
+    link.symlink_to(outside)
+    backend = open_backend(parse_destination_url(f"file://{root}"), settings())
+    SWEEPS.forget()
+    done = threading.Thread(target=backend.put, args=("c.mp4", io.BytesIO(b"c"), 1), daemon=True)
+    done.start()
+    done.join(10)
+    if done.is_alive():
+        os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # lets the blocked open return, then fail
+        pytest.fail("the cleanup blocked opening a FIFO")
+    assert (root / "c.mp4").read_bytes() == b"c"
+    assert fifo.exists() and link.is_symlink() and outside.read_bytes() == b"not the archiver's"
