@@ -103,6 +103,11 @@ class StorageBackend(ABC):
         """Where key is, for people: no secrets."""
         return self.destination.display_url(key)
 
+    def remove_abandoned(self, key: str) -> None:  # noqa: B027 - optional hook
+        """Look now for temp files that dead uploads left beside ``key`` and remove them (an
+        earlier attempt at this recording may have died mid-upload). Backends whose unfinished
+        uploads are invisible (S3, GCS, Azure) have none."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

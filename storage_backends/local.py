@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from .destination import Destination
 from .tempnames import SWEEPS, TEMP_MARKER, temp_prefix, temp_writer
 
 COPY_CHUNK = 1024 * 1024
+#: the writer part of this backend's temp names (``_locked_temp``)
+LOCAL_WRITER = re.compile(r"[0-9a-f]{12}")
 
 #: OS errors that no retry can fix: named, failed at once
 PERMANENT_ERRNOS = {
@@ -172,13 +175,18 @@ class LocalBackend(StorageBackend):
             os.close(fd)
         raise StorageError(f"could not create a temp file next to {directory / prefix!s}: removed each time")
 
+    def remove_abandoned(self, key: str) -> None:
+        directory = self._path(key).parent
+        SWEEPS.due(("file", str(directory)))  # looked through now
+        self._remove_abandoned(directory)
+
     @staticmethod
     def _remove_abandoned(directory: Path) -> None:
         """Temp files in ``directory`` whose writer is gone (a killed run): their lock is free.
         A live upload holds its lock: never touched."""
         try:
             with os.scandir(directory) as entries:
-                names = [e.name for e in entries if temp_writer(e.name) is not None]
+                names = [e.name for e in entries if temp_writer(e.name, LOCAL_WRITER) is not None]
         except OSError:
             return
         for stale in (directory / name for name in names):

@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import socket
 import threading
 import stat as stat_mod
@@ -63,12 +64,18 @@ KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 
 
 def _host_tag() -> str:
-    """This machine (and boot), as it appears in temp names: pids are only meaningful on it."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return hashlib.sha256(f"{socket.gethostname()}|{boot}".encode()).hexdigest()[:10]
+    """This machine (and boot) and PID namespace, as it appears in temp names: pids are only
+    meaningful there. Two containers on one host can share the hostname and the boot id (host
+    networking) but not their pids: a writer in another PID namespace counts as another host's
+    (its temp file is left until untouched for CROSS_HOST_ABANDONED_SECONDS)."""
+    parts = [socket.gethostname()]
+    for source in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                   lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(source())
+        except OSError:
+            parts.append("")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
 
 
 _HOST_TAG = _host_tag()
@@ -80,11 +87,15 @@ def _writer_tag() -> str:
     return f"{_HOST_TAG}-{os.getpid()}"
 
 
+#: the writer part of this backend's temp names: ``<host tag>-<pid>-<random>`` (``put``)
+SFTP_WRITER = re.compile(r"[0-9a-f]{10}-[0-9]+-[0-9a-f]{8}")
+
+
 def _abandoned(name: str, mtime: float, server_now: float) -> bool:
     """Whether a temp file's writer is provably gone. A temp name is
     ``<prefix><host>-<pid>-<random>``; from another host (or an unknown writer part), it is
     gone once the file has not changed for CROSS_HOST_ABANDONED_SECONDS."""
-    writer = temp_writer(name)
+    writer = temp_writer(name, SFTP_WRITER)
     if writer is None:
         return False  # not a temp name this archiver writes: never touched
     parts = writer.split("-")
@@ -528,6 +539,18 @@ class SFTPBackend(StorageBackend):
                 "left untouched"
             ) from None
 
+    def remove_abandoned(self, key: str) -> None:
+        sftp = self._connect()
+        directory = posixpath.dirname(self._path(key))
+        try:
+            # the server's clock, at most: another host's temp file is only ever taken for older
+            # than it is (put() reads the clock from the file it creates)
+            server_now = sftp.stat(directory).st_mtime or 0
+        except OSError:
+            return  # no directory yet: nothing in it
+        SWEEPS.due(("sftp", self.where, directory))  # looked through now
+        self._remove_abandoned(sftp, directory, server_now)
+
     def _remove_abandoned(self, sftp: paramiko.SFTPClient, directory: str, server_now: float) -> None:
         """Temp files in ``directory`` whose writer is provably gone: written from this host
         by a process that no longer exists (or by this process, in an upload that is over);
@@ -536,7 +559,7 @@ class SFTPBackend(StorageBackend):
         try:
             entries = [  # regular files only: the archiver never writes a link or a FIFO
                 e for e in sftp.listdir_attr(directory)
-                if temp_writer(e.filename) is not None and stat_mod.S_ISREG(e.st_mode or 0)
+                if temp_writer(e.filename, SFTP_WRITER) is not None and stat_mod.S_ISREG(e.st_mode or 0)
             ]
         except OSError:
             return

@@ -12,9 +12,13 @@ over SFTP on loopback 4 ms per 64 KiB upload in an empty directory, 87 ms beside
 768 ms beside 30,000 (paramiko reads a listing ~100 names per round trip: ~24 s at 80 ms).
 So each process looks through a directory for abandoned temp files (of any name) on its first
 upload there, and again once ``SWEEP_SECONDS`` have passed (``Sweeps``): a run after a killed
-run removes what it left, on its first upload into that directory. A temp file this process
-could not remove itself (the connection dropped mid-upload) is known by name: the next upload
-into that directory removes it, without a listing (the retry leaves nothing behind).
+run removes what it left, on its first upload into that directory; and the archive task asks
+again (``StorageBackend.remove_abandoned``) when it takes over a recording an earlier attempt
+left unfinished, whose temp file may have appeared after this process looked. A temp file
+this process could not remove itself (the connection dropped mid-upload) is known by name: the
+next upload into that directory removes it, without a listing (the retry leaves nothing
+behind). Only exact temp names are considered (``temp_writer``: the digest where it can be
+checked, and each backend's own writer part), so a user's look-alike file is never touched.
 """
 
 from __future__ import annotations
@@ -52,19 +56,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-#: a name written by ``temp_prefix`` + a writer part, and nothing else: ``.``, the head, ``.``,
-#: 16 hex digits, the marker, the writer part (a user's file is never taken for a temp file)
-_TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{16}" + re.escape(TEMP_MARKER) + r"(?P<writer>[^/]+)\Z", re.S)
+_TEMP_NAME = re.compile(r"\.(?P<head>.+)\.(?P<digest>[0-9a-f]{16})" + re.escape(TEMP_MARKER) + r"(?P<writer>.+)\Z", re.S)
 
 #: how often one process looks through a directory it uploads to for abandoned temp files
 SWEEP_SECONDS = 600.0
 
 
-def temp_writer(name: str) -> str | None:
-    """The writer part of a temp name this archiver writes (after the marker); None for any
-    other name."""
+def temp_writer(name: str, writer: re.Pattern[str]) -> str | None:
+    """The writer part of a name ``temp_prefix`` + a writer part matching ``writer`` (each
+    backend's own form); None for any other name, so that a user's file is never taken for a
+    temp file. The digest is checked against the head when the head is the whole final name
+    (names up to HEAD_BYTES); a longer name's head is HEAD_BYTES long (up to 3 bytes less where
+    a character was cut), and its digest cannot be checked without the name."""
     match = _TEMP_NAME.match(name)
-    return match.group("writer") if match else None
+    if match is None or not writer.fullmatch(match.group("writer")):
+        return None
+    head = match.group("head")
+    size = len(head.encode("utf-8", "surrogatepass"))
+    if temp_prefix(head) == name[: len(name) - len(match.group("writer"))]:
+        return match.group("writer")  # the head is the whole name, and the digest is its own
+    return match.group("writer") if HEAD_BYTES - 3 <= size <= HEAD_BYTES else None
 
 
 class Sweeps:

@@ -242,6 +242,8 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
             return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": plan.bytes_total})
         files: list[FileEntry] = []
         try:
+            if current.sidecar_is_own:  # an earlier attempt at it: it may have died mid-upload
+                backend.remove_abandoned(current.layout.video)
             with ClaimKeeper(current, settings):
                 _transfer(recording, backend, current, settings, logger, files)
         except BaseException as exc:

@@ -331,3 +331,30 @@ def test_malformed_recording_in_a_page_fails_alone(env):
     report = run_report(archive_recordings)
     assert kinds(report)[good["id"]] == OutcomeKind.ARCHIVED
     assert kinds(report)[bad["id"]] == OutcomeKind.FAILED
+
+
+def test_a_dead_attempts_temp_file_is_removed_when_its_recording_is_archived_again(env):
+    """An earlier attempt died mid-upload (its claim names a process that is gone) after this
+    process had already looked through the directory (it does so once per SWEEP_SECONDS): the
+    attempt that takes the recording over looks again, and leaves nothing behind."""
+    from rtk_archiver.models import Recording
+    from rtk_archiver.naming import keys_for
+    from storage_backends.tempnames import SWEEPS, temp_prefix
+    from tasks.archive import _encode, _sidecar
+    from tasks.limits import HOST
+
+    rec = env.state.add_recording(file_size=200_000)
+    recording = Recording.model_validate(rec)
+    keys = keys_for(recording)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim = _sidecar(recording, [], claimed=[keys.name_of(keys.video)], token="t", holder={"host": HOST, "pid": dead.pid})
+    (env.archive / keys.sidecar).write_bytes(_encode(claim))
+    left = env.archive / f"{temp_prefix(keys.name_of(keys.video))}{uuid.uuid4().hex[:12]}"
+    left.write_bytes(b"the dead attempt's first bytes")
+    SWEEPS.forget()
+    assert SWEEPS.due(("file", str(env.archive.resolve())))  # this process looked through it already
+    report = run_report(archive_recordings)
+    assert kinds(report)[rec["id"]] == OutcomeKind.ARCHIVED, report.outcomes
+    assert_archived(env, rec)
+    assert no_temp_files(env.archive), sorted(p.name for p in env.archive.iterdir())

@@ -43,14 +43,27 @@ def _hold_lock(path) -> subprocess.Popen:
     return proc
 
 
+LOOK_ALIKES = [  # a user's files that only look like temp files: never taken for one
+    ".notes.rtkpart-0123456789ab", "a.mp4.0123456789abcdef.rtkpart-0123456789ab",
+    ".a.0123456789ABCDEF.rtkpart-0123456789ab", ".a.mp4.0123456789abcde.rtkpart-0123456789ab",
+    ".My notes.0123456789abcdef.rtkpart-final copy", ".report.deadbeefdeadbeef.rtkpart-0123456789ab",
+    ".x.0000000000000000.rtkpart-\nkeep", "." + "a" * 200 + ".0123456789abcdef.rtkpart-0123456789ab",
+    ".é.0123456789abcdef.rtkpart-" + "z" * 200, ".short.0123456789abcdef.rtkpart-0123456789ab",
+]
+
+
 def test_temp_names_are_recognised_strictly():
-    name = "x" * 150 + ".mp4"
-    assert temp_writer(f"{temp_prefix(name)}0123456789ab") == "0123456789ab"
-    assert temp_writer(f"{temp_prefix('a.mp4')}host-12-abcd") == "host-12-abcd"
-    # a user's files that only look alike are never taken for temp files
-    for other in (".notes.rtkpart-1", "a.mp4.0123456789abcdef.rtkpart-1", ".a.0123456789ABCDEF.rtkpart-1",
-                  f"{temp_prefix('a.mp4')}", ".a.mp4.0123456789abcde.rtkpart-1", "a.mp4"):
-        assert temp_writer(other) is None, other
+    from storage_backends.local import LOCAL_WRITER
+    from storage_backends.sftp import SFTP_WRITER
+
+    for final in ("a.mp4", "x" * 150 + ".mp4", "é" * 100 + ".mp4", "Team sync.mp4.metadata.json"):
+        assert temp_writer(f"{temp_prefix(final)}0123456789ab", LOCAL_WRITER) == "0123456789ab"
+        assert temp_writer(f"{temp_prefix(final)}0123456789-12-abcdef01", SFTP_WRITER) == "0123456789-12-abcdef01"
+        # each backend recognises its own writer part only
+        assert temp_writer(f"{temp_prefix(final)}0123456789-12-abcdef01", LOCAL_WRITER) is None
+        assert temp_writer(f"{temp_prefix(final)}0123456789ab", SFTP_WRITER) is None
+    for other in [*LOOK_ALIKES, temp_prefix("a.mp4"), "a.mp4"]:
+        assert temp_writer(other, LOCAL_WRITER) is None and temp_writer(other, SFTP_WRITER) is None, other
 
 
 def test_sweeps_are_due_once_per_directory_per_interval():
@@ -76,9 +89,11 @@ def test_local_cleanup_spares_live_uploads_and_removes_abandoned_ones(tmp_path):
     root.mkdir()
     backend = open_backend(parse_destination_url(f"file://{root}"), settings())
     name = "x" * 150 + ".mp4"
-    live = root / f"{temp_prefix(name)}live"
-    other_name = root / f"{temp_prefix('x' * 150 + '.mkv')}other"  # another final name's, abandoned
+    live = root / f"{temp_prefix(name)}00000000a11e"
+    other_name = root / f"{temp_prefix('x' * 150 + '.mkv')}0000000047e7"  # another final name's, abandoned
     users = root / ".x.mp4.rtkpart-mine"  # a user's file that only looks like one: never touched
+    for look_alike in LOOK_ALIKES:
+        (root / look_alike).write_bytes(b"a user's")
     writer = _hold_lock(live)
     try:
         other_name.write_bytes(b"another name's upload")
@@ -103,7 +118,7 @@ def test_local_cleanup_spares_live_uploads_and_removes_abandoned_ones(tmp_path):
     backend.put("another.mp4", io.BytesIO(b"v3"), 2)
     assert not live.exists() and users.read_bytes() == b"a user's"
     assert (root / name).read_bytes() == b"v2"
-    assert sorted(p.name for p in root.iterdir()) == sorted([name, "another.mp4", users.name])
+    assert sorted(p.name for p in root.iterdir()) == sorted([name, "another.mp4", users.name, *LOOK_ALIKES])
 
 
 def test_local_uploads_do_not_list_the_directory_each_time(tmp_path, monkeypatch):
@@ -177,6 +192,9 @@ def test_sftp_cleanup_spares_live_uploads_and_removes_abandoned_ones(sftp_backen
                 (base / path).write_bytes(b"partial")
         (base / files["link_old"]).symlink_to(base / "keep.json")
         os.utime(base / files["link_old"], (day_ago := time.time() - 86400, day_ago), follow_symlinks=False)
+        for look_alike in LOOK_ALIKES:  # a user's files, a day old: "another host's" rule must not take them
+            (base / look_alike).write_bytes(b"a user's")
+            os.utime(base / look_alike, (day_ago, day_ago))
         day_ago = time.time() - 86400
         os.utime(base / files["remote_old"], (day_ago, day_ago))
         os.utime(base / files["users_old"], (day_ago, day_ago))
@@ -187,6 +205,15 @@ def test_sftp_cleanup_spares_live_uploads_and_removes_abandoned_ones(sftp_backen
         left = {k for k, v in files.items() if (base / v).is_symlink() or (base / v).exists()}
         assert left == {"live_here", "remote_new", "users_old", "link_old"}
         assert (base / name).read_bytes() == b"video"
+        assert all((base / look_alike).read_bytes() == b"a user's" for look_alike in LOOK_ALIKES)
+        # a dead writer's temp file that appears after this process looked: removed when asked
+        # (the archive task asks when it takes over a recording an earlier attempt left unfinished)
+        late = base / f"{prefix}{sftp_mod._HOST_TAG}-{dead.pid}-12345678"
+        late.write_bytes(b"partial")
+        backend.put("d/again.mp4", io.BytesIO(b"x"), 1)
+        assert late.exists()
+        backend.remove_abandoned(f"d/{name}")
+        assert not late.exists() and (base / "again.mp4").exists()
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -245,8 +272,8 @@ def test_local_cleanup_never_blocks_on_a_fifo_nor_follows_a_symlink(tmp_path):
     root.mkdir()
     outside = tmp_path / "outside.mp4"
     outside.write_bytes(b"not the archiver's")
-    fifo = root / f"{temp_prefix('a.mp4')}fifo"
-    link = root / f"{temp_prefix('b.mp4')}link"
+    fifo = root / f"{temp_prefix('a.mp4')}00000000f1f0"
+    link = root / f"{temp_prefix('b.mp4')}000000001112"
     os.mkfifo(fifo)
     link.symlink_to(outside)
     backend = open_backend(parse_destination_url(f"file://{root}"), settings())
@@ -259,3 +286,24 @@ def test_local_cleanup_never_blocks_on_a_fifo_nor_follows_a_symlink(tmp_path):
         pytest.fail("the cleanup blocked opening a FIFO")
     assert (root / "c.mp4").read_bytes() == b"c"
     assert fifo.exists() and link.is_symlink() and outside.read_bytes() == b"not the archiver's"
+
+
+def test_a_writer_in_another_pid_namespace_counts_as_another_hosts():
+    """Two containers on one host can share the hostname and the boot id, not their pids: the
+    SFTP temp names' host tag includes the PID namespace, so a live upload there is never
+    taken for a dead process of this host."""
+    import shutil
+
+    from storage_backends import sftp as sftp_mod
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare")
+    code = "import storage_backends.sftp as s; print(s._HOST_TAG)"
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    if done.returncode != 0:
+        pytest.skip(f"cannot make a PID namespace here: {done.stderr.strip()[-200:]}")
+    same = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert same.stdout.strip() == sftp_mod._HOST_TAG  # this namespace: the same tag
+    assert done.stdout.strip() != sftp_mod._HOST_TAG
