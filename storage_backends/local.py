@@ -109,10 +109,8 @@ class LocalBackend(StorageBackend):
         if not replace and final.exists():
             raise KeyTaken(f"{final} already exists and was not written by this recording's archive: left untouched")
         prefix = temp_prefix(final.name)
-        where = ("file", str(final.parent))
-        for left in SWEEPS.take_left(where):  # this process's own, from a failed upload
-            if not _unlink_quietly(final.parent / left):
-                SWEEPS.left_behind(where, left)
+        where = _swept(final.parent)
+        SWEEPS.remove_left(where, lambda name: _unlink_quietly(final.parent / name))  # from a failed upload
         if SWEEPS.due(where):
             self._remove_abandoned(final.parent)
         tmp: Path | None = None
@@ -177,7 +175,7 @@ class LocalBackend(StorageBackend):
 
     def remove_abandoned(self, key: str) -> None:
         directory = self._path(key).parent
-        SWEEPS.due(("file", str(directory)))  # looked through now
+        SWEEPS.mark(_swept(directory))
         self._remove_abandoned(directory)
 
     @staticmethod
@@ -268,6 +266,11 @@ def _same_file(path: Path, fd: int) -> bool:
         return False
     own = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _swept(directory: Path) -> tuple[str, str]:
+    """``directory`` in this process's record of sweeps (``tempnames.SWEEPS``)."""
+    return ("file", str(directory))
 
 
 def _unlink_quietly(path: Path) -> bool:

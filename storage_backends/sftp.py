@@ -449,10 +449,8 @@ class SFTPBackend(StorageBackend):
         try:
             with sftp.open(tmp, "wb") as remote:
                 server_now = remote.stat().st_mtime or 0
-                where = ("sftp", self.where, directory)
-                for left in SWEEPS.take_left(where):  # this process's own, from a failed upload
-                    if not self._remove_quietly(posixpath.join(directory, left)):
-                        SWEEPS.left_behind(where, left)
+                where = self._swept(directory)
+                SWEEPS.remove_left(where, lambda name: self._remove_quietly(posixpath.join(directory, name)))
                 if SWEEPS.due(where):
                     self._remove_abandoned(sftp, directory, server_now)
                 remote.set_pipelined(True)
@@ -511,7 +509,7 @@ class SFTPBackend(StorageBackend):
             except Exception:  # noqa: BLE001 - a broken connection: the original error matters
                 pass
             if not self._remove_quietly(tmp):  # the connection is gone: the next upload here removes it
-                SWEEPS.left_behind(("sftp", self.where, directory), posixpath.basename(tmp))
+                SWEEPS.left_behind(self._swept(directory), posixpath.basename(tmp))
             if isinstance(exc, TimeoutError) and not reading:  # a stalled connection: the next use connects again
                 self.close()
             if isinstance(exc, OSError) and not reading:  # permission denied, disk full, timeouts
@@ -548,8 +546,12 @@ class SFTPBackend(StorageBackend):
             server_now = sftp.stat(directory).st_mtime or 0
         except OSError:
             return  # no directory yet: nothing in it
-        SWEEPS.due(("sftp", self.where, directory))  # looked through now
+        SWEEPS.mark(self._swept(directory))
         self._remove_abandoned(sftp, directory, server_now)
+
+    def _swept(self, directory: str) -> tuple[str, str, str]:
+        """``directory`` of this server in this process's record of sweeps (``tempnames.SWEEPS``)."""
+        return ("sftp", self.where, directory)
 
     def _remove_abandoned(self, sftp: paramiko.SFTPClient, directory: str, server_now: float) -> None:
         """Temp files in ``directory`` whose writer is provably gone: written from this host

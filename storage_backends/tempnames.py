@@ -101,7 +101,15 @@ class Sweeps:
         with self._lock:
             return sorted(self._left.pop(where, ()))
 
+    def remove_left(self, where: Hashable, remove: Callable[[str], bool]) -> None:
+        """Remove this process's temp files left behind in ``where`` by name (``remove(name)``:
+        whether it is gone now); the ones still there stay known."""
+        for name in self.take_left(where):
+            if not remove(name):
+                self.left_behind(where, name)
+
     def due(self, where: Hashable) -> bool:
+        """Whether the caller is to look through ``where`` now (then counted as looked)."""
         now = self._clock()
         with self._lock:
             last = self._last.get(where)
@@ -109,6 +117,11 @@ class Sweeps:
                 return False
             self._last[where] = now
             return True
+
+    def mark(self, where: Hashable) -> None:
+        """The caller looks through ``where`` now, due or not."""
+        with self._lock:
+            self._last[where] = self._clock()
 
     def forget(self) -> None:
         """The next upload into any directory looks through it again."""

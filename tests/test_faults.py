@@ -339,6 +339,7 @@ def test_a_dead_attempts_temp_file_is_removed_when_its_recording_is_archived_aga
     attempt that takes the recording over looks again, and leaves nothing behind."""
     from rtk_archiver.models import Recording
     from rtk_archiver.naming import keys_for
+    from storage_backends import open_backend, parse_destination_url
     from storage_backends.tempnames import SWEEPS, temp_prefix
     from tasks.archive import _encode, _sidecar
     from tasks.limits import HOST
@@ -350,10 +351,12 @@ def test_a_dead_attempts_temp_file_is_removed_when_its_recording_is_archived_aga
     dead.wait()
     claim = _sidecar(recording, [], claimed=[keys.name_of(keys.video)], token="t", holder={"host": HOST, "pid": dead.pid})
     (env.archive / keys.sidecar).write_bytes(_encode(claim))
-    left = env.archive / f"{temp_prefix(keys.name_of(keys.video))}{uuid.uuid4().hex[:12]}"
-    left.write_bytes(b"the dead attempt's first bytes")
     SWEEPS.forget()
-    assert SWEEPS.due(("file", str(env.archive.resolve())))  # this process looked through it already
+    with open_backend(parse_destination_url(f"file://{env.archive}"), load_settings()) as backend:
+        backend.remove_abandoned(keys.video)  # this process looked through the directory: not due again
+        assert not SWEEPS.due(("file", str(env.archive.resolve())))
+    left = env.archive / f"{temp_prefix(keys.name_of(keys.video))}{uuid.uuid4().hex[:12]}"
+    left.write_bytes(b"the dead attempt's first bytes")  # the dead attempt's, after this process looked
     report = run_report(archive_recordings)
     assert kinds(report)[rec["id"]] == OutcomeKind.ARCHIVED, report.outcomes
     assert_archived(env, rec)

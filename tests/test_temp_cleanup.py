@@ -82,6 +82,14 @@ def test_sweeps_are_due_once_per_directory_per_interval():
     assert sweeps.take_left("b") == []
     assert sweeps.take_left("a") == [".x.0123456789abcdef.rtkpart-1", ".y.0123456789abcdef.rtkpart-2"]
     assert sweeps.take_left("a") == []
+    # removed by name where possible; what is still there stays known
+    sweeps.left_behind("a", "gone"), sweeps.left_behind("a", "stuck")
+    sweeps.remove_left("a", lambda name: name == "gone")
+    assert sweeps.take_left("a") == ["stuck"]
+    # a look made without asking (the archive task taking over a recording) counts as one
+    now[0] = 10_000
+    sweeps.mark("c")
+    assert not sweeps.due("c")
 
 
 def test_local_cleanup_spares_live_uploads_and_removes_abandoned_ones(tmp_path):
