@@ -186,18 +186,10 @@ FAST_RUNNER = {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # serve asks for due runs 
 
 
 def _api(server, method: str, path: str, **kw):
-    import time
-
-    import httpx
-
-    with httpx.Client(base_url=server.api_url, timeout=30.0) as client:
-        for _ in range(20):
-            r = client.request(method, path, **kw)
-            if r.status_code != 503:  # SQLite busy
-                r.raise_for_status()
-                return r.json()
-            time.sleep(0.5)
+    """The JSON of one request to the server's API (``PrefectServer.request``: retried while busy)."""
+    r = server.request(method, path, **kw)
     r.raise_for_status()
+    return r.json()
 
 
 def _artifact(server, run_id: str, key: str):

@@ -37,15 +37,8 @@ pytestmark = [pytest.mark.timeout(240)]
 
 
 def _api(server: PrefectServer, method: str, path: str, **kw) -> httpx.Response:
-    """One request to the server's API; retried while it answers 503 (its SQLite database busy:
-    Prefect's own client retries these too)."""
-    with httpx.Client(base_url=server.api_url, timeout=10.0) as client:
-        for _ in range(20):
-            r = client.request(method, path, **kw)
-            if r.status_code != 503:
-                return r
-            time.sleep(0.5)
-    return r
+    """One request to the server's API (``PrefectServer.request``: retried while busy)."""
+    return server.request(method, path, timeout=10.0, **kw)
 
 
 def _deployment_id(server: PrefectServer, full_name: str, timeout: float = 90.0) -> str:
@@ -125,6 +118,44 @@ def test_server_errors_leave_out_only_sqlite_contention_that_prefect_retries():
     assert service_errors(locked) == []
     assert len(service_errors(locked + other)) == 2  # the ERROR line and its traceback
     assert service_errors(locked + gave_up) == [gave_up.strip()]
+
+
+def test_requests_to_the_test_server_retry_reads_that_time_out_but_never_writes(tmp_path):
+    """A read the loaded server does not answer in time is asked again; a write that timed out
+    may have been done, so it is not sent again (it fails)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def _answer(self):
+            seen.append(self.command)
+            if len(seen) == 1 or self.command == "POST":
+                time.sleep(1.5)  # longer than the client's timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        server = PrefectServer(api_url=f"http://127.0.0.1:{httpd.server_port}/api", port=httpd.server_port,
+                               home=tmp_path, log_path=tmp_path / "log", proc=None)
+        assert server.request("GET", "/flow_runs/x", timeout=0.5).status_code == 200
+        assert seen == ["GET", "GET"]
+        with pytest.raises(httpx.TimeoutException):
+            server.request("POST", "/deployments/x/create_flow_run", timeout=0.5)
+        assert seen == ["GET", "GET", "POST"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_entrypoints_are_imported_not_read_from_the_current_directory(tmp_path, monkeypatch):
