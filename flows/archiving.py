@@ -19,7 +19,7 @@ from rtk_archiver.api import InvalidRecording
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.naming import redact_urls
-from rtk_archiver.plan import Action, Observed, RecordingPlan, Target, plan_run, targets_for
+from rtk_archiver.plan import TASK_ACTIONS, Action, Observed, RecordingPlan, Target, plan_run, targets_for
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import preload_backends
 from tasks.archive import archive_recording
@@ -39,17 +39,23 @@ def _failure_reason(exc: BaseException) -> str:
 def _outcome(plan: RecordingPlan, dry_run: bool) -> RecordingOutcome:
     """The outcome of a recording that needs no transfer task (or would, in a dry run)."""
     rec = plan.recording
-    where = plan.destination.display_url(plan.layout.video) if plan.destination and plan.layout else None
+    where = plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None
     kind = plan.verdict
+    reason = plan.reason
     if plan.action == Action.ALREADY_ARCHIVED:
         kind = OutcomeKind.ALREADY_ARCHIVED
-    elif plan.action == Action.ARCHIVE:
+    elif plan.action in TASK_ACTIONS:
         kind = OutcomeKind.WOULD_ARCHIVE
+        if plan.action != Action.ARCHIVE:
+            reason = f"would {plan.action.value} at {where}" + (" (by its size: no download URL)" if plan.action == Action.RECORD_DELIVERY else "")
+        elif plan.upload:
+            reason = plan.upload_note
     assert kind is not None
     return RecordingOutcome(
-        recording_id=rec.id, output_file_name=rec.output_file_name, kind=kind, reason=plan.reason,
+        recording_id=rec.id, output_file_name=rec.output_file_name, kind=kind, reason=reason,
         destination=where if kind != OutcomeKind.FAILED else None, bytes_total=plan.bytes_total,
-        retry_later=plan.retry_later,
+        retry_later=plan.retry_later, upload=plan.upload if plan.action != Action.NONE or plan.upload else None,
+        upload_note=plan.upload_note,
     )
 
 
@@ -88,7 +94,7 @@ def archive_all(
     preload_backends({t.destination.kind for t in targets if t.destination is not None})
     plans = plan_run(targets, survey(targets, settings), force_ids)
     task = retrying(archive_recording, settings)
-    transfers = Counter(p.destination.kind for p in plans if p.action == Action.ARCHIVE and p.destination and not dry_run)
+    transfers = Counter(p.destination.kind for p in plans if p.action in TASK_ACTIONS and p.destination and not dry_run)
     with transfer_slots(transfers, settings):  # the run's transfer slots, per backend, taken once
         return _archive_planned(recordings, targets, plans, task, dry_run, logger)
 
@@ -97,12 +103,12 @@ def _archive_planned(recordings, targets, plans, task, dry_run, logger) -> list[
     submitted: list[tuple[Recording, "PrefectFuture"]] = []
     outcomes: list[RecordingOutcome] = []
     for target, plan in zip(targets, plans):
-        if plan.layout is not None and target.candidates and plan.layout.video != target.candidates[0].video:
+        if plan.layout is not None and target.candidates and plan.layout.main != target.candidates[0].main:
             logger.info(
                 "%s: %s is taken at the destination: using %s", plan.recording.label(),
-                target.candidates[0].video, plan.layout.video,
+                target.candidates[0].main, plan.layout.main,
             )
-        if plan.action == Action.ARCHIVE and not dry_run:
+        if plan.action in TASK_ACTIONS and not dry_run:
             submitted.append((plan.recording, task.submit(plan)))
         else:
             outcomes.append(_outcome(plan, dry_run))

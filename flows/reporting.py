@@ -54,18 +54,35 @@ class Progress:
             _prefect("update_progress_artifact")(self.artifact_id, progress=100.0 * self.done / self.total)
 
 
-EVENT_FOR = {OutcomeKind.ARCHIVED: "rtk.recording.archived", OutcomeKind.FAILED: "rtk.recording.failed"}
+EVENT_FOR = {
+    OutcomeKind.ARCHIVED: "rtk.recording.archived",
+    OutcomeKind.DELIVERED: "rtk.recording.delivered",
+    OutcomeKind.FAILED: "rtk.recording.failed",
+}
+#: what became of RealtimeKit's own upload to a storage_config, when it needs someone's eyes:
+#: missing (the archiver stored the recording, or, without a download URL, it is lost) or
+#: damaged (kept as it is; the verified copy is archived under the recording's own name)
+UPLOAD_EVENT_FOR = {"missing": "rtk.recording.upload-missing", "damaged": "rtk.recording.upload-damaged"}
+_PAYLOAD = {"kind", "reason", "destination", "bytes_total", "bytes_transferred", "seconds", "upload", "upload_note"}
+
+
+def outcome_events(outcome: RecordingOutcome) -> list[str]:
+    """The events an outcome emits (its kind's, and one about RealtimeKit's upload)."""
+    names = [EVENT_FOR[outcome.kind]] if outcome.kind in EVENT_FOR else []
+    if outcome.upload in UPLOAD_EVENT_FOR and outcome.kind != OutcomeKind.WOULD_ARCHIVE:
+        names.append(UPLOAD_EVENT_FOR[outcome.upload])
+    return names
 
 
 def emit_outcome_event(outcome: RecordingOutcome) -> None:
-    name = EVENT_FOR.get(outcome.kind)
-    if name is None or direct.active():
+    if direct.active():
         return
-    _prefect("emit_event")(
-        event=name,
-        resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},
-        payload=outcome.model_dump(mode="json", include={"kind", "reason", "destination", "bytes_total", "bytes_transferred", "seconds"}),
-    )
+    for name in outcome_events(outcome):
+        _prefect("emit_event")(
+            event=name,
+            resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},
+            payload=outcome.model_dump(mode="json", include=_PAYLOAD),
+        )
 
 
 def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> None:
@@ -79,7 +96,8 @@ def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> No
             "file": printable(o.output_file_name or ""),
             "bytes": o.bytes_total,
             "destination": printable(o.destination or ""),
-            "reason": printable(o.reason or ""),
+            "realtimekit upload": printable(o.upload or ""),
+            "reason": printable(o.reason or o.upload_note or ""),
         }
         for o in report.outcomes
     ]

@@ -1,18 +1,22 @@
 """The expiry watchdog: finished recordings that are not archived, and their deadlines.
 
 RealtimeKit keeps a recording's files for a limited time: 7 days after it stopped
-(``RETENTION``), and its presigned URLs stop working at ``download_url_expiry``. Every
-archive run (poll, window, backfill child) ends with ``watch_for_loss``:
+(``RETENTION``). Its presigned URLs expire sooner (``download_url_expiry``), but the archiver
+fetches fresh ones, so that is no deadline. Every archive run (poll, window, backfill child)
+ends with ``watch_for_loss``:
 
 * **at risk**: ``UPLOADED``, not archived by this run nor already archived, files still on
-  RealtimeKit but reachable for less than ``ARCHIVE_EXPIRY_WARNING_HOURS`` (48) more hours
-  (the earlier of the URL's expiry and the end of retention). Named in the report with the
-  deadline, an event ``rtk.recording.at-risk`` each, and the run fails.
+  RealtimeKit but for less than ``ARCHIVE_EXPIRY_WARNING_HOURS`` (48) more hours of its
+  retention. Named in the report with the deadline, an event ``rtk.recording.at-risk`` each,
+  and the run fails.
 * **lost**: ``UPLOADED``, never archived (no intact archive where it belongs, checked at the
   destination, since a recording archived days ago has no download URL either), and its files
-  are gone (no download URL, or retention over). Reported once, with an event
-  ``rtk.recording.lost``: the ids already reported are remembered in the Prefect Variable
-  ``rtk_archiver_lost_reported``.
+  are gone from RealtimeKit's bucket. A recording that never was on RealtimeKit's bucket
+  (bucket disabled: no URL, no expiry) is not "expired": its only copy is RealtimeKit's upload
+  to its storage_config. Found there (the run records it: "delivered by RealtimeKit"), it is
+  safe at any age; not there, it is lost at any age; without a storage_config it is stored
+  nowhere. Reported once, with an event ``rtk.recording.lost``: the ids already reported are
+  remembered in the Prefect Variable ``rtk_archiver_lost_reported``.
 
 ``assess`` is pure (recordings, outcomes, now -> ``Watch``); ``watch_for_loss`` does the
 destination look-up, the memory, the events and the report section.
@@ -32,11 +36,10 @@ from prefect.variables import Variable
 from pydantic import BaseModel, Field
 
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome, RecordingRisk
+from rtk_archiver.plan import RETENTION, bucket_state
 from rtk_archiver.settings import Settings
 
-#: how long RealtimeKit keeps a recording's files after it stopped
-RETENTION = timedelta(days=7)
-ARCHIVED = frozenset({OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED})
+ARCHIVED = frozenset({OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED, OutcomeKind.DELIVERED})
 LOST_MEMORY = "rtk_archiver_lost_reported"
 #: Prefect caps a Variable's JSON at 5,000 characters: ~330 remembered ids (12 hex digits of
 #: their sha256 each); the oldest are forgotten first
@@ -83,14 +86,20 @@ def assess(
         def risk(deadline: datetime | None, reason: str) -> RecordingRisk:
             return RecordingRisk(recording_id=rec.id, output_file_name=rec.output_file_name, deadline=deadline, reason=reason)
 
-        if not rec.download_url:
-            expired = (rec.download_url_expiry is not None and rec.download_url_expiry <= now) or (
-                retention_end is not None and retention_end <= now
-            )
-            if not expired:
-                # no URL and nothing expired: RealtimeKit's bucket is disabled for it (its files
-                # went straight to the storage_config's destination): nothing here can be lost
-                continue
+        state = bucket_state(rec, now)
+        sidecar_only = not rec.has_files and outcome is not None and outcome.upload in ("missing", "damaged")
+        if state == "never" or sidecar_only:
+            sc = rec.storage_config
+            if sc is None or not sc.type:
+                watch.lost.append(risk(None, "stored nowhere: RealtimeKit's bucket is disabled for it and it has no "
+                                             "storage_config, so RealtimeKit kept no copy of it"))
+            elif sidecar_only:
+                watch.lost.append(risk(None, f"RealtimeKit's bucket is disabled for it and its only copy, RealtimeKit's "
+                                             f"upload to its storage_config, is {'not intact' if outcome.upload == 'damaged' else 'not there'}"
+                                             + (f" ({outcome.upload_note})" if outcome.upload_note else "")))
+            # else: not checked by this run (another destination): nothing is known to be lost
+            continue
+        if state == "expired":
             failed = f" (it failed: {outcome.reason})" if outcome is not None and outcome.kind == OutcomeKind.FAILED else ""
             watch.lost.append(risk(retention_end, f"never archived{failed}, and RealtimeKit has no download URL for it "
                                                   "any more (its files expired)"))
@@ -98,17 +107,9 @@ def assess(
         if retention_end is not None and retention_end <= now:
             watch.lost.append(risk(retention_end, f"{why}; RealtimeKit's 7-day retention ended {_when(retention_end)}"))
             continue
-        bounds = []
-        if retention_end is not None:
-            bounds.append((retention_end, "RealtimeKit's 7-day retention ends"))
-        if rec.download_url_expiry is not None and rec.download_url_expiry > now:
-            bounds.append((rec.download_url_expiry, "its download URL expires"))
-        if not bounds:
-            continue
-        deadline, what = min(bounds, key=lambda b: b[0])
-        if deadline <= horizon:
-            hours = (deadline - now).total_seconds() / 3600
-            watch.at_risk.append(risk(deadline, f"{why}; {what} {_when(deadline)} (in {hours:.1f} h)"))
+        if retention_end is not None and retention_end <= horizon:
+            hours = (retention_end - now).total_seconds() / 3600
+            watch.at_risk.append(risk(retention_end, f"{why}; RealtimeKit's 7-day retention ends {_when(retention_end)} (in {hours:.1f} h)"))
     return watch
 
 

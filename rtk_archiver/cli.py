@@ -155,7 +155,11 @@ def print_report(report: ArchiveReport, stream=None) -> None:
         table.add_column(col, overflow="fold")
     order = list(OutcomeKind)
     for o in sorted(report.outcomes, key=lambda o: (order.index(o.kind), o.recording_id)):
-        detail = o.destination if o.kind in (OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED, OutcomeKind.WOULD_ARCHIVE) else o.reason
+        detail = o.destination if o.kind in (OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED, OutcomeKind.WOULD_ARCHIVE, OutcomeKind.DELIVERED) else o.reason
+        if o.upload in ("missing", "damaged") and o.kind != OutcomeKind.SKIPPED:
+            detail = f"{detail or ''} (RealtimeKit's upload {o.upload}: {o.upload_note or ''})"
+        elif o.kind == OutcomeKind.DELIVERED and o.upload_note:
+            detail = f"{detail or ''} ({o.upload_note})"
         cells = (o.kind.value, o.recording_id, o.output_file_name or "", _size(o.bytes_total), detail or "")
         table.add_row(*(Text(printable(c)) for c in cells))
     console.print(table)

@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class RecordingStatus(str, Enum):
@@ -73,17 +73,96 @@ class StorageConfig(_ApiModel):
         return self.model_dump(exclude={"access_key", "secret", "password", "private_key"}, exclude_none=True)
 
 
+class BucketConfig(_ApiModel):
+    enabled: bool | None = None
+
+
+class RecordingConfig(_ApiModel):
+    """The meeting's recording configuration, as far as the archiver needs it."""
+
+    realtimekit_bucket_config: BucketConfig | None = None
+
+
 class Meeting(_ApiModel):
     id: str
     title: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     status: str | None = None
+    recording_config: RecordingConfig | None = None
+
+
+#: the layers of a track recording's ``download_url`` the archiver knows (RealtimeKit records
+#: per-participant audio in ``default``; video tracks are "in development"): any other layer
+#: fails that recording with a message naming it, rather than being archived half
+KNOWN_TRACK_LAYERS = frozenset({"default"})
+#: a track file's name, per RealtimeKit's template
+#: ``{{file_name_prefix}}_{{user_id}}_{{peer_id}}_{{stream_kind}}_{{media_kind}}_{{date_time}}.webm``
+_TRACK_FIELDS = ("file_name_prefix", "user_id", "peer_id", "stream_kind", "media_kind", "date_time")
+
+
+class TrackFile(BaseModel):
+    """One file of a track recording (``type: TRACK``): a layer, the file's name as
+    RealtimeKit gives it, and its presigned URL."""
+
+    layer: str
+    name: str
+    url: str
+
+    def participant(self) -> dict[str, str]:
+        """The fields the name carries (best effort, read from the right: a prefix may hold
+        underscores); empty when the name does not follow the template."""
+        stem = self.name.rsplit(".", 1)[0] if "." in self.name else self.name
+        parts = stem.rsplit("_", 5)
+        if len(parts) != 6 or not all(parts):
+            return {}
+        return dict(zip(_TRACK_FIELDS, parts))
+
+
+def _shape(value: Any, depth: int = 0) -> str:
+    """A short description of a JSON value's shape, for error messages (never its content)."""
+    if isinstance(value, dict):
+        if depth >= 2:
+            return "object"
+        keys = ", ".join(repr(k)[:40] for k in list(value)[:5])
+        return f"object with keys [{keys}{', ...' if len(value) > 5 else ''}]"
+    if isinstance(value, list):
+        return f"list of {len(value)} ({_shape(value[0], depth + 1) if value else 'empty'})"
+    return type(value).__name__
+
+
+def parse_track_urls(value: Any) -> list[TrackFile]:
+    """A track recording's ``download_url`` (a list of layers, each with files by name) as
+    files. Only the documented shape is accepted; anything else raises ``ValueError`` naming
+    the shape, so that recording fails alone, clearly."""
+    documented = "a list of {layer_name, download_urls: {<file name>: {download_url}}}"
+    if not isinstance(value, list):
+        raise ValueError(f"download_url is an {_shape(value)}; the archiver knows a string or {documented}")
+    files: list[TrackFile] = []
+    for layer in value:
+        if not isinstance(layer, dict) or not isinstance(layer.get("layer_name"), str) or not isinstance(layer.get("download_urls"), dict):
+            raise ValueError(f"download_url holds a {_shape(layer)}; the archiver knows {documented}")
+        name = layer["layer_name"]
+        if name not in KNOWN_TRACK_LAYERS:
+            raise ValueError(
+                f"download_url has a layer {name[:60]!r} the archiver does not know yet (known: "
+                f"{', '.join(sorted(KNOWN_TRACK_LAYERS))}); nothing of this recording is archived until it does"
+            )
+        for file_name, entry in layer["download_urls"].items():
+            url = entry.get("download_url") if isinstance(entry, dict) else None
+            if not isinstance(url, str) or not url or not file_name:
+                raise ValueError(f"download_url's layer {name!r} holds a file entry that is a {_shape(entry)}, not {{download_url: <url>}}")
+            files.append(TrackFile(layer=name, name=file_name, url=url))
+    if not files:
+        raise ValueError("download_url is a list without any file")
+    return files
 
 
 class Recording(_ApiModel):
     id: str
     status: str
+    #: ``COMPOSITE`` (one video, optionally a separate audio) or ``TRACK`` (per-participant files)
+    type: str | None = None
     invoked_time: datetime
     started_time: datetime | None = None
     stopped_time: datetime | None = None
@@ -97,6 +176,22 @@ class Recording(_ApiModel):
     meeting_id: str | None = None
     meeting: Meeting | None = None
     storage_config: StorageConfig | None = None
+    #: a track recording's files (its ``download_url`` is a list of layers): see parse_track_urls
+    track_files: list[TrackFile] = Field(default_factory=list)
+
+    @field_validator("invoked_time", "started_time", "stopped_time", "download_url_expiry", mode="after")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        # a timestamp without a time zone ("2026-12-06T18:49:33.1") is UTC, as the API's others
+        return v.replace(tzinfo=timezone.utc) if v is not None and v.tzinfo is None else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _track_urls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("download_url") is not None and not isinstance(data["download_url"], str):
+            data = dict(data)
+            data["track_files"] = parse_track_urls(data.pop("download_url"))
+        return data
 
     @field_validator("file_size", "recording_duration", mode="before")
     @classmethod
@@ -104,6 +199,23 @@ class Recording(_ApiModel):
         if isinstance(v, float) and v.is_integer():
             return int(v)
         return v
+
+    @property
+    def is_track(self) -> bool:
+        return bool(self.track_files) or (self.type or "").upper() == "TRACK"
+
+    @property
+    def has_files(self) -> bool:
+        """RealtimeKit serves this recording's files now (a URL for the video or for its tracks)."""
+        return bool(self.download_url or self.track_files)
+
+    @property
+    def bucket_enabled(self) -> bool | None:
+        """Whether the recording went to RealtimeKit's own bucket, as its meeting's recording
+        config says (None: not said)."""
+        config = self.meeting.recording_config if self.meeting else None
+        bucket = config.realtimekit_bucket_config if config else None
+        return bucket.enabled if bucket else None
 
     @property
     def meeting_ref(self) -> str | None:
@@ -128,14 +240,27 @@ class ObjectInfo(BaseModel):
 
 
 class FileEntry(BaseModel):
-    """One archived file, as recorded in the sidecar."""
+    """One archived file, as recorded in the sidecar.
 
-    kind: Literal["video", "audio"]
+    ``origin``: who wrote the file. ``realtimekit``: RealtimeKit's own upload to the
+    recording's storage_config, proven to be the recording's bytes (``verified_by`` says how)
+    and never replaced by the archiver. ``sha256`` is None only for such a file whose
+    recording has no download URL (RealtimeKit's bucket disabled): then only its size could
+    be checked."""
+
+    kind: Literal["video", "audio", "track"]
     name: str
     size: int
-    sha256: str
+    sha256: str | None = None
     hashes: dict[str, str] = Field(default_factory=dict)
     source_url_host: str | None = None
+    origin: Literal["archiver", "realtimekit"] = "archiver"
+    #: how a RealtimeKit upload was proven: "sha256 read back", "md5 reported by the store", "size"
+    verified_by: str | None = None
+    #: a track file: its layer, its name as RealtimeKit gave it, the participant fields it carries
+    layer: str | None = None
+    source_name: str | None = None
+    participant: dict[str, str] | None = None
 
 
 #: free text from the API is cut to this many characters in a sidecar, so that a sidecar stays
@@ -199,6 +324,8 @@ class Sidecar(BaseModel):
 
 class OutcomeKind(str, Enum):
     ARCHIVED = "archived"
+    #: RealtimeKit's own upload to the storage_config, proven to be the recording: sidecar only
+    DELIVERED = "delivered by RealtimeKit"
     ALREADY_ARCHIVED = "already archived"
     WOULD_ARCHIVE = "would archive"  # dry run
     SKIPPED = "skipped"
@@ -221,6 +348,12 @@ class RecordingOutcome(BaseModel):
     #: skipped for now, but a later run may archive it once the configuration allows it (no
     #: default destination, a storage type not supported yet): the poll's mark waits for it
     retry_later: bool = False
+    #: what became of RealtimeKit's own upload to the storage_config, where it makes one:
+    #: "delivered" (proven, kept), "missing" (archived by the archiver), "damaged" (present
+    #: but not the recording's bytes: kept, the verified copy archived under another name)
+    upload: Literal["delivered", "missing", "damaged"] | None = None
+    #: a detail about that upload, for reports (sizes, what differed)
+    upload_note: str | None = None
 
 
 class RecordingRisk(BaseModel):

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from rtk_archiver.models import Recording
+from rtk_archiver.models import Recording, TrackFile
 
 MAX_NAME_BYTES = 180  # leaves room for suffixes and temp names under the usual 255-byte limit
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
@@ -63,16 +63,37 @@ _AUDIO_SUFFIX = re.compile(r"\.audio(\.[A-Za-z0-9]{1,5})$", re.IGNORECASE)
 _ID_TAG_BYTES = 40
 
 
+class TrackKey(BaseModel):
+    """Where one file of a track recording goes, and which file it is (layer, RealtimeKit's name)."""
+
+    key: str
+    layer: str
+    source_name: str
+
+
 class RecordingKeys(BaseModel):
-    """Where a recording's files go, relative to the destination root."""
+    """Where a recording's files go, relative to the destination root. A composite recording
+    has a video (and maybe an audio); a track recording (``type: TRACK``) has no video but
+    one key per participant file (``tracks``)."""
 
     directory: str
-    video: str
+    video: str | None
     audio: str | None
     sidecar: str
+    tracks: list[TrackKey] = []
 
     def all(self) -> list[str]:
-        return [k for k in (self.video, self.audio, self.sidecar) if k]
+        return [k for k in (self.video, self.audio, *(t.key for t in self.tracks), self.sidecar) if k]
+
+    def files(self) -> list[tuple[str, str]]:
+        """(kind, key) of every file the recording has, in transfer order (not the sidecar)."""
+        out = [(kind, key) for kind, key in (("video", self.video), ("audio", self.audio)) if key]
+        return out + [("track", t.key) for t in self.tracks]
+
+    @property
+    def main(self) -> str:
+        """The key that names the recording in logs and reports: its video, else its sidecar."""
+        return self.video or self.sidecar
 
     def name_of(self, key: str) -> str:
         return posixpath.basename(key)
@@ -156,10 +177,52 @@ def keys_for(
     )
 
 
+#: a template placeholder in a track recording's output_file_name (``{{user_id}}``)
+_PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")
+TRACKS_INFIX = ".track-"
+
+
+def track_keys(recording: Recording, directory: str | None = None, id_suffix: str = "") -> RecordingKeys:
+    """A track recording's names: ``<base>.metadata.json`` and one ``<base>.track-<file>`` per
+    participant file, all in the recording's directory. ``<base>`` is the output_file_name
+    without its template placeholders and extension, always with the recording id (the
+    template is the same for every track recording). A file name is made safe like any
+    other, bounded, and made unique within the recording (``~2``...); no track name ends
+    like an audio file or a sidecar."""
+    if directory is None:
+        directory = safe_relative_path(recording.storage_config.path if recording.storage_config else None)
+    stem = split_ext(_PLACEHOLDER.sub("", recording.output_file_name))[0].strip("_-. ")
+    base = split_ext(video_name((stem or "tracks") + ".x", recording.id + id_suffix))[0]
+
+    def join(name: str) -> str:
+        return posixpath.join(directory, name) if directory else name
+
+    tracks: list[TrackKey] = []
+    used: set[str] = set()
+    for f in sorted(recording.track_files, key=lambda f: (f.layer, f.name)):
+        layer = "" if f.layer == "default" else safe_component(f.layer, "layer") + "."
+        raw = f"{base}{TRACKS_INFIX}{layer}{safe_component(f.name, 'file')}"
+        name = video_name(raw)  # bounded; never ends like audio or a sidecar
+        n = 1
+        while name.casefold() in used:
+            n += 1
+            stem2, ext = split_ext(raw)
+            name = video_name(f"{stem2}~{n}{ext}")
+        used.add(name.casefold())
+        tracks.append(TrackKey(key=join(name), layer=f.layer, source_name=f.name))
+    return RecordingKeys(directory=directory, video=None, audio=None, sidecar=join(f"{base}{SIDECAR_SUFFIX}"), tracks=tracks)
+
+
+def track_key_for(keys: RecordingKeys, track: TrackFile) -> str | None:
+    return next((t.key for t in keys.tracks if t.layer == track.layer and t.source_name == track.name), None)
+
+
 def candidate_keys(recording: Recording, directory: str | None = None) -> list[RecordingKeys]:
     """The only names a recording may ever take, in order: its plain name, the name with its
     id, and a second name with its id (``rtk_archiver.plan`` picks one; the scrub looks for
-    sidecars at all of them)."""
+    sidecars at all of them). A track recording's names always carry its id: two of them."""
+    if recording.is_track:
+        return [track_keys(recording, directory), track_keys(recording, directory, "~2")]
     return [keys_for(recording, False, directory), keys_for(recording, True, directory), keys_for(recording, True, directory, "~2")]
 
 

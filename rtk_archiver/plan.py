@@ -31,15 +31,15 @@ guess.
 from __future__ import annotations
 
 import posixpath
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 import re
 from collections.abc import Iterable
 from enum import Enum
 
 from pydantic import BaseModel, Field
 
-from rtk_archiver.models import ObjectInfo, OutcomeKind, Recording, Sidecar
-from rtk_archiver.naming import RecordingKeys, candidate_keys, safe_relative_path, split_ext
+from rtk_archiver.models import FileEntry, ObjectInfo, OutcomeKind, Recording, Sidecar
+from rtk_archiver.naming import RecordingKeys, candidate_keys, safe_relative_path, split_ext, video_name
 from storage_backends.destination import (
     Destination,
     InvalidDestination,
@@ -55,14 +55,67 @@ MAX_DIRECTORY_BYTES = 1024
 MAX_DIRECTORY_DEPTH = 32
 
 
+#: how long RealtimeKit keeps a recording's files on its own bucket
+RETENTION = timedelta(days=7)
+
+
+def bucket_state(recording: Recording, now: datetime | None = None) -> str:
+    """Where RealtimeKit's own copy of a finished recording stands, from its own fields:
+
+    * ``served``: RealtimeKit serves its files now (a download URL);
+    * ``expired``: it was on RealtimeKit's bucket and is gone (a URL expiry without a URL, or
+      the meeting's bucket enabled, or, when nothing says, older than the retention);
+    * ``never``: it never was on RealtimeKit's bucket (the bucket disabled: no URL and no
+      expiry are generated at all, per the Recordings reference): its only copy is
+      RealtimeKit's upload to its storage_config, if it has one."""
+    if recording.has_files:
+        return "served"
+    if recording.download_url_expiry is not None:
+        return "expired"
+    enabled = recording.bucket_enabled
+    if enabled is not None:
+        return "expired" if enabled else "never"
+    now = now or datetime.now(timezone.utc)
+    ref = recording.stopped_time or recording.invoked_time
+    return "expired" if ref < now - RETENTION else "never"
+
+
+def retention_end(recording: Recording) -> datetime:
+    """When RealtimeKit deletes the recording's files from its bucket (the archiver refreshes
+    presigned URLs, so their own expiry is not a deadline)."""
+    return (recording.stopped_time or recording.invoked_time) + RETENTION
+
+
+def delivers_to_storage_config(recording: Recording, override: str | None) -> bool:
+    """RealtimeKit uploads the recording itself to its storage_config, at
+    ``<path>/<output_file_name>`` (recording-guide/custom-cloud-storage): the archiver then
+    expects that file at the recording's plain name, and checks it instead of storing a second
+    copy. Not for a run with a destination override (another place), nor for a track
+    recording (always on RealtimeKit's bucket), nor when the name is not safe as it is (the
+    archiver would not write, nor read, that name)."""
+    sc = recording.storage_config
+    return (
+        not override and sc is not None and bool(sc.type) and not recording.is_track
+        and video_name(recording.output_file_name) == recording.output_file_name
+    )
+
+
 def why_not_archivable(recording: Recording) -> tuple[OutcomeKind, str] | None:
     """None when the recording can be archived now; else what to report and why."""
     if recording.status == "ERRORED":
         return OutcomeKind.SKIPPED, "the recording ERRORED on RealtimeKit; there is no file to archive"
     if recording.status != "UPLOADED" or recording.stopped_time is None:
         return OutcomeKind.PENDING, f"not finished yet (status {recording.status}); a later run archives it"
-    if not recording.download_url:
-        return OutcomeKind.SKIPPED, "no download_url: the RealtimeKit bucket is disabled for it or its files expired"
+    if not recording.has_files:
+        state = bucket_state(recording)
+        if state == "expired":
+            return OutcomeKind.SKIPPED, "no download_url: its files expired from RealtimeKit's bucket"
+        if recording.storage_config is None or not recording.storage_config.type:
+            return OutcomeKind.SKIPPED, (
+                "stored nowhere: RealtimeKit's bucket is disabled for it and it has no storage_config, so "
+                "RealtimeKit kept no copy (an invalid recording, per RealtimeKit's docs)"
+            )
+        return OutcomeKind.SKIPPED, "no download_url: RealtimeKit's bucket is disabled for it"
     return None
 
 
@@ -109,6 +162,8 @@ class Target(BaseModel):
     candidates: list[RecordingKeys] = Field(default_factory=list)  # plain name first, then with the id
     contested: bool = False  # another recording of the run wants one of its plain names
     retry_later: bool = False  # skipped for a reason a configuration change can remove
+    #: RealtimeKit uploads it to this destination itself, at ``candidates[0].video``
+    delivery: bool = False
 
     @property
     def place_id(self) -> str:
@@ -125,6 +180,9 @@ def targets_for(
     targets: list[Target] = []
     for rec in sorted(recordings, key=lambda r: (r.stopped_time or r.invoked_time, r.id)):
         verdict = why_not_archivable(rec) if archivable_only else None
+        delivery = delivers_to_storage_config(rec, override)
+        if verdict is not None and delivery and not rec.has_files and bucket_state(rec) == "never":
+            verdict = None  # its only copy is RealtimeKit's upload: checked (size) and recorded
         if verdict is not None:
             targets.append(Target(recording=rec, verdict=verdict[0], reason=verdict[1]))
             continue
@@ -138,7 +196,7 @@ def targets_for(
             targets.append(Target(recording=rec, verdict=OutcomeKind.FAILED, reason=str(exc)))
             continue
         candidates = candidate_keys(rec, directory)
-        targets.append(Target(recording=rec, destination=dest, candidates=candidates))
+        targets.append(Target(recording=rec, destination=dest, candidates=candidates, delivery=delivery))
     # contested: one of its names (any candidate) is also a name another recording of the run
     # may take; then the survey looks at all its candidates, not only up to the first free one
     wanted: dict[tuple[str, str], set[str]] = {}
@@ -176,7 +234,17 @@ class Observed(BaseModel):
 class Action(str, Enum):
     ARCHIVE = "archive"  # transfer (fresh names, or again over its own files)
     ALREADY_ARCHIVED = "already archived"
+    #: RealtimeKit's upload is at the video name: prove it is the recording's bytes (download
+    #: through the hashes, nothing uploaded), then archive only the rest (audio, sidecar); if
+    #: it is not, archive the recording at ``fallback``
+    PROVE_DELIVERY = "check RealtimeKit's upload"
+    #: RealtimeKit's upload is the only copy (no download URL): check its size, write the sidecar
+    RECORD_DELIVERY = "record RealtimeKit's upload"
     NONE = "none"  # pending / skipped / failed: see verdict
+
+
+#: the actions the archive task carries out
+TASK_ACTIONS = frozenset({Action.ARCHIVE, Action.PROVE_DELIVERY, Action.RECORD_DELIVERY})
 
 
 class RecordingPlan(BaseModel):
@@ -199,6 +267,14 @@ class RecordingPlan(BaseModel):
     #: archive task tells from it whether another run wrote that sidecar since
     sidecar_seen_at: datetime | None = None
     bytes_total: int = 0
+    #: PROVE_DELIVERY: where the recording is archived if RealtimeKit's upload is not its bytes
+    fallback: RecordingKeys | None = None
+    #: what is known of RealtimeKit's own upload (RecordingOutcome.upload) and a detail
+    upload: str | None = None
+    upload_note: str | None = None
+    #: files of the recording's own sidecar that RealtimeKit wrote and that are intact: kept as
+    #: they are (never transferred again, never replaced), recorded again in the new sidecar
+    kept: list[FileEntry] = Field(default_factory=list)
 
     def may_replace(self, key: str) -> bool:
         return key in self.own
@@ -211,10 +287,19 @@ def own_names(cand: RecordingKeys, sidecar: Sidecar, *, legacy: bool = True) -> 
     planted or damaged cannot make the archiver replace, or count as archived, a file that is
     not this recording's. ``legacy=False``: without the earlier layout's audio name, which the
     archiver only reads, never replaces (a new recording's audio may have that name now)."""
+    if cand.video is None:  # a track recording: its track names only
+        allowed = {posixpath.basename(t.key) for t in cand.tracks}
+        return {n for n in sidecar.names() if n in allowed}
     video = posixpath.basename(cand.video)
     allowed = {video} | ({posixpath.basename(cand.audio)} if cand.audio else set())
     legacy_audio = re.compile(re.escape(split_ext(video)[0]) + r"\.audio\.[A-Za-z0-9]{1,5}")
     return {n for n in sidecar.names() if n in allowed or (legacy and legacy_audio.fullmatch(n))}
+
+
+def delivered_names(sidecar: Sidecar) -> set[str]:
+    """Names of files RealtimeKit wrote that the sidecar records: never replaced, never
+    deleted by the archiver (they are not its own)."""
+    return {f.name for f in sidecar.files if f.origin == "realtimekit"}
 
 
 def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, ObjectInfo | None]) -> bool:
@@ -226,7 +311,11 @@ def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, Object
     trusted = own_names(keys, sidecar)
     if any(f.name not in trusted for f in sidecar.files):
         return False
-    if not any(f.kind == "video" and keys.beside(f.name) == keys.video for f in sidecar.files):
+    if keys.video is None:  # a track recording: every file it lists now is there
+        listed = {keys.beside(f.name) for f in sidecar.files if f.kind == "track"}
+        if not keys.tracks or any(t.key not in listed for t in keys.tracks):
+            return False
+    elif not any(f.kind == "video" and keys.beside(f.name) == keys.video for f in sidecar.files):
         return False
     if keys.audio is not None and not any(f.kind == "audio" for f in sidecar.files):
         return False  # the recording has an audio file now that the archive lacks
@@ -241,6 +330,49 @@ def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, Object
     return True
 
 
+def _intact(entry: FileEntry, info: ObjectInfo | None) -> bool:
+    if info is None or info.size != entry.size:
+        return False
+    for name, value in info.hashes.items():
+        known = entry.sha256 if name == "sha256" else entry.hashes.get(name)
+        if known is not None and known != value:
+            return False
+    return True
+
+
+def is_damaged_delivery(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, ObjectInfo | None]) -> bool:
+    """The sidecar records RealtimeKit's upload as the recording, and that file is no longer
+    intact: the archiver never replaces it, it archives the recording under another name."""
+    return any(
+        f.origin == "realtimekit" and not _intact(f, objects.get(keys.beside(f.name))) for f in sidecar.files
+    )
+
+
+def _where(t: Target, key: str) -> str:
+    return t.destination.display_url(key) if t.destination else key
+
+
+def _delivery_plan(
+    t: Target, seen: Observed, video: ObjectInfo, *, fallback: RecordingKeys | None = None, own: list[str] | None = None,
+    sidecar_seen_at: datetime | None = None,
+) -> RecordingPlan:
+    """RealtimeKit's upload is at the recording's plain video name: prove it (or, without a
+    download URL, record it at its size)."""
+    first = t.candidates[0]
+    if fallback is None and t.recording.has_files:
+        fallback = next(
+            (c for c in t.candidates[1:] if not (seen.sidecars.get(c.sidecar) or SidecarSeen(present=True)).present
+             and all(k in seen.objects and seen.objects[k] is None for k in c.all() if k != c.sidecar)),
+            None,
+        )
+    return RecordingPlan(
+        recording=t.recording,
+        action=Action.PROVE_DELIVERY if t.recording.has_files else Action.RECORD_DELIVERY,
+        destination=t.destination, layout=first, fallback=fallback, bytes_total=video.size, upload="delivered",
+        own=own or [], sidecar_is_own=own is not None, sidecar_seen_at=sidecar_seen_at,
+    )
+
+
 def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: Iterable[str] = ()) -> list[RecordingPlan]:
     """Step 3: the plan of every recording, in the order of ``targets`` (oldest first).
 
@@ -249,6 +381,8 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
     force = set(force_ids)
     plans: dict[str, RecordingPlan] = {}
     taken: set[tuple[str, str]] = set()
+    #: recordings whose recorded RealtimeKit upload changed since (pass 1): why
+    damaged: dict[str, str] = {}
 
     def claim(t: Target, cand: RecordingKeys) -> None:
         for key in cand.all():
@@ -273,47 +407,117 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
             sc = seen.sidecars.get(cand.sidecar, SidecarSeen()).sidecar
             if sc is None or sc.recording_id != rid:
                 continue
+            if sc.state == "complete" and is_damaged_delivery(sc, cand, seen.objects):
+                # RealtimeKit's upload it recorded changed since: kept as it is (the scrub reports
+                # it), and the recording gets a name of its own (pass 2)
+                claim(t, cand)
+                damaged[rid] = (
+                    f"RealtimeKit's upload at {_where(t, cand.main)}, recorded as this recording's, changed since"
+                )
+                continue
             keys = cand
             claim(t, keys)
-            own = [keys.sidecar] + [keys.beside(n) for n in sorted(own_names(cand, sc, legacy=False))]
+            delivered = delivered_names(sc)
+            own = [keys.sidecar] + [keys.beside(n) for n in sorted(own_names(cand, sc, legacy=False) - delivered)]
             total = sum(f.size for f in sc.files)
+            if (
+                t.delivery and cand is t.candidates[0] and sc.state == "claimed" and cand.video
+                and posixpath.basename(cand.video) not in sc.claimed
+            ):
+                # an earlier attempt at checking RealtimeKit's upload died: check it again
+                video = seen.objects.get(cand.video)
+                if video is not None:
+                    plans[rid] = _delivery_plan(t, seen, video, own=own, sidecar_seen_at=sc.archived_at)
+                    break
             if rid not in force and is_archived(sc, keys, seen.objects):
                 plans[rid] = RecordingPlan(
                     recording=t.recording, action=Action.ALREADY_ARCHIVED, destination=t.destination, layout=keys,
                     own=own, sidecar_is_own=True, bytes_total=total,
+                    upload="delivered" if delivered else None,
                 )
             else:
                 plans[rid] = RecordingPlan(
                     recording=t.recording, action=Action.ARCHIVE, destination=t.destination, layout=keys, own=own,
                     sidecar_is_own=True, bytes_total=total or (t.recording.file_size or 0),
                     sidecar_seen_at=sc.archived_at,
+                    kept=[f for f in sc.files if f.name in delivered and sc.state == "complete"],
                 )
             break
-    # pass 2: the others take the first free name nobody else in the run takes
+    # pass 2: the others take the first free name nobody else in the run takes (a recording
+    # RealtimeKit uploads itself: its plain name, where that upload is, first)
     for t in targets:
         rid = t.recording.id
         if rid in plans:
             continue
         seen = observed.get(rid) or Observed()
-        for cand in t.candidates:
+
+        def free(cand: RecordingKeys) -> bool:
             sidecar_there = seen.sidecars.get(cand.sidecar)
-            free = (
+            return (
                 sidecar_there is not None
                 and not sidecar_there.present
                 and all(k in seen.objects and seen.objects[k] is None for k in cand.all() if k != cand.sidecar)
                 and not any((t.place_id, _fold(k)) in taken for k in cand.all())
             )
-            if free:
+
+        upload: str | None = "damaged" if rid in damaged else None
+        note: str | None = damaged.get(rid)
+        first = t.candidates[0]
+        if t.delivery and rid not in damaged:
+            video = seen.objects.get(first.video) if first.video else None
+            size = t.recording.file_size
+            rest_free = (
+                first.sidecar in seen.sidecars and not seen.sidecars[first.sidecar].present
+                and (first.audio is None or (first.audio in seen.objects and seen.objects[first.audio] is None))
+                and not any((t.place_id, _fold(k)) in taken for k in first.all())
+            )
+            if video is None and first.video in seen.objects:
+                upload = "missing"
+                note = f"RealtimeKit's own upload is not at {_where(t, first.main)}"
+            elif video is not None and size is not None and video.size != size:
+                upload = "damaged"
+                note = f"RealtimeKit's upload at {_where(t, first.main)} holds {video.size} bytes, the recording has {size}"
+            elif video is not None and rest_free:
+                claim(t, first)
+                plan = _delivery_plan(t, seen, video, fallback=next((c for c in t.candidates[1:] if free(c)), None))
+                if plan.fallback is not None:
+                    claim(t, plan.fallback)
+                plans[rid] = plan
+                continue
+            elif video is not None and not t.recording.has_files:
+                plans[rid] = RecordingPlan(
+                    recording=t.recording, action=Action.NONE, verdict=OutcomeKind.FAILED, destination=t.destination,
+                    reason=(
+                        f"RealtimeKit's upload, its only copy, is at {_where(t, first.main)}, but the name of its sidecar "
+                        "(or audio) is taken by a file the archiver did not write: nothing recorded"
+                    ),
+                )
+                continue
+        if t.delivery and not t.recording.has_files:  # its only copy, RealtimeKit's upload, is not there (intact)
+            what = "damaged" if upload == "damaged" else "missing"
+            plans[rid] = RecordingPlan(
+                recording=t.recording, action=Action.NONE, verdict=OutcomeKind.SKIPPED, destination=t.destination,
+                upload=what, upload_note=note,
+                reason=(
+                    f"lost: RealtimeKit's bucket is disabled for it, and its only copy, RealtimeKit's upload to "
+                    f"{t.place_id}, is {'not intact' if what == 'damaged' else 'not there'}"
+                    + (f" ({note})" if note else "")
+                ),
+            )
+            continue
+        for cand in t.candidates:
+            if free(cand):
                 claim(t, cand)
                 plans[rid] = RecordingPlan(
                     recording=t.recording, action=Action.ARCHIVE, destination=t.destination, layout=cand,
-                    bytes_total=t.recording.file_size or 0,
+                    bytes_total=t.recording.file_size or 0, upload=upload, upload_note=note,
                 )
                 break
         else:
-            names = ", ".join(posixpath.basename(c.video) for c in t.candidates)
+            names = ", ".join(posixpath.basename(c.main) for c in t.candidates)
             plans[rid] = RecordingPlan(
                 recording=t.recording, action=Action.NONE, verdict=OutcomeKind.FAILED, destination=t.destination,
+                upload=upload, upload_note=note,
                 reason=(
                     f"every name this recording may take ({names}, or their audio / sidecar names) is taken at "
                     f"{t.place_id or 'the destination'}, by files this recording's archive did not write or by other "

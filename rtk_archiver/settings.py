@@ -11,6 +11,8 @@ printed in messages and stored with the run in the Prefect database.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -77,6 +79,12 @@ class Settings(BaseSettings):
     archive_upload_stall_seconds: float = Field(
         default=120.0, ge=0.1, le=3600,
         description="An upload that makes no progress for this long fails (SFTP channel, S3 and GCS timeouts).",
+    )
+    archive_rtk_upload_proof: Literal["sha256", "size"] = Field(
+        default="sha256",
+        description="How RealtimeKit's own upload to a storage_config is proven to be the recording before no second copy "
+        "is stored: sha256 (the recording is downloaded once through the hashes and compared with the store's hash, or "
+        "read back), or size (its size only: no download; a same-size damaged upload goes unnoticed).",
     )
     archive_download_resumes: int = Field(default=5, ge=0, le=100, description="Resumes (Range requests) per file and attempt.")
     archive_api_requests_per_second: float = Field(

@@ -120,6 +120,8 @@ class GCSBackend(StorageBackend):
 
     def _info(self, blob: storage.Blob) -> ObjectInfo:
         hashes = {"crc32c": v} if (v := _hex(blob.crc32c)) else {}
+        if md5 := _hex(blob.md5_hash):  # absent for composed objects
+            hashes["md5"] = md5
         return ObjectInfo(size=int(blob.size or 0), hashes=hashes)
 
     def stat(self, key: str) -> ObjectInfo | None:

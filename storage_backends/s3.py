@@ -31,6 +31,7 @@ else botocore's own (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``).
 from __future__ import annotations
 
 import base64
+import re
 import hashlib
 import posixpath
 import threading
@@ -178,6 +179,15 @@ def _s3_hex(value: str | None) -> str | None:
     return f"{hexed}-{count}" if count else hexed
 
 
+def _etag_md5(head: dict) -> str | None:
+    """The object's md5 when its ETag is one: an object stored by one PutObject without KMS or
+    customer-key encryption (S3, R2, Spaces, moto). A multipart ETag ("...-N") is not."""
+    etag = str(head.get("ETag") or "").strip('"').lower()
+    if head.get("ServerSideEncryption") == "aws:kms" or head.get("SSECustomerAlgorithm"):
+        return None
+    return etag if re.fullmatch(r"[0-9a-f]{32}", etag) else None
+
+
 def _metadata_value(value: str) -> str:
     """S3 user metadata travels in HTTP headers: ASCII only (anything else percent-encoded)."""
     return quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[]^_`{|}~")
@@ -268,7 +278,10 @@ class S3Backend(StorageBackend):
         if head is None:
             return None
         checksum = _s3_hex(head.get("ChecksumSHA256"))
-        return ObjectInfo(size=int(head["ContentLength"]), hashes={"s3-sha256": checksum} if checksum else {})
+        hashes = {"s3-sha256": checksum} if checksum else {}
+        if (md5 := _etag_md5(head)) is not None:
+            hashes["md5"] = md5
+        return ObjectInfo(size=int(head["ContentLength"]), hashes=hashes)
 
     def head(self, key: str) -> dict | None:
         """The raw HeadObject answer (storage class, encryption, metadata): for ``check``."""

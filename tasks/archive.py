@@ -23,7 +23,7 @@ from rtk_archiver.api import ApiError, RealtimeKitAPI
 from rtk_archiver.log import run_logger
 from rtk_archiver.models import FileEntry, OutcomeKind, Recording, RecordingOutcome, Sidecar
 from rtk_archiver.naming import redact_urls
-from rtk_archiver.plan import Action, RecordingPlan, is_archived, own_names
+from rtk_archiver.plan import TASK_ACTIONS, Action, RecordingPlan, is_archived, own_names
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import PermanentStorageError, StorageBackend, StorageError, open_backend
 from storage_backends.base import KeyTaken
@@ -31,6 +31,8 @@ from tasks.define import task
 from tasks.limits import CLAIM_POLL_SECONDS, CLAIM_RENEW_SECONDS, CLAIM_WAIT_SECONDS, api_throttle, claim_holder, claim_is_live, transfer_gate
 from tasks.survey import read_sidecar_seen
 from tasks.retry import retry_transient
+from rtk_archiver.streams import SizeMismatch
+from tasks import delivery
 from tasks.transfer import Download, DownloadError, download_client, stream_file
 
 class KeyConflict(PermanentStorageError):
@@ -117,7 +119,10 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     on it is live (that run is archiving it now)."""
     keys = plan.layout
     assert keys is not None
-    names = [keys.name_of(k) for k in (keys.video, keys.audio) if k]
+    kept = {f.name for f in plan.kept}
+    names = [keys.name_of(k) for _, k in keys.files() if keys.name_of(k) not in kept]
+    if plan.action != Action.ARCHIVE and keys.video:  # RealtimeKit's upload: checked, never written
+        names = [n for n in names if n != keys.name_of(keys.video)]
     token = uuid.uuid4().hex
     claim = _encode(_sidecar(plan.recording, [], claimed=names, token=token, holder=claim_holder()))
     if plan.sidecar_is_own:  # replaced below: unless another run claimed or archived it since the survey
@@ -151,7 +156,8 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     if _live_claim(seen.sidecar):
         raise _elsewhere(backend, plan, seen.sidecar)
     # a claim whose holder is gone (killed): take it over, this recording's own files included
-    own = {keys.sidecar} | set(keys.all())  # this recording's current names, never an older layout's
+    # (this recording's current names, never an older layout's, nor RealtimeKit's upload)
+    own = {keys.sidecar} | {keys.beside(n) for n in names}
     _live_tokens.add(token)
     try:
         backend.put_bytes(keys.sidecar, claim, replace=True)
@@ -220,30 +226,31 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
     logger = run_logger()
     started = time.monotonic()
     recording = plan.recording
-    assert plan.action == Action.ARCHIVE and plan.destination is not None and plan.layout is not None
-    base = RecordingOutcome(recording_id=recording.id, output_file_name=recording.output_file_name, kind=OutcomeKind.ARCHIVED)
+    assert plan.action in TASK_ACTIONS and plan.destination is not None and plan.layout is not None
+    base = RecordingOutcome(
+        recording_id=recording.id, output_file_name=recording.output_file_name, kind=OutcomeKind.ARCHIVED,
+        upload=plan.upload, upload_note=plan.upload_note,
+    )
 
     with transfer_gate(plan.destination.kind), open_backend(plan.destination, settings) as backend:
-        where = backend.url(plan.layout.video)
-        waited = time.monotonic()
-        while True:  # another run archiving it now: wait for it to finish (or die), as a lock would
-            try:
-                current = _claim(backend, plan)
-                break
-            except ArchivingElsewhere as busy:
-                if time.monotonic() - waited > CLAIM_WAIT_SECONDS:
-                    logger.warning("%s: %s; not waiting longer", recording.label(), busy)
-                    return base.model_copy(update={"kind": OutcomeKind.PENDING, "reason": str(busy), "retry_later": True})
-                if time.monotonic() - waited < CLAIM_POLL_SECONDS:
-                    logger.info("%s: %s; waiting for it", recording.label(), busy)
-                time.sleep(CLAIM_POLL_SECONDS)
+        if plan.action == Action.RECORD_DELIVERY:
+            return _record_delivery(backend, plan, base, logger)
+        if plan.action == Action.PROVE_DELIVERY:
+            settled = _prove_delivery(backend, plan, base, settings, logger, started)
+            if isinstance(settled, RecordingOutcome):
+                return settled
+            plan, base = settled  # not the recording's bytes: archived at the fallback name
+        where = backend.url(plan.layout.main)
+        current = _claim_waiting(backend, plan, base, logger)
+        if isinstance(current, RecordingOutcome):
+            return current
         if current is None:
             logger.info("Already archived (by an overlapping run): %s at %s", recording.label(), where)
             return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": plan.bytes_total})
         files: list[FileEntry] = []
         try:
             if current.sidecar_is_own:  # an earlier attempt at it: it may have died mid-upload
-                backend.remove_abandoned(current.layout.video)
+                backend.remove_abandoned(current.layout.main)
             with ClaimKeeper(current, settings):
                 _transfer(recording, backend, current, settings, logger, files)
         except BaseException as exc:
@@ -258,7 +265,7 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
                 ) from None
             raise
         try:
-            backend.put_bytes(current.layout.sidecar, _encode(_sidecar(recording, files)), replace=True)
+            backend.put_bytes(current.layout.sidecar, _encode(_sidecar(recording, [*current.kept, *files])), replace=True)
         finally:
             _live_tokens.discard(current.claim_token)
 
@@ -301,51 +308,207 @@ def _release_claim(backend: StorageBackend, plan: RecordingPlan) -> None:
         pass
 
 
+def _source_url(recording: Recording, keys, kind: str, key: str) -> str | None:
+    """The download URL of the file at ``key`` in ``recording`` (as the API gives it now)."""
+    if kind == "video":
+        return recording.download_url
+    if kind == "audio":
+        return recording.audio_download_url
+    track = next((t for t in keys.tracks if t.key == key), None)
+    if track is None:
+        return None
+    return next((f.url for f in recording.track_files if f.layer == track.layer and f.name == track.source_name), None)
+
+
+def _open_download(http, recording: Recording, keys, kind: str, key: str, settings: Settings, logger, refresh) -> Download:
+    url = _source_url(recording, keys, kind, key)
+    if not url:
+        raise DownloadError(f"the recording no longer has a {kind} download URL", expired=True)
+    try:
+        return Download(
+            http,
+            url,
+            kind=kind,
+            expected_size=recording.file_size if kind == "video" else None,
+            url_expiry=recording.download_url_expiry,
+            refresh=refresh,
+            chunk_size=settings.archive_chunk_size,
+            max_resumes=settings.archive_download_resumes,
+            logger=logger,
+            stall_seconds=settings.archive_download_stall_seconds,
+        )
+    except httpx.HTTPError as exc:
+        raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
+
+
+def _timeout(settings: Settings) -> httpx.Timeout:
+    return httpx.Timeout(settings.archive_download_timeout_seconds, connect=15.0)
+
+
 def _transfer(
     recording: Recording, backend: StorageBackend, plan: RecordingPlan, settings: Settings, logger, files: list[FileEntry]
 ) -> list[FileEntry]:
-    """Video then audio, each streamed straight into the backend (appended to ``files`` as
-    each is stored); a key is replaced only if the plan proved it is this recording's own."""
+    """Each file of the recording (video, audio, or its tracks), streamed straight into the
+    backend (appended to ``files`` as each is stored); a key is replaced only if the plan
+    proved it is this recording's own. Files the plan keeps (RealtimeKit's proven upload) are
+    not transferred."""
     keys = plan.layout
     assert keys is not None
-    timeout = httpx.Timeout(settings.archive_download_timeout_seconds, connect=15.0)
-    current = recording
+    kept = {f.name for f in plan.kept} | {f.name for f in files}
+    state = {"current": recording}
 
-    def fresh_url(kind: str) -> str | None:
-        nonlocal current
-        current = _refresh(recording.id, settings)
-        return current.download_url if kind == "video" else current.audio_download_url
+    def fresh_url(kind: str, key: str) -> str | None:
+        state["current"] = _refresh(recording.id, settings)
+        return _source_url(state["current"], keys, kind, key)
 
-    with download_client(timeout) as http:
-        for kind, key in (("video", keys.video), ("audio", keys.audio)):
-            if key is None:
+    with download_client(_timeout(settings)) as http:
+        for kind, key in keys.files():
+            if keys.name_of(key) in kept:
                 continue
-            url = current.download_url if kind == "video" else current.audio_download_url
-            if not url:
-                raise DownloadError(f"the recording no longer has a {kind} download URL", expired=True)
-            try:
-                download = Download(
-                    http,
-                    url,
-                    kind=kind,
-                    expected_size=current.file_size if kind == "video" else None,
-                    url_expiry=current.download_url_expiry,
-                    refresh=lambda kind=kind: fresh_url(kind),
-                    chunk_size=settings.archive_chunk_size,
-                    max_resumes=settings.archive_download_resumes,
-                    logger=logger,
-                    stall_seconds=settings.archive_download_stall_seconds,
-                )
-            except httpx.HTTPError as exc:
-                raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
-            files.append(
-                stream_file(
-                    download, backend=backend, key=key, logger=logger,
-                    read_ahead=settings.archive_read_ahead_chunks, replace=plan.may_replace(key),
-                    metadata={"rtk-recording-id": recording.id, "rtk-meeting-id": recording.meeting_ref or ""},
-                )
+            download = _open_download(
+                http, state["current"], keys, kind, key, settings, logger, lambda kind=kind, key=key: fresh_url(kind, key)
             )
+            entry = stream_file(
+                download, backend=backend, key=key, logger=logger,
+                read_ahead=settings.archive_read_ahead_chunks, replace=plan.may_replace(key),
+                metadata={"rtk-recording-id": recording.id, "rtk-meeting-id": recording.meeting_ref or ""},
+            )
+            track = next((t for t in keys.tracks if t.key == key), None)
+            if track is not None:
+                source = next((f for f in recording.track_files if f.layer == track.layer and f.name == track.source_name), None)
+                entry = entry.model_copy(update={
+                    "layer": track.layer, "source_name": track.source_name,
+                    "participant": (source.participant() or None) if source else None,
+                })
+            files.append(entry)
     return files
+
+
+def _claim_waiting(backend: StorageBackend, plan: RecordingPlan, base: RecordingOutcome, logger) -> RecordingPlan | RecordingOutcome | None:
+    """``_claim``, waiting while another run's claim on the recording is live (as a lock
+    would), up to CLAIM_WAIT_SECONDS: then the recording is reported pending."""
+    waited = time.monotonic()
+    while True:
+        try:
+            return _claim(backend, plan)
+        except ArchivingElsewhere as busy:
+            if time.monotonic() - waited > CLAIM_WAIT_SECONDS:
+                logger.warning("%s: %s; not waiting longer", plan.recording.label(), busy)
+                return base.model_copy(update={"kind": OutcomeKind.PENDING, "reason": str(busy), "retry_later": True})
+            if time.monotonic() - waited < CLAIM_POLL_SECONDS:
+                logger.info("%s: %s; waiting for it", plan.recording.label(), busy)
+            time.sleep(CLAIM_POLL_SECONDS)
+
+
+def _record_delivery(backend: StorageBackend, plan: RecordingPlan, base: RecordingOutcome, logger) -> RecordingOutcome:
+    """A recording without a download URL (RealtimeKit's bucket disabled): its only copy is
+    RealtimeKit's upload. Checked by its size and recorded in a sidecar (no-clobber)."""
+    keys, recording = plan.layout, plan.recording
+    assert keys is not None and keys.video is not None
+    where = backend.url(keys.video)
+    info = backend.stat(keys.video)
+    why = delivery.check_size(recording, info, where)
+    if why is not None:
+        return base.model_copy(update={
+            "kind": OutcomeKind.SKIPPED, "upload": "damaged" if info is not None else "missing", "upload_note": why,
+            "reason": f"lost: RealtimeKit's bucket is disabled for it, and its only copy is not intact: {why}",
+        })
+    assert info is not None
+    how = "size (no download URL: RealtimeKit's bucket is disabled)" if recording.file_size is not None else (
+        "presence (no download URL, and the API gives no file_size)"
+    )
+    entry = delivery.delivered_entry(recording, keys.name_of(keys.video), info, sha256=None,
+                                     hashes={k: v for k, v in info.hashes.items()}, verified_by=how)
+    try:
+        backend.put_bytes(keys.sidecar, _encode(_sidecar(recording, [entry])), replace=False)
+    except KeyTaken:
+        seen = read_sidecar_seen(backend, keys.sidecar)
+        if seen.sidecar is None or seen.sidecar.recording_id != recording.id:
+            raise KeyConflict(f"{backend.url(keys.sidecar)} was taken by something else while this run was planning") from None
+        return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": info.size, "upload": "delivered"})
+    logger.info("%s: RealtimeKit's upload at %s recorded (%s)", recording.label(), where, how)
+    return base.model_copy(update={
+        "kind": OutcomeKind.DELIVERED, "destination": where, "bytes_total": info.size, "upload": "delivered",
+        "upload_note": f"verified by {how}",
+    })
+
+
+def _prove_delivery(
+    backend: StorageBackend, plan: RecordingPlan, base: RecordingOutcome, settings: Settings, logger, started: float
+) -> RecordingOutcome | tuple[RecordingPlan, RecordingOutcome]:
+    """RealtimeKit's upload is at the recording's video name: claim the other names (audio,
+    sidecar), prove the upload is the recording's bytes, archive the audio, write the sidecar.
+    When it is not, the claim is released and the plan to archive the recording at its
+    fallback name is returned (RealtimeKit's file is never touched)."""
+    recording = plan.recording
+    keys = plan.layout
+    assert keys is not None and keys.video is not None
+    where = backend.url(keys.video)
+    current = _claim_waiting(backend, plan, base, logger)
+    if isinstance(current, RecordingOutcome):
+        return current
+    if current is None:
+        logger.info("Already archived (by an overlapping run): %s at %s", recording.label(), where)
+        return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": plan.bytes_total})
+    files: list[FileEntry] = []
+    try:
+        info = backend.stat(keys.video)
+        why = delivery.check_size(recording, info, where)
+        if why is None and settings.archive_rtk_upload_proof == "size":
+            files.append(delivery.delivered_entry(
+                recording, keys.name_of(keys.video), info, sha256=None, hashes=dict(info.hashes),
+                verified_by="size (ARCHIVE_RTK_UPLOAD_PROOF=size)",
+            ))
+        elif why is None:
+            with download_client(_timeout(settings)) as http:
+                download = _open_download(
+                    http, recording, keys, "video", keys.video, settings, logger,
+                    lambda: _source_url(_refresh(recording.id, settings), keys, "video", keys.video),
+                )
+                try:
+                    proof = delivery.prove(recording, backend, keys.video, info, download, logger)
+                except SizeMismatch as exc:
+                    raise DownloadError(f"video download was incomplete or corrupt: {exc}") from None
+                except httpx.HTTPError as exc:
+                    raise DownloadError(f"video download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
+            if proof.entry is not None:
+                files.append(proof.entry)
+            why = proof.why
+        if files:
+            if current.sidecar_is_own:
+                backend.remove_abandoned(keys.main)
+            with ClaimKeeper(current, settings):
+                _transfer(recording, backend, current, settings, logger, files)
+            backend.put_bytes(keys.sidecar, _encode(_sidecar(recording, files)), replace=True)
+    except BaseException:
+        _live_tokens.discard(current.claim_token)
+        if len(files) <= 1 and not current.sidecar_is_own:
+            _release_claim(backend, current)
+        raise
+    _live_tokens.discard(current.claim_token)
+    if files:
+        moved = sum(f.size for f in files if f.origin == "archiver")
+        how = files[0].verified_by
+        logger.info("%s: delivered by RealtimeKit at %s (verified by %s); %d bytes archived beside it",
+                    recording.label(), where, how, moved)
+        return base.model_copy(update={
+            "kind": OutcomeKind.DELIVERED, "destination": where, "upload": "delivered",
+            "upload_note": f"verified by {how}", "bytes_transferred": moved, "bytes_total": sum(f.size for f in files),
+            "seconds": round(time.monotonic() - started, 3),
+        })
+    # not the recording's bytes: RealtimeKit's file stays as it is; the recording gets its own name
+    _release_claim(backend, current)
+    logger.warning("%s: %s; archiving the recording under its own name", recording.label(), why)
+    if plan.fallback is None:
+        raise KeyConflict(
+            f"{why}; it is kept as it is, and every other name this recording may take is taken: nothing archived"
+        )
+    fallback = plan.model_copy(update={
+        "action": Action.ARCHIVE, "layout": plan.fallback, "fallback": None, "own": [], "sidecar_is_own": False,
+        "sidecar_seen_at": None, "claim_token": None, "upload": "damaged", "upload_note": why,
+        "bytes_total": recording.file_size or 0,
+    })
+    return fallback, base.model_copy(update={"upload": "damaged", "upload_note": why})
 
 
 def _refresh(recording_id: str, settings: Settings) -> Recording:

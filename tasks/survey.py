@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from rtk_archiver.models import Sidecar
-from rtk_archiver.plan import Observed, SidecarSeen, Target, own_names
+from rtk_archiver.plan import Observed, SidecarSeen, Target, is_damaged_delivery, own_names
 from rtk_archiver.settings import load_settings
 from storage_backends import Destination, StorageBackend, StorageError, open_backend
 from tasks.define import task
@@ -46,6 +46,8 @@ def survey_one(backend: StorageBackend, target: Target) -> Observed:
             for key in cand.all():
                 if key != cand.sidecar:
                     stat(key)
+            if seen.sidecar.state == "complete" and is_damaged_delivery(seen.sidecar, cand, obs.objects):
+                continue  # RealtimeKit's upload it records changed: the recording needs another name
             break
         for key in cand.all():
             if key != cand.sidecar:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from flows.watchdog import EVENT_AT_RISK, EVENT_LOST, LOST_MEMORY_CHARS, assess, memory_token, remember_lost, remembered_lost
-from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome, RecordingRisk
+from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome, RecordingRisk, StorageConfig
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -46,22 +46,23 @@ def test_assess_names_what_expires_soon_with_its_deadline():
     watch = assess([url_soon, retention_soon, far, archived, already, uploading], outcomes, NOW, 48)
     assert watch.lost == []
     by_id = {r.recording_id: r for r in watch.at_risk}
-    assert set(by_id) == {url_soon.id, retention_soon.id}
-    assert by_id[url_soon.id].deadline == NOW + timedelta(hours=3)
-    assert "download URL expires" in by_id[url_soon.id].reason and "SFTP authentication failed" in by_id[url_soon.id].reason
+    # the presigned URL's expiry is no deadline (the archiver fetches fresh URLs): the end of
+    # RealtimeKit's retention is
+    assert set(by_id) == {retention_soon.id}
     assert by_id[retention_soon.id].deadline == NOW + timedelta(days=1)
     assert "retention ends 2026-11-21 12:00 UTC" in by_id[retention_soon.id].reason and "azure" in by_id[retention_soon.id].reason
     assert "secret" not in str(watch.model_dump())
-    # the horizon is the setting: 2 h sees neither the 3 h nor the 24 h deadline
+    # the horizon is the setting: 2 h does not see the 24 h deadline
     assert assess([url_soon, retention_soon], outcomes, NOW, 2).at_risk == []
     assert {r.recording_id for r in assess([far], outcomes, NOW, 24 * 6).at_risk} == {far.id}
     # a dry run's "would archive" is not archived either
-    assert assess([url_soon], [outcome(url_soon, OutcomeKind.WOULD_ARCHIVE)], NOW, 48).at_risk
+    assert assess([retention_soon], [outcome(retention_soon, OutcomeKind.WOULD_ARCHIVE)], NOW, 48).at_risk
 
 
 def test_assess_lost_when_files_are_gone_unless_archived():
     no_url = rec(url=False, stopped_ago=timedelta(days=7, hours=1))  # its files expired with the retention
-    bucket_disabled = rec(url=False)  # no URL, nothing expired: its files went straight to its storage_config
+    bucket_disabled = rec(url=False)  # no URL, no expiry: never on RealtimeKit's bucket, went to its storage_config
+    bucket_disabled.storage_config = StorageConfig(type="aws", bucket="b")
     past_retention = rec(stopped_ago=timedelta(days=7, minutes=1), expiry_in=timedelta(hours=1))
     archived_before = rec(url=False, stopped_ago=timedelta(days=7, hours=2))
     recs = [no_url, bucket_disabled, past_retention, archived_before]
@@ -73,6 +74,41 @@ def test_assess_lost_when_files_are_gone_unless_archived():
     assert "no download URL" in by_id[no_url.id].reason
     assert "retention ended" in by_id[past_retention.id].reason
     assert by_id[past_retention.id].deadline == past_retention.stopped_time + timedelta(days=7)
+
+
+def test_assess_tells_never_on_the_bucket_from_expired():
+    """No URL and no expiry: RealtimeKit's bucket was disabled for it. Its RealtimeKit upload
+    recorded (delivered) is safe at any age; found missing or damaged it is lost at any age;
+    without a storage_config it is stored nowhere. An expiry without a URL: expired."""
+    def disabled(age: timedelta, sc: bool = True) -> Recording:
+        r = rec(url=False, stopped_ago=age)
+        r.storage_config = StorageConfig(type="gcs", bucket="b") if sc else None
+        return r
+
+    delivered_old, missing_new, damaged_old, nowhere = disabled(timedelta(days=30)), disabled(timedelta(hours=1)), disabled(timedelta(days=9)), disabled(timedelta(hours=2), sc=False)
+    expired = rec(url=False, stopped_ago=timedelta(days=2))
+    expired.download_url_expiry = NOW - timedelta(hours=1)
+    outcomes = [
+        outcome(delivered_old, OutcomeKind.DELIVERED),
+        outcome(missing_new, OutcomeKind.SKIPPED).model_copy(update={"upload": "missing"}),
+        outcome(damaged_old, OutcomeKind.SKIPPED).model_copy(update={"upload": "damaged", "upload_note": "holds 5 bytes"}),
+        outcome(nowhere, OutcomeKind.SKIPPED),
+        outcome(expired, OutcomeKind.SKIPPED),
+    ]
+    watch = assess([delivered_old, missing_new, damaged_old, nowhere, expired], outcomes, NOW, 48)
+    by_id = {r.recording_id: r.reason for r in watch.lost}
+    assert set(by_id) == {missing_new.id, damaged_old.id, nowhere.id, expired.id}
+    assert "not there" in by_id[missing_new.id] and "not intact (holds 5 bytes)" in by_id[damaged_old.id]
+    assert "stored nowhere" in by_id[nowhere.id] and "expired" in by_id[expired.id]
+    assert watch.at_risk == []
+
+
+def test_a_timestamp_without_time_zone_is_utc():
+    r = Recording.model_validate({"id": "a", "status": "UPLOADED", "invoked_time": "2026-12-06T18:40:00",
+                                  "stopped_time": "2026-12-06T18:49:33.1", "download_url_expiry": "2026-12-07T18:49:33",
+                                  "output_file_name": "x.mp4", "download_url": "https://x/y"})
+    assert r.stopped_time == datetime(2026, 12, 6, 18, 49, 33, 100000, tzinfo=timezone.utc)
+    assert assess([r], [], datetime(2026, 12, 13, 12, tzinfo=timezone.utc), 48).at_risk
 
 
 def test_run_failure_message_counts_failed_at_risk_and_lost():

@@ -174,6 +174,23 @@ def create_app(state: SimulatorState) -> Starlette:
         rec = state.recordings[view["id"]]
         return JSONResponse({"success": True, "data": state.view(rec, base_url=base_url(request), detailed=True)}, status_code=201)
 
+    async def start_track_recording(request: Request) -> Response:
+        """``POST /recordings/track``: per-participant audio, always on RealtimeKit's bucket."""
+        if (err := await guard(request)) is not None:
+            return err
+        try:
+            body: dict[str, Any] = await request.json()
+            meeting_id = str(body["meeting_id"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "meeting_id is required", 1001)
+        now = datetime.now(timezone.utc)
+        view = state.add_recording(
+            meeting_id=meeting_id, status="RECORDING", invoked_time=now, started_time=now, stopped_time=None,
+            type="TRACK", file_name_prefix=str(body.get("file_name_prefix") or "rtk"),
+        )
+        rec = state.recordings[view["id"]]
+        return JSONResponse({"success": True, "data": state.view(rec, base_url=base_url(request), detailed=True)}, status_code=201)
+
     async def media(request: Request) -> Response:
         rid = request.path_params["recording_id"]
         kind = request.path_params["kind"]
@@ -240,6 +257,7 @@ def create_app(state: SimulatorState) -> Starlette:
         routes=[
             Route(PREFIX + "/recordings", list_recordings, methods=["GET"]),
             Route(PREFIX + "/recordings", start_recording, methods=["POST"]),
+            Route(PREFIX + "/recordings/track", start_track_recording, methods=["POST"]),
             Route(PREFIX + "/recordings/active-recording/{meeting_id}", active_recording, methods=["GET"]),
             Route(PREFIX + "/recordings/{recording_id}", one_recording, methods=["GET", "PUT"]),
             Route("/rtk-bucket/{recording_id}/{kind}.{ext}", media, methods=["GET", "HEAD"]),

@@ -18,6 +18,8 @@ from typing import Any
 STATUSES = ("INVOKED", "RECORDING", "UPLOADING", "UPLOADED", "ERRORED", "PAUSED")
 SECRET_FIELDS = ("access_key", "secret", "password", "private_key")
 RETENTION = timedelta(days=7)
+#: a track recording's output_file_name, as RealtimeKit documents it
+TRACK_TEMPLATE = "{{file_name_prefix}}_{{user_id}}_{{peer_id}}_{{stream_kind}}_{{media_kind}}_{{date_time}}.webm"
 
 
 def _utc(value: Any) -> datetime | None:
@@ -53,11 +55,23 @@ class SimRecording:
     bucket_enabled: bool = True
     recording_duration: Any = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, served as-is
+    #: "COMPOSITE" (a video, maybe an audio) or "TRACK" (one file per participant: ``tracks``)
+    type: str = "COMPOSITE"
+    #: a track recording's files: (name, size), served as ``track-<n>``
+    tracks: list[tuple[str, int]] = field(default_factory=list)
+    #: what RealtimeKit's own upload to the storage_config does (simulator/delivery.py):
+    #: "complete", "missing" (the upload failed), "truncated", "different" (other bytes)
+    upload: str = "complete"
+    #: what happened to that upload ("uploaded to ...", or why not)
+    upload_result: str | None = None
 
     @property
     def expired(self) -> bool:
         ref = self.stopped_time or self.invoked_time
         return ref < datetime.now(timezone.utc) - RETENTION
+
+    def track_kind(self, n: int) -> str:
+        return f"track-{n}"
 
 
 @dataclass
@@ -121,14 +135,19 @@ class SimulatorState:
         self.lock = threading.RLock()
         self._key = secrets.token_bytes(32)
         self._counter = 0
+        #: RealtimeKit's own upload of a finished recording to its storage_config
+        #: (simulator/delivery.py ``Deliverer``); None: no upload is made (as if every one failed)
+        self.deliverer: Callable[[SimRecording], None] | None = None
 
     # -- building recordings -------------------------------------------------------------------
     def add_recording(self, **fields: Any) -> dict[str, Any]:
         """Add a recording; any field can be given. Returns its API view (no secrets).
 
         Besides API fields: ``audio`` (bool) or ``audio_size`` for a separate audio file,
-        ``bucket_enabled`` (False: no download URLs at all), ``meeting_title``; unknown keys
-        are served as extra fields."""
+        ``bucket_enabled`` (False: no download URLs at all), ``meeting_title``, ``type="TRACK"``
+        with ``tracks`` (a number of participant files, or [(name, size), ...]), ``upload``
+        (what RealtimeKit's own upload to the storage_config does: see SimRecording); unknown
+        keys are served as extra fields."""
         with self.lock:
             self._counter += 1
             n = self._counter
@@ -145,6 +164,17 @@ class SimulatorState:
         file_size = int(fields.pop("file_size", 200_000))
         audio = fields.pop("audio", False)
         audio_size = fields.pop("audio_size", max(1, file_size // 8) if audio else None)
+        rec_type = str(fields.pop("type", "COMPOSITE"))
+        tracks = fields.pop("tracks", 2 if rec_type == "TRACK" else 0)
+        prefix = fields.pop("file_name_prefix", "rtk")
+        if isinstance(tracks, int):
+            when = int((stopped or now).timestamp() * 1000)
+            tracks = [
+                (f"{prefix}_user-{k + 1}_peer-{uuid.uuid5(uuid.NAMESPACE_OID, f'{rid}:{k}').hex[:12]}_peer_audio_{when}.webm",
+                 max(1, file_size // (k + 2)))
+                for k in range(tracks)
+            ]
+        upload = str(fields.pop("upload", "complete"))
         rec = SimRecording(
             id=rid,
             status=status,
@@ -161,10 +191,22 @@ class SimulatorState:
             bucket_enabled=fields.pop("bucket_enabled", True),
             recording_duration=raw_duration if finished else None,
             extra=fields,
+            type=rec_type,
+            tracks=[(str(n), int(z)) for n, z in tracks],
+            upload=upload,
         )
+        if rec_type == "TRACK" and "output_file_name" not in fields:
+            rec.output_file_name = TRACK_TEMPLATE
         with self.lock:
             self.recordings[rid] = rec
+        if rec.status == "UPLOADED":
+            self._deliver(rec)
         return self.view(rec)
+
+    def _deliver(self, rec: SimRecording) -> None:
+        """RealtimeKit's own upload of a finished recording to its storage_config."""
+        if self.deliverer is not None and rec.storage_config and rec.type != "TRACK" and rec.upload_result is None:
+            self.deliverer(rec)
 
     # -- URL signing ---------------------------------------------------------------------------
     def sign(self, recording_id: str, kind: str, expires: int) -> str:
@@ -191,16 +233,30 @@ class SimulatorState:
             return f"{base_url}/rtk-bucket/{rec.id}/{kind}{ext}?X-Expires={exp}&X-Signature={self.sign(rec.id, kind, exp)}"
 
         sc = self.public_storage_config(rec)
+        if rec.type == "TRACK":  # per-participant files: a list of layers (track-recording guide)
+            download_url: Any = [{"layer_name": "default", "download_urls": {
+                name: {"download_url": url(rec.track_kind(n), ".webm")} for n, (name, _) in enumerate(rec.tracks)
+            }}] if has_files and rec.tracks else None
+        else:
+            download_url = url("video", ".mp4") if has_files else None
+        if has_files:
+            url_expiry: str | None = iso(expiry)
+        elif rec.status == "UPLOADED" and rec.bucket_enabled and rec.expired:
+            # gone from RealtimeKit's bucket: the expiry stays, the URL does not
+            url_expiry = iso((rec.stopped_time or rec.invoked_time) + RETENTION)
+        else:
+            url_expiry = None  # bucket disabled: none is generated at all
         data: dict[str, Any] = {
             "id": rec.id,
+            "type": rec.type,
             "status": rec.status,
             "invoked_time": iso(rec.invoked_time),
             "started_time": iso(rec.started_time),
             "stopped_time": iso(rec.stopped_time),
             "output_file_name": rec.output_file_name,
-            "download_url": url("video", ".mp4") if has_files else None,
-            "audio_download_url": url("audio", ".m4a") if has_files and rec.audio_size else None,
-            "download_url_expiry": iso(expiry) if has_files else None,
+            "download_url": download_url,
+            "audio_download_url": url("audio", ".m4a") if has_files and rec.audio_size and rec.type != "TRACK" else None,
+            "download_url_expiry": url_expiry,
             "file_size": rec.file_size if rec.status == "UPLOADED" and not self.faults.hide_file_size else None,
             "recording_duration": rec.recording_duration,
             "session_id": rec.session_id,
@@ -231,6 +287,8 @@ class SimulatorState:
 
     def media_size(self, rec: SimRecording, kind: str) -> int | None:
         size = {"video": rec.file_size, "audio": rec.audio_size}.get(kind)
+        if kind.startswith("track-") and kind[6:].isdigit() and int(kind[6:]) < len(rec.tracks):
+            size = rec.tracks[int(kind[6:])][1]
         return size + self.faults.size_skew if size is not None else None
 
     # -- transitions ---------------------------------------------------------------------------
@@ -262,6 +320,7 @@ class SimulatorState:
             rec = self.recordings.get(recording_id)
             if rec is not None and rec.status == "UPLOADING":
                 rec.status = "UPLOADED"
+                self._deliver(rec)
                 self._status_changed(rec)
 
     # -- status webhooks (simulator/webhooks.py) -----------------------------------------------
@@ -287,6 +346,8 @@ class SimulatorState:
                 now = datetime.now(timezone.utc)
                 rec.stopped_time = now
                 rec.recording_duration = int((now - (rec.started_time or now)).total_seconds())
+            if status == "UPLOADED":
+                self._deliver(rec)
             self._status_changed(rec)
             return self.view(rec)
 
