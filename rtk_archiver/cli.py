@@ -556,41 +556,112 @@ def _ensure_pool(name: str) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    """The simulator with the whole platform (track recordings, RealtimeKit's own uploads to
+    S3 and R2 storage configs, complete or not, bucket-disabled recordings), a moto S3 server
+    standing in for both stores, and one archive run; recordings without a storage_config go
+    to ``--dir``."""
     from rtk_archiver.simulator import SimulatorServer
+    from rtk_archiver.simulator.delivery import Deliverer
+    from rtk_archiver.simulator.state import PLATFORM_STORAGE_KINDS
 
     target = args.dir.resolve()
     target.mkdir(parents=True, exist_ok=True)
-    with SimulatorServer(count=args.count, seed=7) as sim:
-        os.environ.update(
-            {
-                "CLOUDFLARE_API_TOKEN": sim.token,
-                "CLOUDFLARE_ACCOUNT_ID": sim.account_id,
-                "REALTIMEKIT_APP_ID": sim.app_id,
-                "CLOUDFLARE_BASE_URL": sim.base_url,
-                "ARCHIVE_RETRY_DELAY_SECONDS": "1",
-            }
-        )
-        print(f"Simulator serving {args.count} recordings at {sim.base_url}")
-        print(f"Archiving every stopped recording into {target}")
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            report_path = Path(tmp) / "report.json"
-            ns = argparse.Namespace(
-                command="archive", since=None, until=None, destination=f"file://{target}", dry_run=False,
-                report=report_path,
+    s3 = _demo_s3(target)
+    try:
+        buckets = sorted({sc["bucket"] for sc in PLATFORM_STORAGE_KINDS if sc})
+        s3.create_buckets(buckets)
+        deliverer = Deliverer(s3_endpoint=s3.url, r2_endpoint=s3.url)
+        with SimulatorServer(count=args.count, seed=7, platform=True, deliverer=deliverer) as sim:
+            os.environ.update(
+                {
+                    "CLOUDFLARE_API_TOKEN": sim.token,
+                    "CLOUDFLARE_ACCOUNT_ID": sim.account_id,
+                    "REALTIMEKIT_APP_ID": sim.app_id,
+                    "CLOUDFLARE_BASE_URL": sim.base_url,
+                    "ARCHIVE_RETRY_DELAY_SECONDS": "1",
+                    "ARCHIVE_DEFAULT_DESTINATION": f"file://{target}",
+                    "ARCHIVE_S3_ENDPOINT_URL": s3.url,
+                    "ARCHIVE_R2_ENDPOINT_URL": s3.url,
+                    "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1",
+                }
             )
-            code = _run_archive(ns)
-            report = ArchiveReport.model_validate_json(report_path.read_text()) if report_path.exists() else None
+            print(f"Simulator serving {args.count} recordings at {sim.base_url}")
+            print(f"RealtimeKit uploads recordings with a storage_config to S3 / R2 (moto at {s3.url}) itself; "
+                  f"the others go to {target}")
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                report_path = Path(tmp) / "report.json"
+                ns = argparse.Namespace(
+                    command="archive", since=None, until=None, destination=None, dry_run=False, report=report_path,
+                )
+                code = _run_archive(ns)
+                report = ArchiveReport.model_validate_json(report_path.read_text()) if report_path.exists() else None
+        objects = s3.count(buckets)
+    finally:
+        s3.stop()
     if code == EXIT_FAILED and report is not None and not report.failed:
-        # the simulator serves, on purpose, recordings whose files expired days ago: a real run
-        # fails on them (someone must be told); the demo shows the watchdog and exits 0
-        print("\nThe LOST / AT RISK lines come from the simulator's expired recordings, served on purpose: "
-              "a real run ends Failed on them so that someone is notified.")
+        # the simulator serves, on purpose, recordings whose files expired days ago or that were
+        # stored nowhere: a real run fails on them (someone must be told); the demo shows the
+        # watchdog and exits 0
+        print("\nThe LOST / AT RISK lines come from the simulator's expired and stored-nowhere recordings, served on "
+              "purpose: a real run ends Failed on them so that someone is notified.")
         code = EXIT_OK
+    if report is not None:
+        ups = {k: sum(1 for o in report.outcomes if o.upload == k) for k in ("delivered", "missing", "damaged")}
+        print(f"RealtimeKit's own uploads: {ups['delivered']} proven and kept (no second copy), {ups['missing']} "
+              f"missing (archived by the archiver), {ups['damaged']} damaged (kept; the recording archived beside them)")
     files = sorted(p for p in target.rglob("*") if p.is_file())
-    print(f"\n{len(files)} file(s) under {target}")
+    print(f"\n{len(files)} file(s) under {target}; {objects} object(s) in the demo's S3 / R2 buckets")
     return code
+
+
+class _demo_s3:
+    """A moto S3 server for the demo (127.0.0.1, a free port), standing in for S3 and R2."""
+
+    def __init__(self, target: Path) -> None:
+        import socket
+
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on the demo's screen
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{port}"
+        import time
+
+        deadline = time.monotonic() + 15
+        while True:  # ready when it accepts a connection
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="demo", aws_secret_access_key="demo")
+
+    def create_buckets(self, names: list[str]) -> None:
+        client = self._client()
+        for name in names:
+            client.create_bucket(Bucket=name)
+
+    def count(self, names: list[str]) -> int:
+        client = self._client()
+        return sum(client.list_objects_v2(Bucket=n).get("KeyCount", 0) for n in names)
+
+    def stop(self) -> None:
+        self.server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -154,3 +154,34 @@ def test_media_bytes_are_the_same_whatever_part_is_read():
     # a small file's bytes are the start of a big file's (same id): its block is a prefix
     assert media_bytes("rid", "video", 0, 65_537) == whole[:65_537]
     assert media_bytes("rid", "audio", 0, 4096) != whole[:4096]
+
+
+def test_track_recordings_as_the_platform_serves_them(sim):
+    """A track recording's download_url is a list of layers: the SDK's own types say string
+    (strict validation refuses it, as it would refuse the real platform's answer); the SDK's
+    raw response and the archiver's own model read it."""
+    rec = sim.state.add_recording(type="TRACK", tracks=2)
+    try:
+        raw = httpx.get(f"{sim.base_url}/accounts/{sim.account_id}/realtime/kit/{sim.app_id}/recordings/{rec['id']}",
+                        headers={"Authorization": f"Bearer {sim.token}"}).json()["data"]
+        assert raw["type"] == "TRACK" and raw["output_file_name"].startswith("{{file_name_prefix}}")
+        layer = raw["download_url"][0]
+        assert layer["layer_name"] == "default" and len(layer["download_urls"]) == 2
+        for name, entry in layer["download_urls"].items():
+            assert name.endswith(".webm") and "_peer_audio_" in name
+            assert httpx.get(entry["download_url"]).status_code == 200
+        assert raw["audio_download_url"] is None
+        lenient = cloudflare.Cloudflare(api_token=sim.token, base_url=sim.base_url, max_retries=0)
+        one = lenient.realtime_kit.recordings.get_one_recording(rec["id"], account_id=sim.account_id, app_id=sim.app_id)
+        assert isinstance(one.data.download_url, list)  # the SDK's type says str: it is not
+        from rtk_archiver.models import Recording
+
+        parsed = Recording.model_validate(raw)
+        assert parsed.is_track and len(parsed.track_files) == 2 and parsed.download_url is None
+        # POST /recordings/track starts one
+        started = httpx.post(f"{sim.base_url}/accounts/{sim.account_id}/realtime/kit/{sim.app_id}/recordings/track",
+                             headers={"Authorization": f"Bearer {sim.token}"}, json={"meeting_id": "m-1"})
+        assert started.status_code == 201 and started.json()["data"]["type"] == "TRACK"
+        sim.state.recordings.pop(started.json()["data"]["id"])
+    finally:
+        sim.state.recordings.pop(rec["id"])

@@ -18,8 +18,10 @@ class SimulatorServer:
 
     def __init__(self, state: SimulatorState | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  count: int = 0, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024,
-                 webhook_url: str | None = None) -> None:
+                 webhook_url: str | None = None, platform: bool = False, deliverer=None) -> None:
         self.state = state or SimulatorState()
+        if deliverer is not None:  # RealtimeKit's own uploads to storage_configs (simulator/delivery.py)
+            self.state.deliverer = deliverer
         # signed recording.statusUpdate webhooks to webhook_url (settable later: sim.webhooks.url)
         self.webhooks = WebhookSender(webhook_url)
         self.state.add_status_listener(self.webhooks.on_status_change)
@@ -35,7 +37,7 @@ class SimulatorServer:
         self.url = f"http://{host}:{self.port}"
         self.state.public_url = self.url
         if count:
-            generate_recordings(self.state, count, seed=seed, min_size=min_size, max_size=max_size)
+            generate_recordings(self.state, count, seed=seed, min_size=min_size, max_size=max_size, platform=platform)
         config = uvicorn.Config(create_app(self.state), log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -363,13 +363,34 @@ STORAGE_KINDS: tuple[dict[str, Any] | None, ...] = (
 )
 
 
+#: the storage kinds of the ``platform`` dataset: what one S3 API (moto, in the demo) can take
+#: RealtimeKit's uploads for: AWS, Cloudflare R2, and none (the default destination)
+PLATFORM_STORAGE_KINDS: tuple[dict[str, Any] | None, ...] = (
+    None,
+    {"type": "aws", "bucket": "rtk-recordings", "region": "us-east-1", "path": "meetings/aws",
+     "access_key": "AKIASIMULATOR", "secret": "simulator-secret"},
+    None,
+    {"type": "cloudflare", "bucket": "rtk-r2", "account_id": "sim-account", "path": "meetings/r2",
+     "access_key": "r2-simulator", "secret": "simulator-secret"},
+)
+#: what RealtimeKit's own uploads do in the ``platform`` dataset, in turn
+PLATFORM_UPLOADS = ("complete", "complete", "missing", "complete", "truncated", "complete", "different")
+
+
 def generate_recordings(
-    state: SimulatorState, count: int, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024
+    state: SimulatorState, count: int, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024,
+    platform: bool = False,
 ) -> list[dict[str, Any]]:
     """A deterministic dataset: every status, with and without audio, every storage_config
     kind, some with the RealtimeKit bucket disabled, some expired, spread over ~10 days.
-    Ids and names depend only on ``seed``; times are relative to now."""
+    Ids and names depend only on ``seed``; times are relative to now.
+
+    ``platform``: the rest of the platform too, for the demo: track recordings (every
+    seventh), storage configs on one S3 API (AWS, R2) whose RealtimeKit uploads are complete,
+    missing, truncated or different in turn (``PLATFORM_UPLOADS``), bucket-disabled ones
+    (their only copy is that upload) and one stored nowhere."""
     rng = random.Random(seed)
+    kinds = PLATFORM_STORAGE_KINDS if platform else STORAGE_KINDS
     now = datetime.now(timezone.utc)
     made = []
     for i in range(count):
@@ -381,6 +402,17 @@ def generate_recordings(
         started = (stopped or now - age) - timedelta(seconds=duration)
         rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         title = f"{rng.choice(['Standup', 'Retro', 'Planning', 'All hands', 'Interview', '1:1'])} {i + 1}"
+        sc = kinds[i % len(kinds)]
+        # the bucket disabled: only with a storage_config (RealtimeKit's docs call one with
+        # neither an invalid recording), but for one in the platform dataset, stored nowhere
+        disabled = i % 11 == 10 and (sc is not None or (platform and i == 32))
+        extra: dict[str, Any] = {}
+        if platform:
+            extra["upload"] = PLATFORM_UPLOADS[(i // len(kinds)) % len(PLATFORM_UPLOADS)]
+            if i % 5 == 2 and sc is None and not disabled:  # always on RealtimeKit's bucket
+                extra.update(type="TRACK", tracks=1 + i % 3, output_file_name=TRACK_TEMPLATE)
+        if "type" not in extra:
+            extra["output_file_name"] = f"{_slug(title)}_{rid[:8]}.mp4"
         made.append(
             state.add_recording(
                 id=rid,
@@ -392,9 +424,9 @@ def generate_recordings(
                 meeting_title=title,
                 file_size=rng.randint(min_size, max_size),
                 audio=(i % 2 == 0),
-                storage_config=STORAGE_KINDS[i % len(STORAGE_KINDS)],
-                bucket_enabled=(i % 11 != 10),
-                output_file_name=f"{_slug(title)}_{rid[:8]}.mp4",
+                storage_config=sc,
+                bucket_enabled=not disabled,
+                **extra,
             )
         )
     return made
