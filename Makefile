@@ -52,6 +52,7 @@ bench: bench-deps
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.large $(BENCH_ARGS)
 	$(BIN)/python -m bench.webhook
+	$(BIN)/python -m bench.delivery
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 	$(BIN)/python -m bench.wan $(WAN_ARGS)

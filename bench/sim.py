@@ -27,6 +27,12 @@ def main() -> None:
     parser.add_argument("--max-per-page", type=int, default=100)
     parser.add_argument("--spread-hours", type=float, default=0.0,
                         help="stopped times spread evenly over this many hours before 2 h ago (default: 1 s apart)")
+    parser.add_argument("--s3-bucket", default=None,
+                        help="give every recording this S3 storage_config (path --s3-path)")
+    parser.add_argument("--s3-path", default="recordings")
+    parser.add_argument("--deliver-to", default=None,
+                        help="an S3 endpoint: RealtimeKit's own upload of each recording goes there (simulator/delivery.py)")
+    parser.add_argument("--upload", default="complete", help="what those uploads do: complete, missing, truncated, different")
     parser.add_argument("--retention-days", type=float, default=None,
                         help="keep files on the simulated bucket this long (default: the simulator's 7 days)")
     args = parser.parse_args()
@@ -36,6 +42,12 @@ def main() -> None:
         state_module.RETENTION = timedelta(days=args.retention_days)
 
     state = SimulatorState(url_ttl_seconds=6 * 3600, max_per_page=args.max_per_page)
+    if args.deliver_to:
+        from rtk_archiver.simulator.delivery import Deliverer
+
+        state.deliverer = Deliverer(s3_endpoint=args.deliver_to)
+    storage = {"type": "aws", "bucket": args.s3_bucket, "region": "us-east-1", "path": args.s3_path,
+               "access_key": "bench", "secret": "bench"} if args.s3_bucket else None
     now = datetime.now(timezone.utc)
     ids: list[str] = []
     sizes = list(args.sizes) + [args.size] * args.count
@@ -46,6 +58,7 @@ def main() -> None:
         state.add_recording(
             id=rid, status="UPLOADED", file_size=size, audio=False, stopped_time=stopped,
             meeting_title=f"Bench {n}", output_file_name=f"bench-{n:05d}-{size}.mp4",
+            storage_config=storage, upload=args.upload,
         )
         ids.append(rid)
     with SimulatorServer(state) as sim:
