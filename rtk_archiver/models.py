@@ -244,7 +244,9 @@ class FileEntry(BaseModel):
 
     ``origin``: who wrote the file. ``realtimekit``: RealtimeKit's own upload to the
     recording's storage_config, proven to be the recording's bytes (``verified_by`` says how)
-    and never replaced by the archiver. ``sha256`` is None only for such a file whose
+    and never replaced by the archiver. ``found``: a file at the recording's name without a
+    sidecar beside it (an archive whose sidecar was deleted), proven the same way and kept,
+    never replaced either. ``sha256`` is None only for such a file whose
     recording has no download URL (RealtimeKit's bucket disabled): then only its size could
     be checked."""
 
@@ -254,7 +256,7 @@ class FileEntry(BaseModel):
     sha256: str | None = None
     hashes: dict[str, str] = Field(default_factory=dict)
     source_url_host: str | None = None
-    origin: Literal["archiver", "realtimekit"] = "archiver"
+    origin: Literal["archiver", "realtimekit", "found"] = "archiver"
     #: how a RealtimeKit upload was proven: "sha256 read back", "md5 reported by the store", "size"
     verified_by: str | None = None
     #: a track file: its layer, its name as RealtimeKit gave it, the participant fields it carries

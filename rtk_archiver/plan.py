@@ -164,6 +164,9 @@ class Target(BaseModel):
     retry_later: bool = False  # skipped for a reason a configuration change can remove
     #: RealtimeKit uploads it to this destination itself, at ``candidates[0].video``
     delivery: bool = False
+    #: files at its plain names without a sidecar (an archive whose sidecar was lost) are
+    #: checked: proven to be its bytes, they are kept and the sidecar written again
+    found: bool = False
 
     @property
     def place_id(self) -> str:
@@ -196,7 +199,8 @@ def targets_for(
             targets.append(Target(recording=rec, verdict=OutcomeKind.FAILED, reason=str(exc)))
             continue
         candidates = candidate_keys(rec, directory)
-        targets.append(Target(recording=rec, destination=dest, candidates=candidates, delivery=delivery))
+        targets.append(Target(recording=rec, destination=dest, candidates=candidates, delivery=delivery,
+                              found=not delivery and not rec.is_track))
     # contested: one of its names (any candidate) is also a name another recording of the run
     # may take; then the survey looks at all its candidates, not only up to the first free one
     wanted: dict[tuple[str, str], set[str]] = {}
@@ -272,6 +276,9 @@ class RecordingPlan(BaseModel):
     #: what is known of RealtimeKit's own upload (RecordingOutcome.upload) and a detail
     upload: str | None = None
     upload_note: str | None = None
+    #: PROVE_DELIVERY: whose files are at the plain names: "realtimekit" (its upload to the
+    #: storage_config), "found" (no sidecar beside them: an archive whose sidecar was lost?)
+    origin: str | None = None
     #: files of the recording's own sidecar that RealtimeKit wrote and that are intact: kept as
     #: they are (never transferred again, never replaced), recorded again in the new sidecar
     kept: list[FileEntry] = Field(default_factory=list)
@@ -297,9 +304,10 @@ def own_names(cand: RecordingKeys, sidecar: Sidecar, *, legacy: bool = True) -> 
 
 
 def delivered_names(sidecar: Sidecar) -> set[str]:
-    """Names of files RealtimeKit wrote that the sidecar records: never replaced, never
-    deleted by the archiver (they are not its own)."""
-    return {f.name for f in sidecar.files if f.origin == "realtimekit"}
+    """Names of files the archiver did not write that the sidecar records (RealtimeKit's
+    upload, files found without a sidecar and proven): never replaced, never deleted by the
+    archiver (they are not its own)."""
+    return {f.name for f in sidecar.files if f.origin != "archiver"}
 
 
 def is_archived(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str, ObjectInfo | None]) -> bool:
@@ -344,7 +352,7 @@ def is_damaged_delivery(sidecar: Sidecar, keys: RecordingKeys, objects: dict[str
     """The sidecar records RealtimeKit's upload as the recording, and that file is no longer
     intact: the archiver never replaces it, it archives the recording under another name."""
     return any(
-        f.origin == "realtimekit" and not _intact(f, objects.get(keys.beside(f.name))) for f in sidecar.files
+        f.origin != "archiver" and not _intact(f, objects.get(keys.beside(f.name))) for f in sidecar.files
     )
 
 
@@ -368,7 +376,8 @@ def _delivery_plan(
     return RecordingPlan(
         recording=t.recording,
         action=Action.PROVE_DELIVERY if t.recording.has_files else Action.RECORD_DELIVERY,
-        destination=t.destination, layout=first, fallback=fallback, bytes_total=video.size, upload="delivered",
+        destination=t.destination, layout=first, fallback=fallback, bytes_total=video.size,
+        upload="delivered" if t.delivery else None, origin="realtimekit" if t.delivery else "found",
         own=own or [], sidecar_is_own=own is not None, sidecar_seen_at=sidecar_seen_at,
     )
 
@@ -421,7 +430,7 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
             own = [keys.sidecar] + [keys.beside(n) for n in sorted(own_names(cand, sc, legacy=False) - delivered)]
             total = sum(f.size for f in sc.files)
             if (
-                t.delivery and cand is t.candidates[0] and sc.state == "claimed" and cand.video
+                (t.delivery or t.found) and cand is t.candidates[0] and sc.state == "claimed" and cand.video
                 and posixpath.basename(cand.video) not in sc.claimed
             ):
                 # an earlier attempt at checking RealtimeKit's upload died: check it again
@@ -463,20 +472,22 @@ def plan_run(targets: list[Target], observed: dict[str, Observed], force_ids: It
         upload: str | None = "damaged" if rid in damaged else None
         note: str | None = damaged.get(rid)
         first = t.candidates[0]
-        if t.delivery and rid not in damaged:
+        if (t.delivery or t.found) and rid not in damaged:
             video = seen.objects.get(first.video) if first.video else None
             size = t.recording.file_size
             rest_free = (
                 first.sidecar in seen.sidecars and not seen.sidecars[first.sidecar].present
-                and (first.audio is None or (first.audio in seen.objects and seen.objects[first.audio] is None))
+                and (first.audio is None or first.audio in seen.objects)  # an audio there is proven too
                 and not any((t.place_id, _fold(k)) in taken for k in first.all())
             )
             if video is None and first.video in seen.objects:
-                upload = "missing"
-                note = f"RealtimeKit's own upload is not at {_where(t, first.main)}"
+                if t.delivery:
+                    upload = "missing"
+                    note = f"RealtimeKit's own upload is not at {_where(t, first.main)}"
             elif video is not None and size is not None and video.size != size:
-                upload = "damaged"
-                note = f"RealtimeKit's upload at {_where(t, first.main)} holds {video.size} bytes, the recording has {size}"
+                if t.delivery:
+                    upload = "damaged"
+                    note = f"RealtimeKit's upload at {_where(t, first.main)} holds {video.size} bytes, the recording has {size}"
             elif video is not None and rest_free:
                 claim(t, first)
                 plan = _delivery_plan(t, seen, video, fallback=next((c for c in t.candidates[1:] if free(c)), None))

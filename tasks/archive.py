@@ -121,8 +121,9 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     assert keys is not None
     kept = {f.name for f in plan.kept}
     names = [keys.name_of(k) for _, k in keys.files() if keys.name_of(k) not in kept]
-    if plan.action != Action.ARCHIVE and keys.video:  # RealtimeKit's upload: checked, never written
-        names = [n for n in names if n != keys.name_of(keys.video)]
+    if plan.action != Action.ARCHIVE:  # files found there (RealtimeKit's upload): checked, never written
+        there = {keys.video} | ({keys.audio} if keys.audio and backend.stat(keys.audio) is not None else set())
+        names = [n for n in names if keys.beside(n) not in there]
     token = uuid.uuid4().hex
     claim = _encode(_sidecar(plan.recording, [], claimed=names, token=token, holder=claim_holder()))
     if plan.sidecar_is_own:  # replaced below: unless another run claimed or archived it since the survey
@@ -450,30 +451,39 @@ def _prove_delivery(
     if current is None:
         logger.info("Already archived (by an overlapping run): %s at %s", recording.label(), where)
         return base.model_copy(update={"kind": OutcomeKind.ALREADY_ARCHIVED, "destination": where, "bytes_total": plan.bytes_total})
+    origin = plan.origin or "realtimekit"
     files: list[FileEntry] = []
     try:
         info = backend.stat(keys.video)
-        why = delivery.check_size(recording, info, where)
-        if why is None and settings.archive_rtk_upload_proof == "size":
+        why = delivery.check_size(recording, info, where, origin)
+        present = [("video", keys.video, info)]
+        if why is None and keys.audio and (audio_info := backend.stat(keys.audio)) is not None:
+            present.append(("audio", keys.audio, audio_info))  # an audio there: proven too, else a new name
+        if why is None and settings.archive_rtk_upload_proof == "size" and origin == "realtimekit" and len(present) == 1:
             files.append(delivery.delivered_entry(
                 recording, keys.name_of(keys.video), info, sha256=None, hashes=dict(info.hashes),
                 verified_by="size (ARCHIVE_RTK_UPLOAD_PROOF=size)",
             ))
         elif why is None:
+            proven: list[FileEntry] = []
             with download_client(_timeout(settings)) as http:
-                download = _open_download(
-                    http, recording, keys, "video", keys.video, settings, logger,
-                    lambda: _source_url(_refresh(recording.id, settings), keys, "video", keys.video),
-                )
-                try:
-                    proof = delivery.prove(recording, backend, keys.video, info, download, logger)
-                except SizeMismatch as exc:
-                    raise DownloadError(f"video download was incomplete or corrupt: {exc}") from None
-                except httpx.HTTPError as exc:
-                    raise DownloadError(f"video download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
-            if proof.entry is not None:
-                files.append(proof.entry)
-            why = proof.why
+                for kind, key, obj in present:
+                    download = _open_download(
+                        http, recording, keys, kind, key, settings, logger,
+                        lambda kind=kind, key=key: _source_url(_refresh(recording.id, settings), keys, kind, key),
+                    )
+                    try:
+                        proof = delivery.prove(recording, backend, key, obj, download, logger, kind=kind, origin=origin)
+                    except SizeMismatch as exc:
+                        raise DownloadError(f"{kind} download was incomplete or corrupt: {exc}") from None
+                    except httpx.HTTPError as exc:
+                        raise DownloadError(f"{kind} download failed: {type(exc).__name__}: {redact_urls(str(exc))}") from None
+                    if proof.entry is None:
+                        why = proof.why
+                        break
+                    proven.append(proof.entry)
+            if why is None:
+                files.extend(proven)
         if files:
             if current.sidecar_is_own:
                 backend.remove_abandoned(keys.main)
@@ -482,13 +492,22 @@ def _prove_delivery(
             backend.put_bytes(keys.sidecar, _encode(_sidecar(recording, files)), replace=True)
     except BaseException:
         _live_tokens.discard(current.claim_token)
-        if len(files) <= 1 and not current.sidecar_is_own:
+        if not any(f.origin == "archiver" for f in files) and not current.sidecar_is_own:
             _release_claim(backend, current)
         raise
     _live_tokens.discard(current.claim_token)
     if files:
         moved = sum(f.size for f in files if f.origin == "archiver")
         how = files[0].verified_by
+        if origin == "found":
+            logger.info("%s: its files were at %s without a sidecar (proven by %s): kept, sidecar written",
+                        recording.label(), where, how)
+            return base.model_copy(update={
+                "kind": OutcomeKind.ARCHIVED if moved else OutcomeKind.ALREADY_ARCHIVED, "destination": where,
+                "reason": f"found at its names without a sidecar (proven: {how}); kept, the sidecar written again",
+                "bytes_transferred": moved, "bytes_total": sum(f.size for f in files),
+                "seconds": round(time.monotonic() - started, 3),
+            })
         logger.info("%s: delivered by RealtimeKit at %s (verified by %s); %d bytes archived beside it",
                     recording.label(), where, how, moved)
         return base.model_copy(update={
@@ -503,12 +522,12 @@ def _prove_delivery(
         raise KeyConflict(
             f"{why}; it is kept as it is, and every other name this recording may take is taken: nothing archived"
         )
+    damaged = {"upload": "damaged", "upload_note": why} if origin == "realtimekit" else {}
     fallback = plan.model_copy(update={
         "action": Action.ARCHIVE, "layout": plan.fallback, "fallback": None, "own": [], "sidecar_is_own": False,
-        "sidecar_seen_at": None, "claim_token": None, "upload": "damaged", "upload_note": why,
-        "bytes_total": recording.file_size or 0,
+        "sidecar_seen_at": None, "claim_token": None, "bytes_total": recording.file_size or 0, "origin": None, **damaged,
     })
-    return fallback, base.model_copy(update={"upload": "damaged", "upload_note": why})
+    return fallback, base.model_copy(update=damaged)
 
 
 def _refresh(recording_id: str, settings: Settings) -> Recording:

@@ -37,19 +37,24 @@ class Proof:
 
 
 def delivered_entry(recording: Recording, name: str, info: ObjectInfo, *, sha256: str | None, hashes: dict[str, str],
-                    verified_by: str, source_url_host: str | None = None) -> FileEntry:
+                    verified_by: str, source_url_host: str | None = None, kind: str = "video",
+                    origin: str = "realtimekit") -> FileEntry:
     return FileEntry(
-        kind="video", name=name, size=info.size, sha256=sha256, hashes=hashes, origin="realtimekit",
+        kind=kind, name=name, size=info.size, sha256=sha256, hashes=hashes, origin=origin,  # type: ignore[arg-type]
         verified_by=verified_by, source_url_host=source_url_host,
     )
 
 
-def check_size(recording: Recording, info: ObjectInfo | None, where: str) -> str | None:
-    """Why the object is not the recording by its size (None: it may be)."""
+def label(origin: str) -> str:
+    return "RealtimeKit's upload" if origin == "realtimekit" else "the file found without a sidecar"
+
+
+def check_size(recording: Recording, info: ObjectInfo | None, where: str, origin: str = "realtimekit") -> str | None:
+    """Why the object is not the recording's video by its size (None: it may be)."""
     if info is None:
-        return f"RealtimeKit's upload is not at {where}"
+        return f"{label(origin)} is not at {where}"
     if recording.file_size is not None and info.size != recording.file_size:
-        return f"RealtimeKit's upload at {where} holds {info.size} bytes, the recording has {recording.file_size}"
+        return f"{label(origin)} at {where} holds {info.size} bytes, the recording has {recording.file_size}"
     return None
 
 
@@ -75,11 +80,15 @@ def prove(
     info: ObjectInfo,
     download,
     logger: logging.Logger | logging.LoggerAdapter,
+    *,
+    kind: str = "video",
+    origin: str = "realtimekit",
 ) -> Proof:
     """Stream ``download`` (an opened ``tasks.transfer.Download`` of the recording's video)
     through sha256 and the hashes the store reports for ``key``, and compare. Raises what the
     download raises (the task retries); returns a Proof."""
     where = backend.url(key)
+    what = label(origin)
     stored = _stored_hashes(info)
     reader = VerifyingReader(download.chunks(), download.size, [n for n in stored if n != "sha256"])
     try:
@@ -91,30 +100,31 @@ def prove(
         download.close()
     digests = reader.hexdigests()
     if reader.received != info.size:
-        return Proof(None, f"RealtimeKit's upload at {where} holds {info.size} bytes, the recording has {reader.received}")
+        return Proof(None, f"{what} at {where} holds {info.size} bytes, the recording's {kind} has {reader.received}")
     host = _host(download.url)
     for name, value in stored.items():
         if not hmac.compare_digest(digests[name], value):
-            return Proof(None, f"RealtimeKit's upload at {where} is not the recording's bytes ({name} differs)")
+            return Proof(None, f"{what} at {where} is not the recording's {kind} ({name} differs)")
     if stored:
         names = "/".join(sorted(stored))
-        logger.info("%s: RealtimeKit's upload at %s is its bytes (%s reported by the store)", recording.label(), where, names)
+        logger.info("%s: %s at %s is its %s (%s reported by the store)", recording.label(), what, where, kind, names)
         return Proof(delivered_entry(recording, key.rsplit("/", 1)[-1], info, sha256=digests["sha256"],
                                      hashes={k: v for k, v in digests.items() if k != "sha256"},
-                                     verified_by=f"{names} reported by the store", source_url_host=host))
+                                     verified_by=f"{names} reported by the store", source_url_host=host,
+                                     kind=kind, origin=origin))
     read_chunks = getattr(backend, "read_chunks", None)
     if read_chunks is None:
-        return Proof(None, f"{where} reports no hash and cannot be read back: RealtimeKit's upload cannot be proven")
+        return Proof(None, f"{where} reports no hash and cannot be read back: {what} cannot be proven")
     hasher, size = new_hasher("sha256"), 0
     for chunk in read_chunks(key):
         hasher.update(chunk)
         size += len(chunk)
     if size != info.size or not hmac.compare_digest(hasher.hexdigest(), digests["sha256"]):
-        return Proof(None, f"RealtimeKit's upload at {where} is not the recording's bytes (sha256 differs, read back)")
-    logger.info("%s: RealtimeKit's upload at %s is its bytes (sha256, read back)", recording.label(), where)
+        return Proof(None, f"{what} at {where} is not the recording's {kind} (sha256 differs, read back)")
+    logger.info("%s: %s at %s is its %s (sha256, read back)", recording.label(), what, where, kind)
     return Proof(delivered_entry(recording, key.rsplit("/", 1)[-1], info, sha256=digests["sha256"],
                                  hashes={k: v for k, v in digests.items() if k != "sha256"},
-                                 verified_by="sha256 read back", source_url_host=host))
+                                 verified_by="sha256 read back", source_url_host=host, kind=kind, origin=origin))
 
 
 def _host(url: str) -> str | None:

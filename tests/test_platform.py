@@ -250,3 +250,61 @@ def test_expired_recording_serves_its_expiry_and_no_url(archiver_env):
     assert old["download_url"] is None and old["download_url_expiry"] is not None
     disabled = sim.state.add_recording(bucket_enabled=False)
     assert disabled["download_url"] is None and disabled["download_url_expiry"] is None
+
+
+# -- files at a recording's names without a sidecar (issue 20: a deleted sidecar) ---------------
+
+
+@pytest.mark.parametrize("store", ["file", "s3"])
+def test_a_deleted_sidecar_is_written_again_without_a_second_copy(store, archiver_env, request, monkeypatch):
+    sim = archiver_env
+    if store == "s3":
+        bucket = request.getfixturevalue("s3_env")
+        monkeypatch.setenv("ARCHIVE_DEFAULT_DESTINATION", f"s3://{bucket}/arch")
+        client = boto3.client("s3", endpoint_url=request.getfixturevalue("moto_s3_server"), region_name="us-east-1")
+
+        def listing() -> dict[str, bytes]:
+            return {k[len("arch/"):]: v for k, v in _s3_keys(client.meta.endpoint_url, bucket).items()}
+
+        def remove(name: str) -> None:
+            client.delete_object(Bucket=bucket, Key=f"arch/{name}")
+
+        def put(name: str, data: bytes) -> None:
+            client.put_object(Bucket=bucket, Key=f"arch/{name}", Body=data)
+    else:
+        def listing() -> dict[str, bytes]:
+            return files_under(sim.archive)
+
+        def remove(name: str) -> None:
+            (sim.archive / name).unlink()
+
+        def put(name: str, data: bytes) -> None:
+            (sim.archive / name).write_bytes(data)
+
+    rec = sim.state.add_recording(file_size=120_001, audio=True)
+    other = sim.state.add_recording(file_size=90_001)
+    assert {o.kind for o in run_report(archive_recordings).outcomes} == {OutcomeKind.ARCHIVED}
+    before = listing()
+    name = rec["output_file_name"]
+    remove(name + ".metadata.json")
+    # the other: sidecar deleted and its video replaced by other bytes of the same size
+    remove(other["output_file_name"] + ".metadata.json")
+    put(other["output_file_name"], b"\0" * 90_001)
+
+    out = outcomes(run_report(archive_recordings))
+    assert out[rec["id"]].kind == OutcomeKind.ALREADY_ARCHIVED and "without a sidecar" in out[rec["id"]].reason
+    after = listing()
+    assert {k: v for k, v in after.items() if not k.endswith(".json")} == {
+        **{k: v for k, v in before.items() if not k.endswith(".json")},
+        other["output_file_name"]: b"\0" * 90_001,
+        other["output_file_name"][:-4] + f"__{other['id']}.mp4": media_bytes(other["id"], "video", 0, 90_001),
+    }
+    sidecar = Sidecar.model_validate_json(after[name + ".metadata.json"])
+    assert {f.kind: f.origin for f in sidecar.files} == {"video": "found", "audio": "found"}
+    assert sidecar.files[0].sha256 == media_sha256(rec["id"], "video", 120_001)
+    # the file that is not the recording's is kept; the recording archived under its own name
+    assert out[other["id"]].kind == OutcomeKind.ARCHIVED and out[other["id"]].upload is None
+    before = dict(sim.state.downloads)
+    again = outcomes(run_report(archive_recordings))
+    assert {again[r["id"]].kind for r in (rec, other)} == {OutcomeKind.ALREADY_ARCHIVED}
+    assert dict(sim.state.downloads) == before
