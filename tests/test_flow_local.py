@@ -61,7 +61,7 @@ def test_archives_stopped_recordings_and_rerun_transfers_nothing(env, archive_di
     assert out[in_path["id"]].kind == OutcomeKind.ARCHIVED
     assert out[errored["id"]].kind == OutcomeKind.SKIPPED and "ERRORED" in out[errored["id"]].reason
     assert out[running["id"]].kind == OutcomeKind.PENDING and "RECORDING" in out[running["id"]].reason
-    assert out[no_url["id"]].kind == OutcomeKind.SKIPPED and "download_url" in out[no_url["id"]].reason
+    assert out[no_url["id"]].kind == OutcomeKind.SKIPPED and "stored nowhere" in out[no_url["id"]].reason
     assert out[azure["id"]].kind == OutcomeKind.ARCHIVED  # override wins over the storage type
     assert report.bytes_transferred >= 300_000 + 70_000 + 5_000
 

@@ -175,8 +175,9 @@ def test_watchdog_fires_before_expiry_and_reports_a_loss_once(archiver_env, even
     # files gone from RealtimeKit (7 days over), never archived: lost
     no_files = sim.state.add_recording(file_size=1000, bucket_enabled=False,
                                        stopped_time=datetime.now(timezone.utc) - timedelta(days=7, hours=2))
-    # RealtimeKit's bucket disabled: its files went straight to the customer's storage: not lost
-    sim.state.add_recording(file_size=1000, bucket_enabled=False)
+    # RealtimeKit's bucket disabled: its files went straight to the customer's storage (a type
+    # this run cannot read): not known to be lost
+    sim.state.add_recording(file_size=1000, bucket_enabled=False, storage_config={"type": "dropbox", "bucket": "b"})
     # archived now, then its files expire on RealtimeKit: not a loss
     archived = sim.state.add_recording(file_size=1000, stopped_time=now - timedelta(days=6, hours=23))
     fine = sim.state.add_recording(file_size=1000)
@@ -220,9 +221,12 @@ def test_watchdog_dry_run_reports_without_events_or_memory(archiver_env, events)
     # files gone from RealtimeKit (7 days over), never archived: lost
     no_files = sim.state.add_recording(file_size=1000, bucket_enabled=False,
                                        stopped_time=datetime.now(timezone.utc) - timedelta(days=7, hours=2))
-    # RealtimeKit's bucket disabled: its files went straight to the customer's storage: not lost
-    sim.state.add_recording(file_size=1000, bucket_enabled=False)
-    soon = sim.state.add_recording(file_size=1000)  # URL expires within the simulator's hour
+    # RealtimeKit's bucket disabled: its files went straight to the customer's storage (a type
+    # this run cannot read): not known to be lost
+    sim.state.add_recording(file_size=1000, bucket_enabled=False, storage_config={"type": "dropbox", "bucket": "b"})
+    sim.state.url_ttl_seconds = 30 * 86400
+    # the 7-day retention ends in ~4 h (a URL's expiry is no deadline: a fresh GET renews it)
+    soon = sim.state.add_recording(file_size=1000, stopped_time=datetime.now(timezone.utc) - timedelta(days=6, hours=20))
     report = archive_with_watchdog(dry_run=True)
     assert [r.recording_id for r in report.lost] == [no_files["id"]]
     assert [r.recording_id for r in report.at_risk] == [soon["id"]]  # "would archive": not archived
