@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class RecordingStatus(str, Enum):
@@ -42,6 +42,8 @@ class StorageConfig(_ApiModel):
     port: int | None = None
     username: str | None = None
     auth_method: str | None = None
+    #: Cloudflare R2 (type "cloudflare"): the bucket's account (the API's field name is not documented)
+    account_id: str | None = Field(default=None, validation_alias=AliasChoices("account_id", "accountId", "account"))
     access_key: SecretStr | None = None
     secret: SecretStr | None = None
     password: SecretStr | None = None
