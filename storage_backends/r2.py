@@ -123,7 +123,7 @@ class R2Backend(S3Backend):
         """What R2 checks and reports, for ``check`` (R2's S3 API compatibility page)."""
         notes = ["etag md5 (single part)"]
         if self.checksum:
-            notes.insert(0, "s3-sha256: composite of the parts' SHA-256 for multipart (R2 has no full-object SHA-256)")
+            notes.insert(0, "multipart: composite SHA-256 of the parts (R2 has no full-object SHA-256)")
         return notes
 
 
