@@ -13,7 +13,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices  # StorageConfig.account_id
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class RecordingStatus(str, Enum):
