@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
-
-from pydantic import AliasChoices  # StorageConfig.account_id
+from pydantic import AliasChoices  # StorageConfig.account_id (its own line: merges beside other imports)
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
