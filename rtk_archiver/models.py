@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
+from pydantic import AliasChoices  # StorageConfig.account_id (its own line: merges beside other imports)
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -42,6 +43,8 @@ class StorageConfig(_ApiModel):
     port: int | None = None
     username: str | None = None
     auth_method: str | None = None
+    #: Cloudflare R2 (type "cloudflare"): the bucket's account (the API's field name is not documented)
+    account_id: str | None = Field(default=None, validation_alias=AliasChoices("account_id", "accountId", "account"))
     access_key: SecretStr | None = None
     secret: SecretStr | None = None
     password: SecretStr | None = None

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     archive_default_destination: str | None = Field(
         default=None,
         description="Where recordings without a storage_config go: file:///abs/path, s3://bucket/prefix, "
-        "gs://bucket/prefix or sftp://user@host:port/path.",
+        "r2://bucket/prefix, gs://bucket/prefix, az://container/prefix or sftp://user@host:port/path.",
     )
     # RealtimeKit keeps files ~7 days; look back that far plus a margin by default.
     archive_lookback_days: float = Field(default=8.0, gt=0, le=3650)
@@ -109,6 +109,16 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, alias="ARCHIVE_S3_ENDPOINT_URL")
     digitalocean_endpoint_url: str | None = Field(default=None, alias="ARCHIVE_DIGITALOCEAN_ENDPOINT_URL")
+    # Cloudflare R2 (storage_config type "cloudflare", r2:// URLs): storage_backends/r2.py
+    r2_endpoint_url: str | None = Field(
+        default=None, alias="ARCHIVE_R2_ENDPOINT_URL",
+        description="R2's S3 endpoint, instead of https://<account_id>.r2.cloudflarestorage.com (a jurisdiction's, "
+        "e.g. https://<account_id>.eu.r2.cloudflarestorage.com; a test server).",
+    )
+    r2_access_key_id: str | None = Field(
+        default=None, alias="R2_ACCESS_KEY_ID", description="R2 API token's access key id (else an R2 block, else AWS_*)."
+    )
+    r2_secret_access_key: SecretStr | None = Field(default=None, alias="R2_SECRET_ACCESS_KEY", description="Its secret.")
 
     # --- SFTP (the API's own semantics) ----------------------------------------------------
     sftp_password: SecretStr | None = Field(
@@ -220,6 +230,24 @@ class Settings(BaseSettings):
         if v in (None, ""):
             return None
         return _http_url(v, "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an S3Credentials block")
+
+    @field_validator("r2_endpoint_url")
+    @classmethod
+    def _r2_endpoint_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        return _http_url(v, "use R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY or an R2Credentials block")
+
+    @field_validator("r2_access_key_id")
+    @classmethod
+    def _r2_key(cls, v: str | None) -> str | None:
+        return (v or "").strip() or None
+
+    @model_validator(mode="after")
+    def _r2_pair(self) -> "Settings":
+        if bool(self.r2_access_key_id) != bool(self.r2_secret_access_key and self.r2_secret_access_key.get_secret_value()):
+            raise ValueError("R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY go together: set both or neither")
+        return self
 
     @model_validator(mode="after")
     def _retry_wait(self) -> "Settings":

@@ -49,6 +49,34 @@ class S3Credentials(Block):
         return s3_client(destination, settings, config, self)
 
 
+class R2Credentials(Block):
+    """Credentials for one Cloudflare R2 destination (name it rtk-r2-<bucket>): an R2 API
+    token's S3 credentials. Empty: R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY, then boto3's chain."""
+
+    _block_type_name = "RTK R2 Credentials"
+    _block_type_slug = "rtk-r2-credentials"
+
+    access_key_id: str | None = Field(default=None, description="The R2 API token's Access Key ID.")
+    secret_access_key: SecretStr | None = Field(default=None, description="The R2 API token's Secret Access Key.")
+    account_id: str | None = Field(
+        default=None, description="Cloudflare account id of the bucket, if not the storage_config's nor CLOUDFLARE_ACCOUNT_ID."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="Endpoint, if not https://<account_id>.r2.cloudflarestorage.com (e.g. the EU jurisdiction's)."
+    )
+    storage_class: str | None = Field(default=None, description="Storage class: STANDARD or STANDARD_IA.")
+    checksum: str | None = Field(default=None, description="SHA256 (default) or off.")
+
+    storage_option_fields: ClassVar[tuple[str, ...]] = ("account_id", "storage_class", "checksum")
+
+    def get_client(self, destination: "Destination", settings: "Settings | None" = None, config: Any = None):
+        """A boto3 S3 client on R2 for destination: this block's keys, else R2_ACCESS_KEY_ID /
+        R2_SECRET_ACCESS_KEY, else boto3's standard chain."""
+        from .r2 import r2_client
+
+        return r2_client(destination, settings, config, self)
+
+
 class GCSCredentials(Block):
     """Credentials for one GCS destination (name it rtk-gcs-<bucket>)."""
 

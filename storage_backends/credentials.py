@@ -6,12 +6,13 @@ when blocks are enabled and a Prefect API can be asked) and exposed by its backe
 recording's ``storage_config`` finds its block by name:
 
     s3 / digitalocean:  rtk-s3-<bucket>
+    r2 (cloudflare):    rtk-r2-<bucket>
     gcs:                rtk-gcs-<bucket>
     azure:              rtk-azure-<container>
     sftp:               rtk-sftp-<username>-at-<host>
 
 (lower-cased, anything outside [a-z0-9-] replaced by '-'). Each block builds its own client
-(``S3Credentials.get_client``, ``GCSCredentials.get_client``, ``AzureCredentials.get_service_client``,
+(``S3Credentials.get_client``, ``R2Credentials.get_client``, ``GCSCredentials.get_client``, ``AzureCredentials.get_service_client``,
 after prefect-aws's ``AwsCredentials.get_s3_client``); when no such block exists the backend
 uses an empty one, which means the standard chains / environment settings. Blocks of bucket
 stores may also carry storage options (encryption, storage class, tier), for destinations

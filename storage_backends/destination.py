@@ -46,6 +46,8 @@ def validate_options(kind: str, options: dict[str, str], where: str = "destinati
             raise InvalidDestination(
                 f"storage option {name}={value!r} in the {where} is not one of {', '.join(opt.choices)}"
             )
+        if not opt.matches(value):
+            raise InvalidDestination(f"storage option {name}={value!r} in the {where} is not {opt.pattern_word or 'valid'}")
         out[name] = value
     if kind == "s3" and "kms_key_id" in out and not out.get("sse", "").startswith("aws:kms"):
         raise InvalidDestination(f"storage option kms_key_id in the {where} needs sse=aws:kms")
@@ -124,7 +126,7 @@ def _url_port(netloc: str) -> int | None:
 
 
 def parse_destination_url(url: str) -> Destination:
-    """file:///abs/path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix,
+    """file:///abs/path, s3://bucket/prefix, r2://bucket/prefix, gs://bucket/prefix, az://container/prefix,
     sftp://user@host:port/path (the schemes are ``registry.SCHEMES``).
 
     Bucket URLs take storage options as query parameters (``s3://b/p?storage_class=STANDARD_IA``);
@@ -164,7 +166,8 @@ def parse_destination_url(url: str) -> Destination:
         word = REGISTRY[kind].bucket_word
         if not parts.hostname:
             raise InvalidDestination(f"{scheme}:// URLs need a {word}: {scheme}://{word}/prefix")
-        return Destination(kind=kind, bucket=parts.netloc, root=_clean_root(path), source_type="url", options=options)
+        region = "auto" if kind == "r2" else None  # R2's one S3 region
+        return Destination(kind=kind, bucket=parts.netloc, root=_clean_root(path), region=region, source_type="url", options=options)
     if REGISTRY[kind].addressing == "host":
         if not parts.hostname:
             raise InvalidDestination("sftp URLs need a host: sftp://user@host:port/path")
@@ -208,6 +211,12 @@ def destination_from_storage_config(sc: StorageConfig) -> Destination:
     if REGISTRY[kind].addressing == "bucket":
         if not sc.bucket:
             raise InvalidDestination(f"storage_config.bucket is missing for type {stype!r}")
+        if kind == "r2":
+            # R2's S3 API has one region, "auto"; the account id names the endpoint (else
+            # CLOUDFLARE_ACCOUNT_ID, see storage_backends.r2)
+            given = {"account_id": sc.account_id} if sc.account_id else {}
+            options = validate_options(kind, given, "storage_config")
+            return Destination(kind=kind, bucket=sc.bucket, region="auto", source_type=stype, options=options)
         return Destination(kind=kind, bucket=sc.bucket, region=sc.region, source_type=stype)
     # host addressing: sftp
     if not sc.host:

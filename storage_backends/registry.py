@@ -12,6 +12,7 @@ azure-storage-blob) are imported on first use only.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,6 +30,12 @@ class StorageOption:
     choices: tuple[str, ...] | None = None
     #: case-insensitive choices are normalised to their spelling here
     normalise: Callable[[str], str] | None = None
+    #: a regular expression the (normalised) value must match whole, and what it is, for messages
+    pattern: str | None = None
+    pattern_word: str = ""
+
+    def matches(self, value: str) -> bool:
+        return self.pattern is None or re.fullmatch(self.pattern, value) is not None
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class BackendSpec:
 S3_STORAGE_CLASSES = (
     "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
 )
+#: Cloudflare R2's storage classes (its S3 API accepts these two; both read at once)
+R2_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA")
 GCS_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")  # all readable at once
 AZURE_ACCESS_TIERS = ("Hot", "Cool", "Cold")
 
@@ -71,6 +80,15 @@ def _checksum(v: str) -> str:
     return "off" if v.lower() in ("off", "none", "false", "0") else v.upper()
 
 
+def _lower(v: str) -> str:
+    return v.lower()
+
+
+#: a Cloudflare account id goes into R2's host name (<account_id>.r2.cloudflarestorage.com):
+#: one DNS label (Cloudflare's are 32 hex digits)
+ACCOUNT_ID_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+
+
 def _sse(v: str) -> str:
     return {"aes256": "AES256", "aws:kms": "aws:kms", "aws:kms:dsse": "aws:kms:dsse"}.get(v.lower(), v)
 
@@ -85,6 +103,17 @@ REGISTRY: dict[str, BackendSpec] = {
                 "sse": StorageOption("server-side encryption: AES256 or aws:kms", ("AES256", "aws:kms", "aws:kms:dsse"), _sse),
                 "kms_key_id": StorageOption("KMS key id or ARN for sse=aws:kms"),
                 "storage_class": StorageOption("S3 storage class", S3_STORAGE_CLASSES, _upper),
+                "checksum": StorageOption("S3 checksum on every upload: SHA256 (default) or off", ("SHA256", "off"), _checksum),
+            },
+        ),
+        BackendSpec(
+            "r2", "storage_backends.r2", "R2Backend", ("r2",), ("cloudflare",),
+            options={
+                "account_id": StorageOption(
+                    "Cloudflare account id of the bucket (default: the storage_config's, else CLOUDFLARE_ACCOUNT_ID)",
+                    normalise=_lower, pattern=ACCOUNT_ID_PATTERN, pattern_word="a Cloudflare account id (letters, digits, '-')",
+                ),
+                "storage_class": StorageOption("R2 storage class", R2_STORAGE_CLASSES, _upper),
                 "checksum": StorageOption("S3 checksum on every upload: SHA256 (default) or off", ("SHA256", "off"), _checksum),
             },
         ),

@@ -1,4 +1,4 @@
-"""S3 and S3-compatible (DigitalOcean Spaces, MinIO, R2) backend, on boto3.
+"""S3 and S3-compatible (DigitalOcean Spaces, MinIO; Cloudflare R2 in ``storage_backends.r2``) backend, on boto3.
 
 Uploads stream the source in parts of ``ARCHIVE_S3_PART_SIZE``: a file shorter than one part
 is one ``PutObject``, anything longer a multipart upload with ``ARCHIVE_S3_CONCURRENCY`` parts
@@ -51,6 +51,7 @@ from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, Sto
 from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
 from .parts import PartUploads
+from .registry import REGISTRY
 
 if TYPE_CHECKING:
     from rtk_archiver.settings import Settings
@@ -117,17 +118,33 @@ def _release_client(key: tuple) -> None:
     entry[0].close()
 
 
-def s3_client(destination: Destination, settings: "Settings | None", config: Config | None, block: "S3Credentials | None" = None):
-    """A boto3 S3 client for destination: the block's keys if it has any, else boto3's
-    standard chain (no block, or an empty one = the chain)."""
+def client_params(destination: Destination, settings: "Settings | None", block: "S3Credentials | None" = None) -> dict[str, Any]:
+    """Where and as whom a destination's client connects: endpoint, region and keys (None:
+    botocore's own, its standard chain)."""
+    return {
+        "endpoint_url": endpoint_for(destination, settings, block),
+        "region_name": block_value(block, "region_name") or destination.region,
+        "aws_access_key_id": block_value(block, "aws_access_key_id"),
+        "aws_secret_access_key": block_value(block, "aws_secret_access_key"),
+        "aws_session_token": block_value(block, "aws_session_token"),
+    }
+
+
+def s3_client(
+    destination: Destination, settings: "Settings | None", config: Config | None, block: "S3Credentials | None" = None,
+    params: dict[str, Any] | None = None,
+):
+    """A boto3 S3 client for destination: ``params`` (``client_params``: the block's keys if it
+    has any, else boto3's standard chain; no block, or an empty one = the chain)."""
+    params = client_params(destination, settings, block) if params is None else params
     session = boto3.session.Session(
         botocore_session=_botocore_session(),
-        region_name=block_value(block, "region_name") or destination.region,
-        aws_access_key_id=block_value(block, "aws_access_key_id"),
-        aws_secret_access_key=block_value(block, "aws_secret_access_key"),
-        aws_session_token=block_value(block, "aws_session_token"),
+        region_name=params["region_name"],
+        aws_access_key_id=params["aws_access_key_id"],
+        aws_secret_access_key=params["aws_secret_access_key"],
+        aws_session_token=params["aws_session_token"],
     )
-    return session.client("s3", endpoint_url=endpoint_for(destination, settings, block), config=config)
+    return session.client("s3", endpoint_url=params["endpoint_url"], config=config)
 
 
 def endpoint_for(destination: Destination, settings: "Settings | None", block: "S3Credentials | None" = None) -> str | None:
@@ -198,11 +215,21 @@ class S3Backend(StorageBackend):
     #: the transfer's read-ahead, at most (tasks/transfer.py): with parts in flight, the next
     #: part is downloaded while they are sent; a longer read-ahead only costs memory
     read_ahead_limit_bytes = 2 * 1024 * 1024
+    #: the store in messages, its credentials block (a class of ``storage_backends.blocks``)
+    #: and where credentials come from without one (S3-compatible stores' subclasses: r2.py)
+    store = "S3"
+    block_class_name = "S3Credentials"
+    credentials_hint = "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile)"
+
+    def client_params(self, settings: "Settings | None", block: Any) -> dict[str, Any]:
+        """Endpoint, region and keys of this backend's client (``client_params``)."""
+        return client_params(self.destination, settings, block)
 
     def __init__(self, destination: Destination, settings: "Settings | None" = None) -> None:
         super().__init__(destination)
-        block = load_block("S3Credentials", destination, settings.archive_credential_blocks if settings else False)
+        block = load_block(self.block_class_name, destination, settings.archive_credential_blocks if settings else False)
         self.destination = destination.with_options(block_options(block), f"block {block_name_for(destination)!r}")
+        self.scheme = REGISTRY[destination.kind].schemes[0]
         stall = settings.archive_upload_stall_seconds if settings is not None else 120.0
         self.bucket = destination.bucket or ""
         # an upload (or any call) that makes no progress for `stall` seconds fails
@@ -214,12 +241,10 @@ class S3Backend(StorageBackend):
         config = Config(
             retries={"mode": "standard", "max_attempts": 5}, connect_timeout=min(15.0, stall), read_timeout=stall, **when
         )
-        self._client_key = (
-            endpoint_for(destination, settings, block), block_value(block, "region_name") or destination.region,
-            block_value(block, "aws_access_key_id"), block_value(block, "aws_secret_access_key"),
-            block_value(block, "aws_session_token"), self.checksum, stall,
-        )
-        self.client = _shared_client(self._client_key, lambda: s3_client(destination, settings, config, block))
+        params = self.client_params(settings, block)
+        self.endpoint_url: str | None = params["endpoint_url"]
+        self._client_key = (*params.values(), self.checksum, stall)
+        self.client = _shared_client(self._client_key, lambda: s3_client(self.destination, settings, config, block, params))
         self._closed = False
         # no-clobber at the commit itself (If-None-Match: *), not only the stat before the upload:
         # the object appears only when PutObject / CompleteMultipartUpload succeeds, and S3
@@ -245,22 +270,24 @@ class S3Backend(StorageBackend):
     def _key(self, key: str) -> str:
         return posixpath.join(self.destination.root, key) if self.destination.root else key
 
+    def _where(self, key: str) -> str:
+        return f"{self.scheme}://{self.bucket}/{self._key(key)}"
+
     def _fail(self, exc: Exception, action: str, key: str) -> StorageError:
-        where = f"s3://{self.bucket}/{self._key(key)}"
+        where, store = self._where(key), self.store
         if isinstance(exc, NoCredentialsError):
             return PermanentStorageError(
-                f"no S3 credentials for bucket '{self.bucket}': set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                "(or a profile), or create an S3Credentials block named "
-                f"'{block_name_for(self.destination)}'"
+                f"no {store} credentials for bucket '{self.bucket}': {self.credentials_hint}, or create an "
+                f"{self.block_class_name} block named '{block_name_for(self.destination)}'"
             )
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
-                return PermanentStorageError(f"S3 bucket '{self.bucket}' does not exist")
+                return PermanentStorageError(f"{store} bucket '{self.bucket}' does not exist")
             if code in _DENIED or code == "403":
-                return PermanentStorageError(f"access to S3 bucket '{self.bucket}' denied ({code}) while trying to {action} {where}")
-            return StorageError(f"S3 {action} of {where} failed: {code or type(exc).__name__}")
-        return StorageError(f"S3 {action} of {where} failed: {type(exc).__name__}")
+                return PermanentStorageError(f"access to {store} bucket '{self.bucket}' denied ({code}) while trying to {action} {where}")
+            return StorageError(f"{store} {action} of {where} failed: {code or type(exc).__name__}")
+        return StorageError(f"{store} {action} of {where} failed: {type(exc).__name__}")
 
     def _call(self, action: str, key: str, fn, **kwargs):
         """One S3 call on key; None when the object does not exist, errors mapped."""
@@ -304,7 +331,7 @@ class S3Backend(StorageBackend):
 
     def _put(self, key: str, source: Readable, size: int | None, *, replace: bool, metadata: dict[str, str] | None) -> ObjectInfo:
         if not replace and self.stat(key) is not None:
-            raise KeyTaken(f"s3://{self.bucket}/{self._key(key)} already exists and was not written by this recording's archive: left untouched")
+            raise KeyTaken(f"{self._where(key)} already exists and was not written by this recording's archive: left untouched")
         extra = dict(self.extra_args)
         if metadata:
             extra["Metadata"] = {k: _metadata_value(v) for k, v in metadata.items()}
@@ -314,7 +341,7 @@ class S3Backend(StorageBackend):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise KeyTaken(
-                    f"s3://{self.bucket}/{self._key(key)} appeared while uploading and was not written by this "
+                    f"{self._where(key)} appeared while uploading and was not written by this "
                     "recording's archive: left untouched"
                 ) from None
             raise self._fail(exc, "upload", key) from None
@@ -324,9 +351,7 @@ class S3Backend(StorageBackend):
         reported = info.hashes.get("s3-sha256")
         if reported is not None and not parts.matches(reported):
             self.delete(key)  # ours: written just now
-            raise StorageError(
-                f"s3://{self.bucket}/{self._key(key)}: S3's SHA-256 checksum differs from the bytes sent; removed"
-            )
+            raise StorageError(f"{self._where(key)}: {self.store}'s SHA-256 checksum differs from the bytes sent; removed")
         return info  # without s3-sha256 if the store does not report checksums (some S3-compatibles)
 
     def _checksum(self, data: bytearray, parts: _Parts) -> dict[str, str]:

@@ -42,6 +42,8 @@ class DestinationCheck(BaseModel):
     status: Literal["ok", "failed", "skipped"]
     works: list[str] = Field(default_factory=list)  # steps that succeeded, in order
     checksums: list[str] = Field(default_factory=list)
+    #: the storage options in force; for a store reached at an endpoint of its own (R2) also
+    #: where: ``endpoint`` and ``region``
     options: dict[str, str] = Field(default_factory=dict)
     reason: str | None = None
     fix: str | None = None
@@ -61,6 +63,8 @@ class CheckReport(BaseModel):
 #: or block when credentials are missing)
 _FIXES = (
     ("no s3 credentials", "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or create the S3Credentials block named in the message"),
+    ("no r2 credentials", "set R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY (an R2 API token's) or create the R2Credentials block named in the message"),
+    ("cloudflare account id", "set (or correct) the storage_config's account_id or CLOUDFLARE_ACCOUNT_ID, or set ARCHIVE_R2_ENDPOINT_URL"),
     ("no gcs credentials", "set GOOGLE_APPLICATION_CREDENTIALS or create the GCSCredentials block named in the message"),
     ("no azure credentials", "set AZURE_STORAGE_CONNECTION_STRING (or account URL + key / SAS) or create the AzureCredentials block named in the message"),
     ("host key", "add the server's host key to SFTP_KNOWN_HOSTS (ssh-keyscan, after checking its fingerprint with the server's owner)"),
@@ -92,6 +96,9 @@ def probe_destination(destination: Destination, settings: Settings, source: str,
     try:
         backend = open_backend(destination, settings)
         row.options = dict(backend.destination.options)
+        details = getattr(backend, "check_details", None)  # where an S3-compatible store is reached
+        if details is not None:
+            row.options.update(details())
         row.works.append("credentials")
         if destination.kind == "sftp":
             row.works.append("host key")  # verified when the backend connected
@@ -108,6 +115,9 @@ def probe_destination(destination: Destination, settings: Settings, source: str,
             if name in digests and digests[name] != value:
                 raise RuntimeError(f"the probe's {name} differs from the bytes written")
         row.checksums = ["sha256 (sidecar)", *sorted(set(stat.hashes) | set(info.hashes))]
+        notes = getattr(backend, "checksum_notes", None)  # what the store checks beyond what it reported
+        if notes is not None:
+            row.checksums += notes()
         row.works.append("stat")
         step = "read"
         if backend.read_bytes(key) != data:

@@ -1,5 +1,5 @@
 """The StorageBackend contract, run against every backend on a real server (local dir, moto S3,
-GCS emulator, Azurite, OpenSSH sftp): streaming round trip, nothing partial, clear errors."""
+moto as Cloudflare R2's S3 API, GCS emulator, Azurite, OpenSSH sftp): streaming round trip, nothing partial, clear errors."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def _backend_for(kind: str, request, tmp_path) -> StorageBackend:
         b.leftovers = lambda: [o["Key"] for o in b.client.list_objects_v2(Bucket=bucket).get("Contents", [])] + [
             u["Key"] for u in b.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         ]
+    elif kind == "r2":  # R2's S3 API at ARCHIVE_R2_ENDPOINT_URL (moto), R2_* keys, no AWS_* variables
+        bucket = request.getfixturevalue("r2_env")
+        b = open_backend(parse_destination_url(f"r2://{bucket}/pre/fix"), settings())
+        assert (b.endpoint_url, b.client.meta.region_name) == (request.getfixturevalue("moto_s3_server"), "auto")
+        b.leftovers = lambda: [o["Key"] for o in b.client.list_objects_v2(Bucket=bucket).get("Contents", [])] + [
+            u["Key"] for u in b.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        ]
     elif kind == "gcs":
         bucket = request.getfixturevalue("gcs_env")
         b = open_backend(parse_destination_url(f"gs://{bucket}/pre"), settings())
@@ -44,7 +51,7 @@ def _backend_for(kind: str, request, tmp_path) -> StorageBackend:
     return b
 
 
-@pytest.fixture(params=["file", "s3", "gcs", "azure", "sftp"])
+@pytest.fixture(params=["file", "s3", "r2", "gcs", "azure", "sftp"])
 def backend(request, tmp_path) -> StorageBackend:
     b = _backend_for(request.param, request, tmp_path)
     yield b
@@ -52,7 +59,7 @@ def backend(request, tmp_path) -> StorageBackend:
 
 
 #: hashes a backend computes and checks itself while uploading (not the transfer's reader)
-OWN_HASHES = {"s3": ("s3-sha256",), "azure": ("md5",)}
+OWN_HASHES = {"s3": ("s3-sha256",), "r2": ("s3-sha256",), "azure": ("md5",)}
 
 
 def own_hash(name: str, data: bytes) -> str:
@@ -271,7 +278,7 @@ def gcs_write_denying_proxy(gcs_emulator):
     server.server_close()
 
 
-@pytest.fixture(params=["file", "s3", "gcs", "sftp"])
+@pytest.fixture(params=["file", "s3", "r2", "gcs", "sftp"])
 def denied_backend(request, tmp_path, monkeypatch):
     """(backend, where: fragments the error must name, leftovers(), put context)."""
     import contextlib
@@ -300,6 +307,20 @@ def denied_backend(request, tmp_path, monkeypatch):
         prefix = f"pre-{uuid.uuid4().hex[:8]}"
         b = open_backend(parse_destination_url(f"s3://{bucket}/{prefix}"), settings(archive_credential_blocks=False))
         where = [f"s3://{bucket}/{prefix}/{DENIED_KEY}"]
+        leftovers = lambda: [o["Key"] for o in b.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])] + [  # noqa: E731
+            u["Key"] for u in b.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"].startswith(prefix)
+        ]
+    elif kind == "r2":  # the same read-only user, as an R2 API token's keys
+        endpoint, bucket, key_id, secret = request.getfixturevalue("moto_s3_auth_server")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("R2_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("R2_SECRET_ACCESS_KEY", secret)
+        monkeypatch.setenv("ARCHIVE_R2_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        prefix = f"pre-{uuid.uuid4().hex[:8]}"
+        b = open_backend(parse_destination_url(f"r2://{bucket}/{prefix}"), settings(archive_credential_blocks=False))
+        where = [f"r2://{bucket}/{prefix}/{DENIED_KEY}", "R2"]
         leftovers = lambda: [o["Key"] for o in b.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])] + [  # noqa: E731
             u["Key"] for u in b.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"].startswith(prefix)
         ]
@@ -371,7 +392,7 @@ def test_azure_permission_denied_is_permanent_clear_and_leaves_nothing(azure_env
     b.close()
 
 
-@pytest.mark.parametrize("kind", ["file", "s3", "gcs", "azure"])
+@pytest.mark.parametrize("kind", ["file", "s3", "r2", "gcs", "azure"])
 def test_an_object_that_appears_during_the_upload_is_not_replaced(kind, request, tmp_path):
     """No-clobber holds at the commit itself, not only in a check before the upload: an object
     written at the key while the upload runs stays (KeyTaken), and nothing else is left.

@@ -60,6 +60,25 @@ def test_s3_without_credentials(s3_env, monkeypatch):
     assert_failed(probe(f"s3://{s3_env}/x"), "no S3 credentials", "AWS_ACCESS_KEY_ID")
 
 
+def test_r2(r2_env, moto_s3_server, monkeypatch):
+    """R2: the endpoint used and region auto in the row's options, R2's checksums (S3's SHA-256,
+    composite for multipart; the ETag's MD5 for a single part), its storage class."""
+    from tests.fixtures.object_stores import r2_admin
+
+    row = probe(f"r2://{r2_env}/pre?storage_class=STANDARD_IA")
+    assert_ok(row, "s3-sha256", "etag md5 (single part)")
+    assert row.options == {"storage_class": "STANDARD_IA", "endpoint": moto_s3_server, "region": "auto"}
+    assert any("composite" in c and "multipart" in c for c in row.checksums), row.checksums
+    assert not r2_admin(moto_s3_server).list_objects_v2(Bucket=r2_env).get("Contents")
+    assert_failed(probe("r2://no-such-bucket-rtk-check/x"), "R2 bucket 'no-such-bucket-rtk-check' does not exist", "create it")
+    # no keys anywhere: R2's variables and block named
+    monkeypatch.delenv("R2_ACCESS_KEY_ID")
+    monkeypatch.delenv("R2_SECRET_ACCESS_KEY")
+    row = probe(f"r2://{r2_env}/x")
+    assert_failed(row, "no R2 credentials", "R2_ACCESS_KEY_ID")
+    assert f"'rtk-r2-{r2_env}'" in row.reason  # the block it would read
+
+
 def test_gcs(gcs_env):
     assert_ok(probe(f"gs://{gcs_env}/pre?storage_class=NEARLINE"), "crc32c")
     assert_failed(probe("gs://no-such-bucket-rtk-check/x"), "does not exist", "create it")

@@ -145,3 +145,112 @@ def test_a_destination_cannot_hold_port_0():
     for port in (0, -1, 65536):
         with pytest.raises(ValidationError):
             Destination(kind="sftp", host="h", username="u", port=port)
+
+
+# --- Cloudflare R2 (storage_config type "cloudflare", r2://) ------------------------------------
+
+def _r2_settings(**kw):
+    from rtk_archiver.settings import Settings
+
+    return Settings(cloudflare_api_token="t", cloudflare_account_id="0123456789abcdef0123456789abcdef",
+                    realtimekit_app_id="b", archive_credential_blocks=False, **kw)
+
+
+def test_r2_urls_and_storage_configs():
+    from storage_backends.credentials import block_name_for
+
+    d = parse_destination_url("r2://Team.Recordings/pre/fix")
+    assert (d.kind, d.bucket, d.root, d.region, d.options) == ("r2", "Team.Recordings", "pre/fix", "auto", {})
+    assert d.display_url("a.mp4") == "r2://Team.Recordings/pre/fix/a.mp4"
+    assert block_name_for(d) == "rtk-r2-team-recordings"
+    assert parse_destination_url("r2://b?account_id=ABCDEF0123").options == {"account_id": "abcdef0123"}
+    # the account id field is not documented: account_id, accountId and account are all read
+    for field in ("account_id", "accountId", "account"):
+        sc = StorageConfig.model_validate({"type": "cloudflare", "bucket": "b", "region": "wnam", field: "F00D", "path": "x"})
+        d = destination_from_storage_config(sc)
+        assert (d.kind, d.source_type, d.region, d.options) == ("r2", "cloudflare", "auto", {"account_id": "f00d"}), field
+        assert sc.public_dict()["account_id"] == "F00D"
+    d = destination_from_storage_config(StorageConfig(type="Cloudflare", bucket="b"))
+    assert (d.kind, d.options) == ("r2", {})
+    with pytest.raises(InvalidDestination, match="storage_config.bucket is missing for type 'cloudflare'"):
+        destination_from_storage_config(StorageConfig(type="cloudflare"))
+    with pytest.raises(InvalidDestination, match="account_id='evil.example.com/x' in the storage_config is not a Cloudflare account id"):
+        destination_from_storage_config(StorageConfig(type="cloudflare", bucket="b", account_id="evil.example.com/x"))
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("r2://b/p?sse=AES256", "unknown storage option 'sse'"),  # R2 has no x-amz-server-side-encryption
+        ("r2://b/p?storage_class=GLACIER_IR", "is not one of STANDARD, STANDARD_IA"),
+        ("r2://b/p?account_id=a.b", "is not a Cloudflare account id"),
+        ("r2://key@b/p", "take a bucket only"),
+        ("r2:///p", "need a bucket"),
+    ],
+)
+def test_bad_r2_urls_are_clear(url, fragment):
+    with pytest.raises(InvalidDestination, match=fragment):
+        parse_destination_url(url)
+
+
+def test_r2_endpoint_account_from_storage_config_else_setting_else_override(monkeypatch):
+    from storage_backends.r2 import r2_client_params, r2_endpoint
+
+    monkeypatch.delenv("ARCHIVE_R2_ENDPOINT_URL", raising=False)
+    s = _r2_settings()
+    own = destination_from_storage_config(StorageConfig(type="cloudflare", bucket="b", account_id="aaaa1111"))
+    plain = destination_from_storage_config(StorageConfig(type="cloudflare", bucket="b"))
+    assert r2_endpoint(own, s) == "https://aaaa1111.r2.cloudflarestorage.com"  # the storage_config's account
+    assert r2_endpoint(plain, s) == "https://0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com"  # CLOUDFLARE_ACCOUNT_ID
+    params = r2_client_params(plain, s)
+    assert params["region_name"] == "auto" and params["aws_access_key_id"] is None  # no keys: boto3's chain
+    # ARCHIVE_R2_ENDPOINT_URL overrides both: a jurisdiction's endpoint, or a test server
+    eu = _r2_settings(ARCHIVE_R2_ENDPOINT_URL="https://aaaa1111.eu.r2.cloudflarestorage.com")
+    assert r2_endpoint(own, eu) == r2_endpoint(plain, eu) == "https://aaaa1111.eu.r2.cloudflarestorage.com"
+    assert r2_client_params(own, eu)["region_name"] == "auto"
+    monkeypatch.setenv("ARCHIVE_R2_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert r2_endpoint(plain, _r2_settings()) == "http://127.0.0.1:9000"
+
+
+def test_r2_endpoint_override_is_checked():
+    from rtk_archiver.settings import SettingsError, load_settings
+
+    for bad, fragment in (("https://key:secret@x.r2.cloudflarestorage.com", "user name or password"), ("ftp://x", r"http\(s\) URL")):
+        with pytest.raises(SettingsError, match=f"ARCHIVE_R2_ENDPOINT_URL .*{fragment}") as info:
+            load_settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b", ARCHIVE_R2_ENDPOINT_URL=bad)
+        assert "secret" not in str(info.value)
+    with pytest.raises(SettingsError, match="R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY go together"):
+        load_settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b", R2_ACCESS_KEY_ID="k")
+
+
+def test_r2_without_any_account_id_is_a_clear_permanent_error(monkeypatch):
+    from storage_backends import PermanentStorageError, open_backend
+
+    for name in ("CLOUDFLARE_ACCOUNT_ID", "ARCHIVE_R2_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    plain = destination_from_storage_config(StorageConfig(type="cloudflare", bucket="recs"))
+    with pytest.raises(PermanentStorageError) as info:
+        open_backend(plain, None)  # no settings: the variables themselves
+    message = str(info.value)
+    assert "R2 bucket 'recs'" in message and "account_id" in message and "CLOUDFLARE_ACCOUNT_ID" in message, message
+    monkeypatch.setenv("CLOUDFLARE_ACCOUNT_ID", "beef")
+    from storage_backends.r2 import r2_endpoint
+
+    assert r2_endpoint(plain, None) == "https://beef.r2.cloudflarestorage.com"
+
+
+def test_r2_keys_block_then_variables_then_the_chain(monkeypatch):
+    from pydantic import SecretStr
+
+    from storage_backends.blocks import R2Credentials
+    from storage_backends.r2 import r2_client_params
+
+    d = parse_destination_url("r2://b/p")
+    s = _r2_settings(R2_ACCESS_KEY_ID="env-key", R2_SECRET_ACCESS_KEY="env-secret")
+    assert (r2_client_params(d, s)["aws_access_key_id"], r2_client_params(d, s)["aws_secret_access_key"]) == ("env-key", "env-secret")
+    block = R2Credentials(access_key_id="block-key", secret_access_key=SecretStr("block-secret"),
+                          endpoint_url="https://acct.eu.r2.cloudflarestorage.com")
+    params = r2_client_params(d, s, block)
+    assert (params["aws_access_key_id"], params["aws_secret_access_key"], params["endpoint_url"]) == (
+        "block-key", "block-secret", "https://acct.eu.r2.cloudflarestorage.com")
+    assert r2_client_params(d, _r2_settings(), R2Credentials())["aws_access_key_id"] is None  # empty block: the chain

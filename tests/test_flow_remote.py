@@ -1,9 +1,10 @@
-"""End to end through the archive flow into real S3 (moto), GCS (emulator) and SFTP (sshd)
+"""End to end through the archive flow into real S3 (moto), R2 (moto as its S3 API), GCS (emulator) and SFTP (sshd)
 servers, selected per recording from its storage_config; credentials from the environment
 or from Prefect Blocks; failures are clear, per recording, and leave nothing behind."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -82,6 +83,60 @@ def test_s3_gcs_and_sftp_from_storage_config(env, s3_env, moto_s3_server, gcs_en
     again = run_report(archive_recordings)
     assert again.bytes_transferred == 0
     assert {outcomes(again)[r["id"]].kind for r in (to_s3, to_gcs, to_sftp)} == {OutcomeKind.ALREADY_ARCHIVED}
+
+
+def test_r2_from_storage_config(env, r2_env, moto_s3_server, caplog):
+    """A recording whose storage_config is Cloudflare R2 (type "cloudflare", its account id and
+    the write-only keys RealtimeKit never serves): archived through R2's S3 API (moto at
+    ARCHIVE_R2_ENDPOINT_URL, region auto) with R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY and no
+    AWS_* variable; S3's SHA-256 in the sidecar; the second run finds it archived."""
+    from tests.fixtures.object_stores import r2_admin
+
+    caplog.set_level(logging.DEBUG)
+    rec = env.state.add_recording(file_size=9 * 1024 * 1024 + 7, audio=True, storage_config={
+        "type": "cloudflare", "bucket": r2_env, "account_id": "0123456789abcdef0123456789abcdef", "path": "rtk/r2",
+        "access_key": "r2-key-in-the-storage-config", "secret": "r2-secret-in-the-storage-config",
+    })
+    report = run_report(archive_recordings)
+    outcome = outcomes(report)[rec["id"]]
+    assert outcome.kind == OutcomeKind.ARCHIVED, report.outcomes
+    assert outcome.destination.startswith(f"r2://{r2_env}/rtk/r2/"), outcome.destination
+    client = r2_admin(moto_s3_server)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=r2_env)["Contents"]]
+    video = f"rtk/r2/{rec['output_file_name']}"
+    assert client.get_object(Bucket=r2_env, Key=video)["Body"].read() == media_bytes(rec["id"], "video", 0, rec["file_size"])
+    assert any(".audio." in k for k in keys) and video + ".metadata.json" in keys
+    assert not client.list_multipart_uploads(Bucket=r2_env).get("Uploads")
+    sidecar = json.loads(client.get_object(Bucket=r2_env, Key=video + ".metadata.json")["Body"].read())
+    data = media_bytes(rec["id"], "video", 0, rec["file_size"])
+    parts = [hashlib.sha256(data[i : i + 8 * 1024 * 1024]).digest() for i in (0, 8 * 1024 * 1024)]
+    entry = next(f for f in sidecar["files"] if f["kind"] == "video")
+    # S3's SHA-256 as R2 has it for multipart: the composite of the parts' ("-2" where the server adds it)
+    assert entry["hashes"]["s3-sha256"].split("-")[0] == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert sidecar["storage_config"]["type"] == "cloudflare"
+    assert "r2-secret-in-the-storage-config" not in json.dumps(sidecar) + caplog.text
+    assert client.head_object(Bucket=r2_env, Key=video)["Metadata"]["rtk-recording-id"] == rec["id"]
+
+    again = run_report(archive_recordings)
+    assert again.bytes_transferred == 0 and outcomes(again)[rec["id"]].kind == OutcomeKind.ALREADY_ARCHIVED
+
+
+def test_r2_credentials_and_endpoint_from_its_block(env, r2_env, moto_s3_server, monkeypatch):
+    """No R2 variables: the rtk-r2-<bucket> block supplies the keys and the endpoint."""
+    from pydantic import SecretStr
+
+    from storage_backends.r2 import R2Credentials
+    from tests.fixtures.object_stores import R2_TEST_ACCESS_KEY, R2_TEST_SECRET, r2_admin
+
+    R2Credentials(access_key_id=R2_TEST_ACCESS_KEY, secret_access_key=SecretStr(R2_TEST_SECRET), endpoint_url=moto_s3_server,
+                  storage_class="STANDARD_IA").save(f"rtk-r2-{r2_env}", overwrite=True)
+    for name in ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "ARCHIVE_R2_ENDPOINT_URL"):
+        monkeypatch.delenv(name)
+    rec = env.state.add_recording(file_size=1000, storage_config={"type": "cloudflare", "bucket": r2_env})
+    report = run_report(archive_recordings)
+    assert outcomes(report)[rec["id"]].kind == OutcomeKind.ARCHIVED, report.outcomes
+    head = r2_admin(moto_s3_server).head_object(Bucket=r2_env, Key=rec["output_file_name"])
+    assert head["ContentLength"] == 1000 and head["StorageClass"] == "STANDARD_IA"
 
 
 def test_credentials_from_blocks(env, s3_env, moto_s3_server, sshd_server, monkeypatch):

@@ -78,13 +78,44 @@ def test_one_registry_feeds_every_list():
     from storage_backends.registry import KINDS, REGISTRY
     from tasks.limits import BACKEND_KINDS
 
-    assert BACKEND_KINDS == KINDS == ("file", "s3", "gcs", "azure", "sftp")
-    assert STORAGE_TYPES == {"aws": "s3", "digitalocean": "s3", "gcs": "gcs", "azure": "azure", "sftp": "sftp"}
+    assert BACKEND_KINDS == KINDS == ("file", "s3", "r2", "gcs", "azure", "sftp")
+    assert STORAGE_TYPES == {"aws": "s3", "digitalocean": "s3", "cloudflare": "r2", "gcs": "gcs", "azure": "azure", "sftp": "sftp"}
     for spec in REGISTRY.values():
         for scheme in spec.schemes:
             assert re.match(DESTINATION_PATTERN, f"{scheme}://x")
         cls = backend_class(spec.kind)
         assert cls.__init__.__code__.co_varnames[1:3] == ("destination", "settings")  # one signature
+
+
+# --- Cloudflare R2 (moto as its S3 API) --------------------------------------------------------
+
+def test_r2_storage_class_metadata_and_composite_sha256(r2_env):
+    """R2's options on its S3 API: storage class STANDARD_IA, metadata, and S3's SHA-256 (the
+    composite of the parts for a multipart upload, R2's only kind of SHA-256 there)."""
+    from tests.fixtures.object_stores import r2_admin
+
+    b = open_backend(parse_destination_url(f"r2://{r2_env}/p?storage_class=standard_ia"), settings())
+    assert b.extra_args == {"ChecksumAlgorithm": "SHA256", "StorageClass": "STANDARD_IA"}
+    data = os.urandom(9 * 1024 * 1024 + 3)  # two parts
+    info = b.put("v.mp4", io.BytesIO(data), len(data), metadata=META)
+    head = r2_admin(os.environ["ARCHIVE_R2_ENDPOINT_URL"]).head_object(Bucket=r2_env, Key="p/v.mp4", ChecksumMode="ENABLED")
+    assert (head["StorageClass"], head["Metadata"]) == ("STANDARD_IA", META)
+    parts = [hashlib.sha256(data[i : i + 8 * 1024 * 1024]).digest() for i in (0, 8 * 1024 * 1024)]
+    assert info.hashes["s3-sha256"].split("-")[0] == hashlib.sha256(b"".join(parts)).hexdigest()
+    small = b.put_bytes("s.json", b"{}")
+    assert small.hashes["s3-sha256"] == hashlib.sha256(b"{}").hexdigest()
+    assert b.head("s.json")["ETag"].strip('"') == hashlib.md5(b"{}").hexdigest()  # a single part's ETag: its MD5
+    b.close()
+
+
+def test_r2_block_options_and_refusals():
+    from storage_backends.r2 import R2Credentials
+
+    d = parse_destination_url("r2://b/p?storage_class=STANDARD")
+    merged = d.with_options(block_options(R2Credentials(storage_class="standard_ia", account_id="ABC", checksum="off")), "block")
+    assert merged.options == {"storage_class": "STANDARD", "account_id": "abc", "checksum": "off"}  # the URL's own win
+    with pytest.raises(InvalidDestination, match="storage_class='ONEZONE_IA' in the block 'rtk-r2-b' is not one of STANDARD, STANDARD_IA"):
+        d.with_options(block_options(R2Credentials(storage_class="onezone_ia")), "block 'rtk-r2-b'")
 
 
 # --- S3 (moto) ---------------------------------------------------------------------------------
