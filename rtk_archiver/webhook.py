@@ -7,20 +7,19 @@ instead of at the next poll.
 What is public, and what this follows:
 
 * RealtimeKit (developers.cloudflare.com/realtime/realtimekit/webhooks) sends a JSON ``POST``
-  per subscribed event, with the event name in the body's ``event`` field, and says to verify
-  the ``rtk-signature`` header. Its predecessor Dyte documents the scheme: an RSA-SHA256
-  signature (RSASSA-PKCS1-v1_5) of the payload, base64, verified with the platform's public key
-  (published at ``/.well-known/webhooks.json``), plus a ``dyte-uuid`` header naming the delivery
-  and ``dyte-webhook-id`` naming the subscription. RealtimeKit's own pages do not spell out the
-  signed bytes, so this receiver verifies the raw request body, and, as Dyte's sample code does,
-  the compact JSON serialization of the parsed body when the raw bytes do not verify (both are
-  a serialization of exactly the object acted on). ``rtk-signature`` and the older
-  ``dyte-signature`` are both accepted, and ``rtk-uuid`` / ``dyte-uuid`` as the delivery id.
+  per subscribed event, with the event name in the body's ``event`` field. ``rtk-signature`` is
+  the base64 RSA-SHA256 (RSASSA-PKCS1-v1_5) signature of the **raw request body** ("do not
+  reserialize parsed JSON"), verified with the platform's public key (published at
+  ``/.well-known/webhooks.json``); ``rtk-uuid`` names the delivery (the same for every retry of
+  it) and ``rtk-webhook-id`` the subscription. Only the raw bytes are verified: a body whose
+  bytes were changed in any way (re-serialized, re-indented) is refused. The older Dyte names
+  ``dyte-signature`` / ``dyte-uuid`` are accepted too.
 * ``recording.statusUpdate`` carries ``recording.id`` (also ``recording.recordingId``),
   ``recording.status`` (``INVOKED`` ... ``UPLOADED``, ``ERRORED``), ``recording.meetingId``,
-  ``recording.outputFileName``, ``recording.fileSize`` and presigned ``downloadUrl`` /
-  ``audioDownloadUrl``. Only the id and the status are used; URLs never leave this process
-  (the archive run fetches fresh ones from the API).
+  ``recording.outputFileName``, ``recording.fileSize`` (a decimal string, ``"2044680"``; an
+  integer is accepted too) and presigned ``downloadUrl`` / ``audioDownloadUrl``. Only the ids,
+  the status and the size are used; URLs never leave this process (the archive run fetches
+  fresh ones from the API).
 
 Answers: 200 once the event is in Prefect (or the delivery needs nothing: another event, a
 status other than ``UPLOADED``, a duplicate); 401 unsigned or badly signed; 413 too large; 400
@@ -42,6 +41,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -74,6 +74,9 @@ RESOURCE_PREFIX = "rtk.recording."
 # What flows/manual.py accepts as a recording id (ManualRequest's Identifier): checked here so
 # that the event, and the run its trigger starts, only ever carry a valid one.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: ``recording.fileSize``: decimal digits (a string), at most MAX_FILE_SIZE (1 PiB)
+SIZE_PATTERN = re.compile(r"[0-9]{1,16}")
+MAX_FILE_SIZE = 2**50
 EMIT_TIMEOUT_SECONDS = 5.0
 MAX_REMEMBERED = 100_000
 _EVENT_NAMESPACE = uuid.UUID("6f1d7f64-3c55-4d0e-9a7c-7f1f3c1b2a90")
@@ -161,11 +164,6 @@ def verify_signature(key: PublicKey, data: bytes, signature: bytes) -> bool:
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
-
-
-def compact_json(obj: Any) -> bytes:
-    """``JSON.stringify`` of a parsed body: what Dyte's sample code verifies."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _decode_signature(value: str) -> bytes | None:
@@ -308,19 +306,12 @@ class WebhookReceiver:
         signature = _decode_signature(header)
         if signature is None:
             raise Refused(401, "signature header is not base64")
-        if verify_signature(self.public_key, body, signature):
-            try:
-                return json.loads(body)
-            except (ValueError, RecursionError):
-                raise Refused(400, "signed body is not JSON") from None
+        if not verify_signature(self.public_key, body, signature):  # the raw bytes, nothing else
+            raise Refused(401, "signature does not verify")
         try:
-            parsed = json.loads(body)
-            canonical = compact_json(parsed)
-        except (ValueError, RecursionError, TypeError):
-            raise Refused(401, "signature does not verify") from None
-        if canonical != body and verify_signature(self.public_key, canonical, signature):
-            return parsed
-        raise Refused(401, "signature does not verify")
+            return json.loads(body, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise Refused(400, "signed body is not JSON") from None
 
     async def _handle(self, request: Request) -> int:
         body = await self._read_body(request)
@@ -374,9 +365,30 @@ def _recording_fields(doc: dict) -> tuple[str, str, str | None, int | None]:
     if meeting is None and isinstance(doc.get("meeting"), dict):
         meeting = doc["meeting"].get("id")
     meeting = meeting if isinstance(meeting, str) and ID_PATTERN.match(meeting) else None
-    size = rec.get("fileSize")
-    size = int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 0 else None
-    return rid, status, meeting, size
+    return rid, status, meeting, _file_size(rec.get("fileSize"))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads would take NaN / Infinity
+
+
+def _file_size(value: Any) -> int | None:
+    """``recording.fileSize``: a decimal string as RealtimeKit sends it (``"2044680"``), or an
+    integer; absent / null is None. Anything else (negative, fractional, non-finite, over
+    MAX_FILE_SIZE, not a number) is refused (400)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and SIZE_PATTERN.fullmatch(value):
+        size = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        size = int(value)
+    else:
+        raise Refused(400, "recording fileSize is not a size in bytes")
+    if not 0 <= size <= MAX_FILE_SIZE:
+        raise Refused(400, "recording fileSize is not a size in bytes")
+    return size
 
 
 # ----------------------------------------------------------------------------- Prefect

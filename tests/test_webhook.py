@@ -49,7 +49,7 @@ def status_update(rid: str = RID, status: str = "UPLOADED", **extra) -> dict:
     return {
         "event": "recording.statusUpdate",
         "recording": {
-            "id": rid, "recordingId": rid, "status": status, "meetingId": "meet-1", "fileSize": 1234,
+            "id": rid, "recordingId": rid, "status": status, "meetingId": "meet-1", "fileSize": "1234",
             "outputFileName": "x.mp4",
             "downloadUrl": "https://bucket.example/x.mp4?X-Signature=SECRETSIG",
             **extra,
@@ -114,16 +114,51 @@ def test_signed_uploaded_webhook_is_accepted_and_emitted_without_urls(hook, send
     assert "SECRETSIG" not in dumped and "http" not in dumped  # presigned URLs never leave the receiver
 
 
-def test_dyte_signature_header_and_the_compact_serialization_are_accepted(hook, sender):
-    """Dyte's sample verifies JSON.stringify(parsed body): a signature over the compact
-    serialization verifies a body sent with other whitespace; `dyte-signature` is accepted."""
+def test_dyte_signature_header_is_accepted_over_the_raw_body(hook, sender):
     client, _, emit = hook
-    event = status_update()
-    pretty = json.dumps(event, indent=2).encode()
-    _, headers = sender.signed_request(event)  # signed over the compact form
+    body, headers = sender.signed_request(status_update())
     headers = {"dyte-signature": headers["rtk-signature"], "dyte-uuid": str(uuid.uuid4())}
-    assert post(client, pretty, headers).status_code == 200
+    assert post(client, body, headers).status_code == 200
     assert len(emit.events) == 1
+
+
+def test_only_the_raw_body_is_verified_never_a_reserialization(hook, sender):
+    """RealtimeKit signs the raw bytes ("do not reserialize parsed JSON"): a signature over the
+    compact serialization does not make another serialization of the same object acceptable
+    (the receiver used to re-serialize compactly and verify that too)."""
+    client, receiver, emit = hook
+    event = status_update()
+    _, headers = sender.signed_request(event)  # signed over the compact form
+    for other in (json.dumps(event, indent=2).encode(), json.dumps(event).encode(),
+                  json.dumps(event, separators=(",", ":"), ensure_ascii=True).encode() + b" "):
+        assert post(client, other, headers).status_code == 401
+    assert emit.events == []
+    import rtk_archiver.webhook as wh
+
+    assert not hasattr(wh, "compact_json")
+
+
+@pytest.mark.parametrize("size, expected", [("2044680", 2044680), (2044680, 2044680), ("0", 0), (None, None)])
+def test_file_size_is_read_as_realtimekit_sends_it(hook, sender, size, expected):
+    client, _, emit = hook
+    body, headers = sender.signed_request(status_update(fileSize=size))
+    assert post(client, body, headers).status_code == 200
+    assert [e.file_size for e in emit.events] == [expected]
+
+
+@pytest.mark.parametrize("raw", [b"1e999", b"-1e999", b"NaN", b"Infinity", b"-Infinity", b'"Infinity"', b'"NaN"',
+                                 b"-1", b'"-1"', b"12.5", b'"12.5"', b'"1e3"', b'" 12"', b'"12\n"', b"true",
+                                 b"99999999999999999999999999", b'"99999999999999999999999999"',
+                                 b"1" * 4000, b'"' + b"1" * 4000 + b'"', b'"abc"', b"[]", b"{}"])
+def test_absurd_file_sizes_are_a_clean_400(hook, sender, raw, caplog):
+    """fileSize 1e999 / NaN used to raise OverflowError / ValueError in the handler (a 500 and
+    a traceback); now every value that is not a size in bytes is a 400, nothing emitted."""
+    client, receiver, emit = hook
+    body = sender.encode(status_update(fileSize="__SIZE__")).replace(b'"__SIZE__"', raw)
+    r = post(client, body, {**sender.signed_request(status_update())[1], "rtk-signature": sender.sign(body)})
+    assert r.status_code == 400 and r.json() == {"error": "bad request"}
+    assert emit.events == [] and len(receiver.seen) == 0
+    assert not any(rec.exc_info for rec in caplog.records)
 
 
 def _refusal_cases(sender, other_key):
