@@ -72,8 +72,9 @@ STATUS_EVENT = "recording.statusUpdate"
 UPLOADED_EVENT = "rtk.recording.uploaded"
 RESOURCE_PREFIX = "rtk.recording."
 # What flows/manual.py accepts as a recording id (ManualRequest's Identifier): checked here so
-# that the event, and the run its trigger starts, only ever carry a valid one.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# that the event, and the run its trigger starts, only ever carry a valid one. Always
+# ``fullmatch``: ``$`` would let "rec\n" through.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: ``recording.fileSize``: decimal digits (a string), at most MAX_FILE_SIZE (1 PiB)
 SIZE_PATTERN = re.compile(r"[0-9]{1,16}")
 MAX_FILE_SIZE = 2**50
@@ -356,7 +357,7 @@ def _recording_fields(doc: dict) -> tuple[str, str, str | None, int | None]:
     if not isinstance(rec, dict):
         raise Refused(400, "recording.statusUpdate without a 'recording' object")
     rid = rec.get("id") if rec.get("id") is not None else rec.get("recordingId")
-    if not isinstance(rid, str) or not ID_PATTERN.match(rid):
+    if not isinstance(rid, str) or not ID_PATTERN.fullmatch(rid):
         raise Refused(400, "recording id missing or not an id")
     status = rec.get("status")
     if not isinstance(status, str) or not re.fullmatch(r"[A-Z_]{1,32}", status):
@@ -364,7 +365,7 @@ def _recording_fields(doc: dict) -> tuple[str, str, str | None, int | None]:
     meeting = rec.get("meetingId")
     if meeting is None and isinstance(doc.get("meeting"), dict):
         meeting = doc["meeting"].get("id")
-    meeting = meeting if isinstance(meeting, str) and ID_PATTERN.match(meeting) else None
+    meeting = meeting if isinstance(meeting, str) and ID_PATTERN.fullmatch(meeting) else None
     return rid, status, meeting, _file_size(rec.get("fileSize"))
 
 

@@ -216,6 +216,74 @@ def test_oversized_body_without_content_length_is_refused_while_streaming(hook, 
     assert r.status_code == 413 and emit.events == []
 
 
+@pytest.mark.parametrize("rid", ["rec\n", "rec\r\n", "\nrec", "rec\n\n", "rec \n"])
+def test_an_id_with_a_newline_is_refused(hook, sender, rid):
+    """``^...$`` with ``re.match`` took "rec\\n" (``$`` matches before a trailing newline): ids
+    are full-matched now."""
+    client, receiver, emit = hook
+    body, headers = sender.signed_request(status_update(rid=rid))
+    assert post(client, body, headers).status_code == 400 and emit.events == []
+    body, headers = sender.signed_request(status_update(meetingId="meet-1\n") | {"meeting": {"id": "meet-1\n"}})
+    assert post(client, body, headers).status_code == 200
+    assert [e.meeting_id for e in emit.events] == [None]  # an invalid meeting id is dropped, never passed on
+
+
+def _schema_refuses(deployment_flow, parameters) -> str | None:
+    """What the Prefect server does with a new run's parameters: the deployment's schema,
+    validated by Prefect's own validate (jsonschema); the error's message, or None."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    schema = parameter_schema(deployment_flow.fn).model_dump_for_openapi()
+    try:
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+    except ValidationError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("bad", ["rec\n", "rec\r\n", "rec\n\n"])
+def test_parameter_id_and_datetime_patterns_full_match(bad):
+    """The deployments' JSON-schema patterns used ``$``: jsonschema (Python ``re.search``)
+    took "rec\\n" as a recording id and "2026-01-31\\n" as a date. They end in ``(?![\\s\\S])``
+    now, which means the end of the string in Python and in JavaScript alike."""
+    from flows.archive import archive_recordings
+    from flows.manual import ManualRequest, archive_manual
+
+    assert _schema_refuses(archive_manual, {"request": {"recording_ids": ["rec-1"]}}) is None
+    assert "an id of 1 to 64" in _schema_refuses(archive_manual, {"request": {"recording_ids": [bad]}})
+    assert "an id of 1 to 64" in _schema_refuses(archive_manual, {"request": {"meeting_id": bad}})
+    with pytest.raises(ValueError, match="an id of 1 to 64"):
+        ManualRequest(recording_ids=[bad])  # a direct call: the same rules in Python
+    date = "2026-01-31" + bad[3:]
+    assert _schema_refuses(archive_recordings, {"since": "2026-01-31"}) is None
+    assert "an ISO 8601 date" in _schema_refuses(archive_recordings, {"since": date})
+
+
+def test_parameter_patterns_mean_the_same_in_javascript():
+    """The same patterns as ECMAScript regular expressions (what a JS JSON-schema validator,
+    such as the UI's, compiles them to, with the ``u`` flag): same answers as Python."""
+    import re
+    import shutil
+    import subprocess
+
+    from flows.parameters import DATETIME_PATTERN, DESTINATION_URL_PATTERN, ID_PATTERN
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node")
+    cases = [(ID_PATTERN, v) for v in ("rec-1", "rec\n", "rec\r\n", "a" * 64, "a" * 65, "-x", "")]
+    cases += [(DATETIME_PATTERN, v) for v in ("2026-01-31", "2026-01-31T12:00:00Z", "2026-01-31\n", "2026-01-31 x")]
+    cases += [(DESTINATION_URL_PATTERN, v) for v in ("file:///tmp/x", "s3://bucket/p", "s3://bucket/../x", "ftp://x")]
+    script = ("const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "console.log(JSON.stringify(cases.map(([p, v]) => new RegExp(p, 'u').test(v))));")
+    out = subprocess.run([node, "-e", script], input=json.dumps(cases), capture_output=True, text=True, timeout=30, check=True)
+    in_js = json.loads(out.stdout)
+    in_python = [re.search(p, v) is not None for p, v in cases]
+    assert in_js == in_python
+    assert in_python[:3] == [True, False, False]
+
+
 def test_replayed_and_duplicate_deliveries_are_acknowledged_and_ignored(hook, sender):
     client, receiver, emit = hook
     body, headers = sender.signed_request(status_update())
