@@ -395,6 +395,25 @@ def _file_size(value: Any) -> int | None:
 # ----------------------------------------------------------------------------- Prefect
 
 
+def display_url(url: str) -> str:
+    """``url`` safe to print: no ``user:password@`` and no query values (an API key or token
+    in ``?token=...``), e.g. for PREFECT_API_URL on the receiver's first line."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    query = urlencode([(k, "<redacted>") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="<>")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+
 def event_id(recording_id: str) -> uuid.UUID:
     """The same id for every event about one recording's upload: the Prefect server drops an
     event id it has seen in the last 30 minutes, whichever receiver sent it."""

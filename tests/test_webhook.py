@@ -381,6 +381,26 @@ def test_cli_refuses_to_start_without_key_or_prefect_api(monkeypatch, capsys, se
     assert "PREFECT_API_URL is not set" in capsys.readouterr().err
 
 
+def test_cli_never_prints_the_prefect_api_credentials(monkeypatch, capsys, sender):
+    """The first line named PREFECT_API_URL as it was, user:password and ?token= included."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import rtk_archiver.webhook as wh
+    from rtk_archiver.cli import main
+
+    served = []
+    monkeypatch.setattr(wh, "serve", lambda host, port, app=None, **kw: served.append((host, port)))
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem)
+    url = "https://archiver:S3cretPw@prefect.example.com:4443/api?token=T0ken123&api_key=K3y"
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert main(["webhook", "--port", "18788"]) == 0
+    out = capsys.readouterr()
+    assert served == [("127.0.0.1", 18788)]
+    assert "https://prefect.example.com:4443/api" in out.out
+    for secret in ("S3cretPw", "archiver:", "T0ken123", "K3y"):
+        assert secret not in out.out + out.err
+
+
 def test_trigger_is_declared_the_same_in_serve_and_prefect_yaml():
     from prefect.cli.deploy._triggers import _initialize_deployment_triggers  # what `prefect deploy` does
 
