@@ -480,7 +480,7 @@ def test_simulator_sends_signed_webhooks_on_stop_and_upload_lost_and_duplicated(
             assert [e.recording_id for e in emit.events] == [live["id"]]
             uploaded = sim.webhooks.deliveries[-1].event["recording"]
             assert uploaded["downloadUrl"].startswith(sim.url)
-            assert uploaded["fileSize"] == sim.state.recordings[live["id"]].file_size
+            assert uploaded["fileSize"] == str(sim.state.recordings[live["id"]].file_size)  # a string, as RealtimeKit's
 
             # duplicated deliveries: acknowledged, one event
             dup = sim.state.add_recording(status="UPLOADING")
@@ -499,6 +499,61 @@ def test_simulator_sends_signed_webhooks_on_stop_and_upload_lost_and_duplicated(
             assert lost["id"] not in [e.recording_id for e in emit.events]
             assert sim.webhooks.dropped[-1]["recording"]["id"] == lost["id"]
     assert receiver.counts == {"status-UPLOADING": 1, "emitted": 2, "duplicate": 1}
+
+
+class ScriptedReceiver:
+    """A webhook endpoint that answers the given statuses in turn (then 200) and records each
+    request's rtk-uuid."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.statuses = list(statuses)
+        self.uuids: list[str] = []
+
+        async def handle(request):
+            await request.body()
+            self.uuids.append(request.headers.get("rtk-uuid"))
+            return Response(status_code=self.statuses.pop(0) if self.statuses else 200)
+
+        self.app = Starlette(routes=[Route("/webhook", handle, methods=["POST"])])
+
+
+@pytest.mark.parametrize("answers, attempts", [
+    ([503, 502, 200], 3), ([500, 500, 500], 3), ([401], 1), ([400], 1), ([404], 1), ([413], 1), ([429], 1),
+    ([500, 401], 2), ([301], 1), ([200], 1),
+])
+def test_simulator_retries_like_realtimekit_only_5xx_with_the_same_delivery_id(answers, attempts):
+    """RealtimeKit retries only a 5xx or a network error, and a retry is the same delivery (the
+    same rtk-uuid): the simulator retried any non-2xx answer with a new rtk-uuid."""
+    rx = ScriptedReceiver(answers)
+    with ReceiverThread(rx.app) as thread:
+        sender = WebhookSender(thread.url, retries=2, retry_delay=0.01)
+        sender.send(status_update())
+        assert sender.flush(20)
+    assert len(rx.uuids) == attempts and len(set(rx.uuids)) == 1
+    assert [d.delivery_id for d in sender.deliveries] == rx.uuids
+    assert [d.status_code for d in sender.deliveries] == (answers + [200] * 3)[:attempts]
+
+
+def test_simulator_retries_a_network_error_with_the_same_delivery_id():
+    sender = WebhookSender(f"http://127.0.0.1:{free_port()}/webhook", retries=2, retry_delay=0.01, timeout=2)
+    sender.send(status_update())
+    assert sender.flush(20)
+    assert len(sender.deliveries) == 3 and all(d.status_code is None and d.error for d in sender.deliveries)
+    assert len({d.delivery_id for d in sender.deliveries}) == 1
+
+
+def test_simulator_sends_file_size_as_a_string():
+    from rtk_archiver.simulator.state import SimulatorState
+    from rtk_archiver.simulator.webhooks import status_update_payload
+
+    state = SimulatorState()
+    rec = state.add_recording(status="UPLOADED", file_size=2044680)
+    payload = status_update_payload(state, state.recordings[rec["id"]])
+    assert payload["recording"]["fileSize"] == "2044680"
 
 
 # ----------------------------------------------------------------------------- end to end (slow)
