@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from pydantic import ValidationError, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -278,6 +278,12 @@ class WebhookReceiver:
     async def handle(self, request: Request) -> Response:
         try:
             status = await self._handle(request)
+        except ClientDisconnect:
+            # the sender hung up before its whole body arrived (or was cut off for being too
+            # slow): nothing to answer, nothing done; a real sender retries a network error
+            logger.info("webhook sender disconnected before its whole body arrived: nothing done")
+            self._count("disconnected")
+            return Response(status_code=400)  # never sent: the connection is gone
         except Refused as exc:
             # the reason goes to the log only; the sender learns nothing but the status
             logger.warning("webhook refused (%d): %s", exc.status, exc.reason)

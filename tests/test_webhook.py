@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import threading
 import time
 import uuid
@@ -554,6 +556,70 @@ def test_simulator_sends_file_size_as_a_string():
     rec = state.add_recording(status="UPLOADED", file_size=2044680)
     payload = status_update_payload(state, state.recordings[rec["id"]])
     assert payload["recording"]["fileSize"] == "2044680"
+
+
+class Captured(logging.Handler):
+    """Records of the receiver's and uvicorn's loggers (uvicorn's do not reach caplog)."""
+
+    NAMES = ("rtk_archiver.webhook", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "Captured":
+        self._levels = {}
+        for name in self.NAMES:
+            log = logging.getLogger(name)
+            self._levels[name] = log.level
+            log.addHandler(self)
+            if log.level == logging.NOTSET or log.level > logging.DEBUG:
+                log.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.NAMES:
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(self._levels[name])
+
+    def errors(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR or r.exc_info]
+
+    def messages(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"", *, close: bool = True) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head + body)
+    if close:
+        sock.close()
+    return sock
+
+
+def _head(length: int, headers: dict, path: str = "/webhook") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {length}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_client_that_disconnects_mid_body_is_a_quiet_line_not_a_traceback(sender):
+    """A sender that hung up before its whole body arrived made Starlette raise ClientDisconnect
+    out of the handler: uvicorn logged "Exception in ASGI application" and a traceback."""
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    body, headers = sender.signed_request(status_update())
+    with Captured() as logs, ReceiverThread(receiver.app) as rx:
+        for cut in (0, 1, len(body) // 2, len(body) - 1):
+            _raw_request(rx.port, _head(len(body), headers), body[:cut])
+        wait_until(lambda: receiver.counts.get("disconnected", 0) == 4, 10, lambda: logs.messages())
+        # the receiver still works
+        assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
+    assert logs.errors() == []
+    assert sum("disconnected" in m for m in logs.messages()) == 4 and [e.recording_id for e in emit.events] == [RID]
 
 
 # ----------------------------------------------------------------------------- end to end (slow)
