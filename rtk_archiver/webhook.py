@@ -245,6 +245,19 @@ class SeenCache:
             self._seen.popitem(last=False)
         return True
 
+    def contains(self, *keys: tuple) -> bool:
+        """Whether one of ``keys`` was seen within the TTL."""
+        self._expire()
+        return any(k in self._seen for k in keys)
+
+    def add(self, *keys: tuple) -> None:
+        now = self._clock()
+        for k in keys:
+            self._seen.pop(k, None)
+            self._seen[k] = now
+        while len(self._seen) > self.max_size:
+            self._seen.popitem(last=False)
+
     def release(self, *keys: tuple) -> None:
         for k in keys:
             self._seen.pop(k, None)
@@ -264,6 +277,7 @@ class WebhookReceiver:
         self.max_body_bytes = max_body_bytes
         self.emit_timeout = emit_timeout
         self.seen = SeenCache(dedup_seconds)
+        self._in_flight: dict[tuple, asyncio.Future[int]] = {}  # key -> the outcome of its delivery
         self.counts: dict[str, int] = {}
         self.app = Starlette(
             routes=[
@@ -337,24 +351,55 @@ class WebhookReceiver:
             return 200
         recording_id, status, meeting_id, file_size = _recording_fields(doc)
         keys.append(("status", recording_id, status))
-        if not self.seen.claim(*keys):
+        pending = next((self._in_flight[k] for k in keys if k in self._in_flight), None)
+        if pending is not None:
+            return await self._outcome_of(pending, recording_id, status)
+        if self.seen.contains(*keys):
             self._count("duplicate")
             logger.info("duplicate delivery for recording %s (%s): acknowledged, nothing done", recording_id, status)
             return 200
         if status != "UPLOADED":
+            self.seen.add(*keys)
             self._count(f"status-{status}")
             return 200
-        event = UploadedRecording(recording_id, meeting_id, file_size, delivery)
+        # in flight until Prefect has the event (or did not take it): a retry arriving meanwhile
+        # waits for this outcome and answers the same (never 200 for what is not done yet)
+        outcome: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        for k in keys:
+            self._in_flight[k] = outcome
+        answer = 503
+        try:
+            answer = await self._hand_over(UploadedRecording(recording_id, meeting_id, file_size, delivery), keys)
+        finally:
+            for k in keys:
+                if self._in_flight.get(k) is outcome:
+                    del self._in_flight[k]
+            outcome.set_result(answer)
+        return answer
+
+    async def _outcome_of(self, pending: "asyncio.Future[int]", recording_id: str, status: str) -> int:
+        """The answer of the delivery already in flight for the same delivery id or recording
+        status (503 if it is not over in time: RealtimeKit retries a 5xx)."""
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(pending), timeout=self.emit_timeout + 1)
+        except asyncio.TimeoutError:
+            answer = 503
+        self._count("duplicate-in-flight")
+        logger.info("delivery for recording %s (%s) arrived while the same one was in flight: answered %d, "
+                    "as that one", recording_id, status, answer)
+        return answer
+
+    async def _hand_over(self, event: UploadedRecording, keys: list[tuple]) -> int:
         try:
             await asyncio.wait_for(self.emit(event), timeout=self.emit_timeout)
         except Exception as exc:  # noqa: BLE001 - Prefect unreachable, timeout, refused: let RealtimeKit retry
-            self.seen.release(*keys)
             self._count("emit-failed")
             logger.error("could not hand recording %s to Prefect (%s): answered 503 for a retry",
-                         recording_id, type(exc).__name__)
+                         event.recording_id, type(exc).__name__)
             return 503
+        self.seen.add(*keys)
         self._count("emitted")
-        logger.info("recording %s uploaded: event %s emitted", recording_id, UPLOADED_EVENT)
+        logger.info("recording %s uploaded: event %s emitted", event.recording_id, UPLOADED_EVENT)
         return 200
 
 

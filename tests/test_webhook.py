@@ -324,6 +324,85 @@ def test_prefect_unavailable_answers_503_and_the_retry_is_not_a_duplicate(hook, 
     assert [e.recording_id for e in emit.events] == [RID]
 
 
+class GatedEmit(FakeEmit):
+    """Holds each hand-over until the test opens the gate; then fails or takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.fail = False
+        self.calls = 0
+
+    async def __call__(self, rec: UploadedRecording) -> None:
+        self.calls += 1
+        self.entered.set()
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("prefect said no")
+        self.events.append(rec)
+
+
+def _post_in_thread(url: str, body: bytes, headers: dict, answers: dict, name: str) -> threading.Thread:
+    def run():
+        r = httpx.post(url, content=body, headers=headers, timeout=30)
+        answers[name] = (r.status_code, time.monotonic())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("original_fails", [True, False], ids=["original fails", "original succeeds"])
+@pytest.mark.parametrize("same_delivery_id", [True, False], ids=["retry (same rtk-uuid)", "same status, new rtk-uuid"])
+def test_a_duplicate_of_a_delivery_in_flight_gets_its_outcome_never_an_early_200(sender, original_fails, same_delivery_id):
+    """A retry that arrived while the first attempt was still handing the event to Prefect was
+    answered 200 at once; the first then failed (503) and the retry, acknowledged, was never
+    sent again: the event was lost. Now the duplicate waits and answers what the first did."""
+    emit = GatedEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    body, headers = sender.signed_request(status_update())
+    dup_body, dup_headers = (body, headers) if same_delivery_id else sender.signed_request(status_update())
+    answers: dict = {}
+    with ReceiverThread(receiver.app) as rx:
+        first = _post_in_thread(rx.url, body, headers, answers, "first")
+        assert emit.entered.wait(10)
+        second = _post_in_thread(rx.url, dup_body, dup_headers, answers, "second")
+        time.sleep(0.5)
+        assert answers == {}  # neither is answered while the event is not in Prefect
+        emit.fail = original_fails
+        opened = time.monotonic()
+        emit.gate.set()
+        first.join(10), second.join(10)
+        expected = 503 if original_fails else 200
+        assert answers["first"][0] == answers["second"][0] == expected
+        assert answers["second"][1] >= opened
+        assert emit.calls == 1  # the duplicate did not hand it over a second time
+        # RealtimeKit's retry after the 503: now it goes through; after the 200: a duplicate
+        assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
+    assert [e.recording_id for e in emit.events] == [RID]
+    assert emit.calls == (2 if original_fails else 1)
+    assert receiver.counts["duplicate-in-flight"] == 1
+
+
+def test_a_duplicate_waits_no_longer_than_the_hand_over_may_take(sender):
+    async def hang(rec):
+        await asyncio.sleep(30)
+
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), hang, emit_timeout=0.5)
+    body, headers = sender.signed_request(status_update())
+    answers: dict = {}
+    with ReceiverThread(receiver.app) as rx:
+        started = time.monotonic()
+        threads = [_post_in_thread(rx.url, body, headers, answers, n) for n in ("a", "b", "c")]
+        for t in threads:
+            t.join(10)
+    assert {a[0] for a in answers.values()} == {503} and len(answers) == 3
+    assert max(a[1] for a in answers.values()) - started < 5
+
+
 def test_slow_prefect_times_out_into_a_503(sender):
     async def hang(rec):
         await asyncio.sleep(30)
