@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         default=24 * 3600.0, ge=0, le=30 * 86400,
         description="A delivery id or (recording, status) seen within this long is acknowledged and ignored.",
     )
+    rtk_webhook_refused_alert_seconds: float = Field(
+        default=300.0, ge=1, le=7 * 86400,
+        description="While webhooks are refused as unsigned or badly signed (401, which RealtimeKit never "
+        "retries), at most one ERROR line and one rtk.webhook.refused Prefect event per this many seconds.",
+    )
 
     # --- Dead runs (README "When a run dies") -------------------------------------------------
     archive_heartbeat_seconds: int = Field(

@@ -70,6 +70,9 @@ SIGNATURE_HEADERS = ("rtk-signature", "dyte-signature")
 DELIVERY_ID_HEADERS = ("rtk-uuid", "dyte-uuid")
 STATUS_EVENT = "recording.statusUpdate"
 UPLOADED_EVENT = "rtk.recording.uploaded"
+REFUSED_EVENT = "rtk.webhook.refused"
+REFUSED_RESOURCE = "rtk.webhook.receiver"
+ALERT_TIMEOUT_SECONDS = 5.0
 RESOURCE_PREFIX = "rtk.recording."
 # What flows/manual.py accepts as a recording id (ManualRequest's Identifier): checked here so
 # that the event, and the run its trigger starts, only ever carry a valid one. Always
@@ -91,6 +94,7 @@ _WEBHOOK_FIELDS = (
     "rtk_webhook_public_key_file",
     "rtk_webhook_max_body_bytes",
     "rtk_webhook_dedup_seconds",
+    "rtk_webhook_refused_alert_seconds",
 )
 
 
@@ -194,6 +198,43 @@ class UploadedRecording:
 
 
 Emit = Callable[[UploadedRecording], Awaitable[None]]
+#: what is told about refused deliveries (RefusalAlarm's report): the Prefect event
+Alert = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RefusalAlarm:
+    """Counts deliveries refused as unsigned or badly signed (401). RealtimeKit never retries a
+    401, so a wrong or rotated public key makes every delivery a silent, final refusal: the
+    first refusal after a quiet ``interval`` is reported at once, later ones at most once per
+    ``interval``, with the counts since the last report."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._counts: dict[str, int] = {}
+        self._since: float | None = None  # first refusal not reported yet
+        self._reported: float | None = None
+        self.total = 0
+
+    def record(self, reason: str) -> dict[str, Any] | None:
+        """Count one refusal; the report to make now, or None (one was made < interval ago)."""
+        now = self._clock()
+        self.total += 1
+        self._counts[reason] = self._counts.get(reason, 0) + 1
+        if self._since is None:
+            self._since = now
+        if self._reported is not None and now - self._reported < self.interval:
+            return None
+        report = {
+            "refused": sum(self._counts.values()),
+            "reasons": dict(sorted(self._counts.items())),
+            "seconds": round(now - (self._reported if self._reported is not None else self._since), 3),
+            "total": self.total,
+        }
+        self._counts.clear()
+        self._since = None
+        self._reported = now
+        return report
 
 
 class Refused(Exception):
@@ -271,9 +312,12 @@ class WebhookReceiver:
 
     def __init__(self, public_key: PublicKey, emit: Emit, *, max_body_bytes: int = 256 * 1024,
                  dedup_seconds: float = 24 * 3600.0, path: str = "/webhook",
-                 emit_timeout: float = EMIT_TIMEOUT_SECONDS) -> None:
+                 emit_timeout: float = EMIT_TIMEOUT_SECONDS, alert: Alert | None = None,
+                 refused_alert_seconds: float = 300.0) -> None:
         self.public_key = public_key
         self.emit = emit
+        self.alert = alert
+        self.alarm = RefusalAlarm(refused_alert_seconds)
         self.max_body_bytes = max_body_bytes
         self.emit_timeout = emit_timeout
         self.seen = SeenCache(dedup_seconds)
@@ -302,8 +346,28 @@ class WebhookReceiver:
             # the reason goes to the log only; the sender learns nothing but the status
             logger.warning("webhook refused (%d): %s", exc.status, exc.reason)
             self._count(f"refused-{exc.status}")
+            if exc.status == 401:
+                report = self.alarm.record(exc.reason)
+                if report is not None:
+                    await self._alert(report)
             return _answer(exc.status)
         return _answer(status)
+
+    async def _alert(self, report: dict[str, Any]) -> None:
+        reasons = ", ".join(f"{n} {why}" for why, n in report["reasons"].items())
+        logger.error(
+            "%d webhook deliveries refused as unsigned or badly signed (401) in the last %.0f s (%s; %d since "
+            "start). RealtimeKit never retries a 401: if these are RealtimeKit's deliveries, they are lost until "
+            "the scheduled poll; check RTK_WEBHOOK_PUBLIC_KEY against .well-known/webhooks.json (a rotated key?) "
+            "and that no proxy changes the body. At most one such line per %.0f s (RTK_WEBHOOK_REFUSED_ALERT_SECONDS).",
+            report["refused"], report["seconds"], reasons, report["total"], self.alarm.interval,
+        )
+        if self.alert is None:
+            return
+        try:
+            await asyncio.wait_for(self.alert(report), timeout=ALERT_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the alert is best effort; the answer is 401 either way
+            logger.warning("could not send the %s event to Prefect (%s)", REFUSED_EVENT, type(exc).__name__)
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -491,6 +555,18 @@ def build_event(rec: UploadedRecording):
     )
 
 
+def build_refused_event(report: dict[str, Any]):
+    """``rtk.webhook.refused``: deliveries refused as unsigned or badly signed since the last one
+    (counts by reason; never a body, a header or a signature)."""
+    from prefect.events import Event
+
+    return Event(
+        event=REFUSED_EVENT,
+        resource={"prefect.resource.id": REFUSED_RESOURCE, "prefect.resource.name": "rtk-archiver webhook receiver"},
+        payload=report,
+    )
+
+
 class PrefectEmitter:
     """Sends the event to the Prefect API (``POST /events``, what ``emit_event``'s worker does
     over a websocket) and waits for the server to take it, so the webhook is acknowledged only
@@ -511,20 +587,29 @@ class PrefectEmitter:
             self._client = None
 
     async def __call__(self, rec: UploadedRecording) -> None:
+        await self._send(build_event(rec))
+
+    async def alert(self, report: dict[str, Any]) -> None:
+        """The ``rtk.webhook.refused`` event, through the same ``POST /events``."""
+        await self._send(build_refused_event(report))
+
+    async def _send(self, event) -> None:
         if self._client is None:
             await self.start()
-        event = build_event(rec)
         response = await self._client.request("POST", "/events", json=[event.model_dump(mode="json")])
         response.raise_for_status()
 
 
-def create_app(settings=None, *, emit: Emit | None = None, path: str = "/webhook") -> Starlette:
+def create_app(settings=None, *, emit: Emit | None = None, alert: Alert | None = None,
+               path: str = "/webhook") -> Starlette:
     """The receiver for ``uvicorn`` (reads the RTK_WEBHOOK_* settings; raises SettingsError)."""
     settings = settings or load_webhook_settings()
     key = load_public_key(settings)
     emitter = emit or PrefectEmitter()
     receiver = WebhookReceiver(key, emitter, max_body_bytes=settings.rtk_webhook_max_body_bytes,
-                               dedup_seconds=settings.rtk_webhook_dedup_seconds, path=path)
+                               dedup_seconds=settings.rtk_webhook_dedup_seconds, path=path,
+                               alert=alert or getattr(emitter, "alert", None),
+                               refused_alert_seconds=settings.rtk_webhook_refused_alert_seconds)
     if isinstance(emitter, PrefectEmitter):
         @asynccontextmanager
         async def lifespan(app):

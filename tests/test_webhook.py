@@ -30,6 +30,8 @@ from rtk_archiver.settings import SettingsError
 from rtk_archiver.simulator import SimulatorServer
 from rtk_archiver.simulator.webhooks import WebhookSender
 from rtk_archiver.webhook import (
+    REFUSED_EVENT,
+    RefusalAlarm,
     SeenCache,
     UPLOADED_EVENT,
     UploadedRecording,
@@ -415,6 +417,70 @@ def test_slow_prefect_times_out_into_a_503(sender):
         assert time.perf_counter() - started < 5
 
 
+def test_refusal_alarm_reports_at_once_then_at_most_once_per_interval():
+    now = [0.0]
+    alarm = RefusalAlarm(300, clock=lambda: now[0])
+    assert alarm.record("signature does not verify") == {
+        "refused": 1, "reasons": {"signature does not verify": 1}, "seconds": 0.0, "total": 1}
+    for t in range(1, 6):
+        now[0] = t
+        assert alarm.record("signature does not verify" if t % 2 else "no rtk-signature header") is None
+    now[0] = 301
+    assert alarm.record("signature does not verify") == {
+        "refused": 6, "reasons": {"no rtk-signature header": 2, "signature does not verify": 4}, "seconds": 301.0,
+        "total": 7}
+    now[0] = 5000  # a quiet hour, then one refusal: reported at once
+    assert alarm.record("signature does not verify")["refused"] == 1
+
+
+def test_sustained_signature_refusals_are_an_error_line_and_an_alert_rate_limited(sender, other_key, caplog):
+    """RealtimeKit never retries a 401: a rotated key used to make every delivery a final,
+    silent refusal (a WARNING each). Now there is an ERROR line with the counts and an alert
+    (the Prefect event), at most once per RTK_WEBHOOK_REFUSED_ALERT_SECONDS."""
+    alerts: list[dict] = []
+
+    async def alert(report):
+        alerts.append(report)
+
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit, alert=alert, refused_alert_seconds=300)
+    signature = None
+    with TestClient(receiver.app) as client:
+        for _ in range(20):  # a rotated key: every delivery signed by a key the receiver does not know
+            body, headers = other_key.signed_request(status_update())
+            signature = headers["rtk-signature"]
+            assert post(client, body, headers).status_code == 401
+        body, headers = sender.signed_request(status_update())
+        assert post(client, body, {k: v for k, v in headers.items() if k != "rtk-signature"}).status_code == 401
+        assert post(client, body, headers).status_code == 200  # a good one is not counted
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "rtk_archiver.webhook"]
+    assert len(errors) == 1 and "RTK_WEBHOOK_PUBLIC_KEY" in errors[0].getMessage()
+    assert "1 webhook deliveries refused" in errors[0].getMessage()
+    assert alerts == [{"refused": 1, "reasons": {"signature does not verify": 1}, "seconds": 0.0, "total": 1}]
+    assert receiver.alarm.total == 21
+    assert signature[:20] not in caplog.text
+
+    # the next report, once the interval is over, carries the counts since the last one
+    receiver.alarm._reported -= 301
+    with TestClient(receiver.app) as client:
+        body, headers = other_key.signed_request(status_update())
+        assert post(client, body, headers).status_code == 401
+    assert alerts[-1]["refused"] == 21 and alerts[-1]["reasons"] == {
+        "no rtk-signature header": 1, "signature does not verify": 20}
+
+
+def test_an_alert_that_fails_changes_nothing_in_the_answer(sender, other_key, caplog):
+    async def alert(report):
+        raise ConnectionError("prefect is down")
+
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), FakeEmit(), alert=alert)
+    with TestClient(receiver.app) as client:
+        body, headers = other_key.signed_request(status_update())
+        assert post(client, body, headers).status_code == 401
+    assert any("could not send the rtk.webhook.refused event" in m for m in caplog.messages)
+    assert not any(r.exc_info for r in caplog.records)
+
+
 def test_seen_cache_forgets_after_the_ttl_and_stays_bounded():
     now = [0.0]
     cache = SeenCache(ttl=10, max_size=3, clock=lambda: now[0])
@@ -699,6 +765,37 @@ def test_a_client_that_disconnects_mid_body_is_a_quiet_line_not_a_traceback(send
         assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
     assert logs.errors() == []
     assert sum("disconnected" in m for m in logs.messages()) == 4 and [e.recording_id for e in emit.events] == [RID]
+
+
+def _events_named(server, name: str, since: datetime) -> list[dict]:
+    r = server.request("POST", "/events/filter", json={
+        "filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}, "limit": 50})
+    r.raise_for_status()
+    return r.json()["events"]
+
+
+def test_refusals_reach_the_prefect_server_as_an_rtk_webhook_refused_event(prefect_server, sender, other_key, monkeypatch):
+    """The receiver as `rtk-archiver webhook` builds it (create_app, PrefectEmitter) against a
+    real `prefect server`: badly signed deliveries become one rtk.webhook.refused event."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from rtk_archiver.webhook import create_app, load_webhook_settings
+
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem)
+    monkeypatch.delenv("RTK_WEBHOOK_PUBLIC_KEY_FILE", raising=False)
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        app = create_app(load_webhook_settings(rtk_webhook_refused_alert_seconds=600))
+        with TestClient(app) as client:
+            for _ in range(3):
+                body, headers = other_key.signed_request(status_update())
+                assert post(client, body, headers).status_code == 401
+    events = wait_until(lambda: _events_named(prefect_server, REFUSED_EVENT, since), 30, "the refused event")
+    assert len(events) == 1  # rate-limited: one for three refusals
+    (event,) = events
+    assert event["resource"]["prefect.resource.id"] == "rtk.webhook.receiver"
+    assert event["payload"]["refused"] == 1 and event["payload"]["reasons"] == {"signature does not verify": 1}
+    assert app.state.receiver.alarm.total == 3
 
 
 # ----------------------------------------------------------------------------- end to end (slow)
