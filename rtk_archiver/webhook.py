@@ -95,6 +95,9 @@ _WEBHOOK_FIELDS = (
     "rtk_webhook_max_body_bytes",
     "rtk_webhook_dedup_seconds",
     "rtk_webhook_refused_alert_seconds",
+    "rtk_webhook_header_timeout_seconds",
+    "rtk_webhook_body_timeout_seconds",
+    "rtk_webhook_max_pending_connections",
 )
 
 
@@ -621,7 +624,120 @@ def create_app(settings=None, *, emit: Emit | None = None, alert: Alert | None =
 
         receiver.app.router.lifespan_context = lifespan
     receiver.app.state.receiver = receiver
+    receiver.app.state.guard = ConnectionGuard(settings.rtk_webhook_header_timeout_seconds,
+                                               settings.rtk_webhook_body_timeout_seconds,
+                                               settings.rtk_webhook_max_pending_connections)
     return receiver.app
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class ConnectionGuard:
+    """What a client that has not finished sending its request may hold, so that slow or idle
+    clients (a few hundred connections dripping header lines) cannot starve real deliveries:
+
+    * ``header_timeout``: the request's headers must all arrive within this long of the
+      connection being opened (or of the previous response, on a kept-alive connection);
+    * ``body_timeout``: its body must all arrive within this long of the headers;
+    * ``max_pending``: at most this many connections still sending a request at once; one more
+      closes the oldest of them (a real delivery sends its request in milliseconds).
+
+    A connection past its time is closed without an answer (a real sender retries a network
+    error). ``uvicorn`` has neither bound (only its limit on all connections, past which every
+    new request, a real delivery too, gets 503): :meth:`protocol` is uvicorn's h11 protocol
+    that reports to this guard; it reads h11's own ``their_state`` of the connection (IDLE:
+    waiting for headers, SEND_BODY: reading the body, anything else: the request is in)."""
+
+    def __init__(self, header_timeout: float = 10.0, body_timeout: float = 30.0, max_pending: int = 64) -> None:
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_pending = max_pending
+        self._pending: OrderedDict[Any, tuple[str, asyncio.TimerHandle]] = OrderedDict()
+        self.counts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def update(self, conn: Any, phase: str | None) -> None:
+        """``conn`` is waiting for its ``"headers"``, its ``"body"``, or (None) has sent its request."""
+        current = self._pending.get(conn)
+        if current is not None and current[0] == phase:
+            return
+        if phase is None:
+            self.forget(conn)
+            return
+        if current is not None:
+            current[1].cancel()
+        timeout = self.header_timeout if phase == "headers" else self.body_timeout
+        timer = conn.loop.call_later(timeout, self._close, conn, f"{phase}-timeout")
+        new = current is None
+        self._pending[conn] = (phase, timer)  # keeps its place: unfinished since it came
+        if new:
+            while len(self._pending) > self.max_pending:
+                oldest = next(iter(self._pending))
+                self._close(oldest, "evicted")
+
+    def forget(self, conn: Any) -> None:
+        entry = self._pending.pop(conn, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def _close(self, conn: Any, why: str) -> None:
+        self.forget(conn)
+        self.counts[why] = self.counts.get(why, 0) + 1
+        logger.debug("closed a webhook connection that had not sent its request (%s)", why)
+        conn.transport.close()
+
+    def protocol(self) -> type:
+        """uvicorn's h11 protocol, reporting each connection's progress to this guard."""
+        import h11
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        guard = self
+
+        class GuardedH11Protocol(H11Protocol):
+            def connection_made(self, transport) -> None:  # type: ignore[override]
+                super().connection_made(transport)
+                self._guard()
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                self._guard()
+
+            def on_response_complete(self) -> None:
+                super().on_response_complete()
+                self._guard()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                guard.forget(self)
+                super().connection_lost(exc)
+
+            def _guard(self) -> None:
+                if self.transport.is_closing():
+                    guard.forget(self)
+                    return
+                state = self.conn.their_state
+                guard.update(self, "headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None)
+
+        return GuardedH11Protocol
+
+
+def uvicorn_config(app: Starlette, host: str, port: int, **overrides: Any):
+    """The ``uvicorn.Config`` the receiver runs with: the ConnectionGuard of ``app`` (create_app's
+    settings; defaults otherwise) as its HTTP protocol."""
+    import uvicorn
+
+    guard = getattr(app.state, "guard", None)
+    if guard is None:
+        guard = ConnectionGuard()
+    options: dict[str, Any] = dict(
+        host=host, port=port, log_level="info", server_header=False, proxy_headers=False,
+        timeout_keep_alive=5, limit_concurrency=guard.max_pending + 256, http=guard.protocol(),
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
 
 
 def serve(host: str, port: int, path: str = "/webhook", app: Starlette | None = None) -> None:
@@ -634,5 +750,4 @@ def serve(host: str, port: int, path: str = "/webhook", app: Starlette | None = 
     logger.setLevel(logging.INFO)
     logger.propagate = False
     app = app or create_app(path=path)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, proxy_headers=False,
-                timeout_keep_alive=5, limit_concurrency=256)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()

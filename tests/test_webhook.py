@@ -31,6 +31,7 @@ from rtk_archiver.simulator import SimulatorServer
 from rtk_archiver.simulator.webhooks import WebhookSender
 from rtk_archiver.webhook import (
     REFUSED_EVENT,
+    ConnectionGuard,
     RefusalAlarm,
     SeenCache,
     UPLOADED_EVENT,
@@ -41,6 +42,7 @@ from rtk_archiver.webhook import (
     load_public_key,
     load_webhook_settings,
     parse_public_key,
+    uvicorn_config,
 )
 from tests.fixtures import free_port
 from tests.fixtures import wait_until
@@ -591,7 +593,8 @@ class ReceiverThread:
     def __init__(self, app) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhook"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        # as `rtk-archiver webhook` runs it (webhook.serve): with its ConnectionGuard
+        self._server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def __enter__(self) -> "ReceiverThread":
@@ -765,6 +768,101 @@ def test_a_client_that_disconnects_mid_body_is_a_quiet_line_not_a_traceback(send
         assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
     assert logs.errors() == []
     assert sum("disconnected" in m for m in logs.messages()) == 4 and [e.recording_id for e in emit.events] == [RID]
+
+
+def _closed_within(sock: socket.socket, seconds: float, drip: bytes | None = None) -> float | None:
+    """Seconds until the server closed ``sock`` (None if still open after ``seconds``), sending
+    ``drip`` every 0.2 s meanwhile."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - started < seconds:
+        try:
+            if drip:
+                sock.sendall(drip)
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except socket.timeout:
+            continue
+        except OSError:  # reset, broken pipe: closed
+            return time.monotonic() - started
+    return None
+
+
+def test_slow_clients_cannot_starve_a_real_delivery(sender):
+    """300 connections dripping header lines (slowloris) used to hold uvicorn's 256 connection
+    slots (no header or body timeout): every real delivery got 503 for as long as they lasted.
+    With the defaults (10 s for headers, 30 s for a body, 64 unfinished requests at most) a
+    signed delivery in the middle of them is accepted at once."""
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    guard = receiver.app.state.guard = ConnectionGuard()  # the defaults, as create_app makes it
+    assert (guard.header_timeout, guard.body_timeout, guard.max_pending) == (10.0, 30.0, 64)
+    body, headers = sender.signed_request(status_update())
+    stop = threading.Event()
+    socks: list[socket.socket] = []
+
+    def drip():
+        while not stop.is_set():
+            for sock in list(socks):
+                try:
+                    sock.send(b"X-Drip: 1\r\n")
+                except OSError:
+                    pass
+            stop.wait(0.3)
+
+    with ReceiverThread(receiver.app) as rx:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", rx.port), timeout=5)
+            sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            socks.append(sock)
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        try:
+            time.sleep(1)
+            started = time.monotonic()
+            r = httpx.post(rx.url, content=body, headers=headers, timeout=10)
+            elapsed = time.monotonic() - started
+            assert r.status_code == 200 and elapsed < 3, (r.status_code, elapsed)
+            assert [e.recording_id for e in emit.events] == [RID]
+            assert len(guard) <= 64 and guard.counts.get("evicted", 0) >= 300 - 64
+        finally:
+            stop.set()
+            dripper.join(5)
+            for sock in socks:
+                sock.close()
+
+
+def test_headers_and_bodies_that_take_too_long_are_cut_off(sender):
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    guard = receiver.app.state.guard = ConnectionGuard(header_timeout=1.0, body_timeout=1.5, max_pending=64)
+    body, headers = sender.signed_request(status_update())
+    with Captured() as logs, ReceiverThread(receiver.app) as rx:
+        silent = socket.create_connection(("127.0.0.1", rx.port), timeout=5)
+        t = _closed_within(silent, 5)
+        assert t is not None and 0.8 < t < 3, t  # sent nothing: closed after the header timeout
+
+        dripping = _raw_request(rx.port, b"POST /webhook HTTP/1.1\r\nHost: x\r\n", close=False)
+        t = _closed_within(dripping, 5, drip=b"X-Drip: 1\r\n")
+        assert t is not None and 0.8 < t < 3, t  # a header line every 0.2 s does not keep it open
+
+        slow_body = _raw_request(rx.port, _head(len(body), headers), body[:10], close=False)
+        t = _closed_within(slow_body, 6, drip=b" ")
+        assert t is not None and 1.2 < t < 4, t  # a byte every 0.2 s: cut off after the body timeout
+        wait_until(lambda: receiver.counts.get("disconnected") == 1, 5, lambda: receiver.counts)
+
+        # kept alive after a good request, then dripping the next request's headers: cut off too
+        kept = _raw_request(rx.port, _head(len(body), headers), body, close=False)
+        kept.settimeout(5)
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        t = _closed_within(kept, 5, drip=b"P")
+        assert t is not None and t < 3, t
+
+        assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
+    for sock in (silent, dripping, slow_body, kept):
+        sock.close()
+    assert guard.counts.get("headers-timeout", 0) >= 3 and guard.counts.get("body-timeout") == 1
+    assert logs.errors() == [] and len(guard) == 0
 
 
 def _events_named(server, name: str, since: datetime) -> list[dict]:
