@@ -28,10 +28,13 @@ bodies are fixed strings: nothing about why a request was refused is sent back.
 
 Duplicates (a retried delivery, or the same status twice) are acknowledged and ignored: the
 delivery id and the (recording id, status) pair are remembered for
-``RTK_WEBHOOK_DEDUP_SECONDS``; the event id is derived from the recording id, so the Prefect
-server's own de-duplication (30 min) also holds across receiver restarts and replicas. A
-duplicate archive run would find the recording already archived anyway, and a lost webhook is
-caught by the scheduled poll, which stays the reconciling safety net.
+``RTK_WEBHOOK_DEDUP_SECONDS``, in memory and, for an upload, on the Prefect server: the event
+id is derived from the recording id, and before emitting the receiver asks the server whether
+it already has that event (``PrefectEmitter.recall``), so a delivery replayed after a restart,
+to another replica, or past the server's own 30-minute de-duplication starts nothing. A
+delivery that arrives while the same one is still being handed over waits for that outcome.
+A duplicate archive run would find the recording already archived anyway, and a lost webhook
+is caught by the scheduled poll, which stays the reconciling safety net.
 """
 
 from __future__ import annotations
@@ -201,6 +204,9 @@ class UploadedRecording:
 
 
 Emit = Callable[[UploadedRecording], Awaitable[None]]
+#: whether the recording's upload was already handed over (kept where a restart does not lose
+#: it: the Prefect server's stored events)
+Recall = Callable[[UploadedRecording], Awaitable[bool]]
 #: what is told about refused deliveries (RefusalAlarm's report): the Prefect event
 Alert = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -316,9 +322,10 @@ class WebhookReceiver:
     def __init__(self, public_key: PublicKey, emit: Emit, *, max_body_bytes: int = 256 * 1024,
                  dedup_seconds: float = 24 * 3600.0, path: str = "/webhook",
                  emit_timeout: float = EMIT_TIMEOUT_SECONDS, alert: Alert | None = None,
-                 refused_alert_seconds: float = 300.0) -> None:
+                 refused_alert_seconds: float = 300.0, recall: Recall | None = None) -> None:
         self.public_key = public_key
         self.emit = emit
+        self.recall = recall
         self.alert = alert
         self.alarm = RefusalAlarm(refused_alert_seconds)
         self.max_body_bytes = max_body_bytes
@@ -456,15 +463,28 @@ class WebhookReceiver:
                     "as that one", recording_id, status, answer)
         return answer
 
+    async def _recall_or_emit(self, event: UploadedRecording) -> bool:
+        """False if the upload was handed over already (by this receiver before a restart, or
+        by another one): a replayed or late delivery starts nothing; else emit, True."""
+        if self.recall is not None and await self.recall(event):
+            return False
+        await self.emit(event)
+        return True
+
     async def _hand_over(self, event: UploadedRecording, keys: list[tuple]) -> int:
         try:
-            await asyncio.wait_for(self.emit(event), timeout=self.emit_timeout)
+            emitted = await asyncio.wait_for(self._recall_or_emit(event), timeout=self.emit_timeout)
         except Exception as exc:  # noqa: BLE001 - Prefect unreachable, timeout, refused: let RealtimeKit retry
             self._count("emit-failed")
             logger.error("could not hand recording %s to Prefect (%s): answered 503 for a retry",
                          event.recording_id, type(exc).__name__)
             return 503
         self.seen.add(*keys)
+        if not emitted:
+            self._count("duplicate")
+            logger.info("duplicate delivery for recording %s (UPLOADED): the Prefect server has its event "
+                        "already; acknowledged, nothing done", event.recording_id)
+            return 200
         self._count("emitted")
         logger.info("recording %s uploaded: event %s emitted", event.recording_id, UPLOADED_EVENT)
         return 200
@@ -575,8 +595,9 @@ class PrefectEmitter:
     over a websocket) and waits for the server to take it, so the webhook is acknowledged only
     once the event is in Prefect; a failure becomes a 503 and RealtimeKit's retry."""
 
-    def __init__(self) -> None:
+    def __init__(self, lookback_seconds: float = 24 * 3600.0) -> None:
         self._client = None
+        self.lookback_seconds = lookback_seconds
 
     async def start(self) -> None:
         from prefect.client.orchestration import get_client
@@ -591,6 +612,25 @@ class PrefectEmitter:
 
     async def __call__(self, rec: UploadedRecording) -> None:
         await self._send(build_event(rec))
+
+    async def recall(self, rec: UploadedRecording) -> bool:
+        """Whether the server has the recording's upload event (its id is derived from the
+        recording id) from the last ``lookback_seconds``: the receiver's memory that survives a
+        restart and is shared by replicas (bounded by the server's event retention,
+        PREFECT_EVENTS_RETENTION_PERIOD, 7 days by default)."""
+        from datetime import datetime, timedelta, timezone
+
+        from prefect.events.filters import EventFilter, EventIDFilter, EventNameFilter, EventOccurredFilter
+
+        if self._client is None:
+            await self.start()
+        now = datetime.now(timezone.utc)
+        page = await self._client.read_events(filter=EventFilter(
+            occurred=EventOccurredFilter(since=now - timedelta(seconds=self.lookback_seconds), until=now + timedelta(minutes=5)),
+            event=EventNameFilter(name=[UPLOADED_EVENT]),
+            id=EventIDFilter(id=[event_id(rec.recording_id)]),
+        ), limit=1)
+        return bool(page.events)
 
     async def alert(self, report: dict[str, Any]) -> None:
         """The ``rtk.webhook.refused`` event, through the same ``POST /events``."""
@@ -608,11 +648,12 @@ def create_app(settings=None, *, emit: Emit | None = None, alert: Alert | None =
     """The receiver for ``uvicorn`` (reads the RTK_WEBHOOK_* settings; raises SettingsError)."""
     settings = settings or load_webhook_settings()
     key = load_public_key(settings)
-    emitter = emit or PrefectEmitter()
+    emitter = emit or PrefectEmitter(lookback_seconds=settings.rtk_webhook_dedup_seconds)
     receiver = WebhookReceiver(key, emitter, max_body_bytes=settings.rtk_webhook_max_body_bytes,
                                dedup_seconds=settings.rtk_webhook_dedup_seconds, path=path,
                                alert=alert or getattr(emitter, "alert", None),
-                               refused_alert_seconds=settings.rtk_webhook_refused_alert_seconds)
+                               refused_alert_seconds=settings.rtk_webhook_refused_alert_seconds,
+                               recall=getattr(emitter, "recall", None))
     if isinstance(emitter, PrefectEmitter):
         @asynccontextmanager
         async def lifespan(app):

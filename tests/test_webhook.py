@@ -896,6 +896,66 @@ def test_refusals_reach_the_prefect_server_as_an_rtk_webhook_refused_event(prefe
     assert app.state.receiver.alarm.total == 3
 
 
+def test_what_the_server_has_is_not_emitted_again_and_a_failed_look_is_a_503(sender):
+    handed: set[str] = set()
+    broken = [False]
+
+    async def recall(rec):
+        if broken[0]:
+            raise ConnectionError("prefect is down")
+        return rec.recording_id in handed
+
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit, recall=recall)
+    other = "aaaabbbb-1b2c-4d5e-8f90-123456789abc"
+    handed.add(RID)  # handed over before a restart
+    with TestClient(receiver.app) as client:
+        body, headers = sender.signed_request(status_update())
+        assert post(client, body, headers).status_code == 200
+        broken[0] = True
+        body2, headers2 = sender.signed_request(status_update(rid=other))
+        assert post(client, body2, headers2).status_code == 503  # not known either way: RealtimeKit retries
+        broken[0] = False
+        assert post(client, body2, headers2).status_code == 200
+    assert [e.recording_id for e in emit.events] == [other]
+    assert receiver.counts["duplicate"] == 1 and receiver.counts["emit-failed"] == 1
+
+
+def test_a_replayed_delivery_after_a_receiver_restart_starts_nothing(prefect_server, sender, monkeypatch):
+    """The delivery ids and recordings seen were only in the receiver's memory: after a restart
+    (or past the server's 30-minute event de-duplication) a captured delivery made a new event,
+    and the trigger a new run. Now the receiver asks the Prefect server, which keeps the event
+    (its id derived from the recording id), before it emits: a replay starts nothing."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from rtk_archiver.webhook import create_app, load_webhook_settings
+
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem)
+    monkeypatch.delenv("RTK_WEBHOOK_PUBLIC_KEY_FILE", raising=False)
+    rid = f"replay-{uuid.uuid4().hex[:12]}"
+    body, headers = sender.signed_request(status_update(rid=rid))  # the captured delivery
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        first = create_app(load_webhook_settings())
+        with TestClient(first) as client:
+            assert post(client, body, headers).status_code == 200
+        assert first.state.receiver.counts == {"emitted": 1}
+
+        def stored():
+            return [e for e in _events_named(prefect_server, UPLOADED_EVENT, since)
+                    if e["resource"]["prefect.resource.id"] == f"rtk.recording.{rid}"]
+
+        wait_until(stored, 30, "the event to be stored")
+        for _ in range(2):  # restarted twice; the replay comes again each time
+            restarted = create_app(load_webhook_settings())
+            with TestClient(restarted) as client:
+                assert post(client, body, headers).status_code == 200
+                _, new_id = sender.signed_request(status_update(rid=rid))  # the same status, another delivery id
+                assert post(client, body, {**headers, "rtk-uuid": new_id["rtk-uuid"]}).status_code == 200
+            assert restarted.state.receiver.counts == {"duplicate": 2}
+    assert len(stored()) == 1
+
+
 # ----------------------------------------------------------------------------- end to end (slow)
 
 
