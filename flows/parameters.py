@@ -115,12 +115,17 @@ CREDENTIALS_HELP = (
 )
 DESTINATION_MAX_LENGTH = 2048
 
+#: the end of the string, in Python's ``re`` (what jsonschema uses, with ``re.search``) and in
+#: JavaScript alike: ``$`` also matches before a trailing newline in Python ("rec\n" passed an
+#: id pattern), and ``\Z`` / ``\z`` are not portable
+END = r"(?![\s\S])"
+
 #: a password in the URL's user part: ``scheme://user:password@host``, also ``%3A``-encoded
 #: (the user part is everything before the last '@' of the authority, as urllib reads it)
 _PASSWORD = r"^\s*[A-Za-z][A-Za-z0-9+.-]*:(//)?[^/?#]*(:|%3[Aa])[^/?#]*@"
 _CONTROL = r"[\u0000-\u001f\u007f-\u009f]"
 #: no '..' path segment (also %2e-encoded): the archive's root stays where the URL says
-_NO_DOT_DOT = r"(?!.*(/|%2[Ff])(\.|%2[Ee]){2}(/|%2[Ff]|\?|$))"
+_NO_DOT_DOT = r"(?!.*(/|%2[Ff])(\.|%2[Ee]){2}(/|%2[Ff]|\?|" + END + "))"
 _PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _PATH = r"(/[^?#]*)?"
 
@@ -149,7 +154,7 @@ DESTINATION_PATTERN = SCHEME_PATTERN
 #: a destination URL the archiver accepts: a registered scheme, the parts its addressing
 #: takes (no user or port for buckets, a user for SFTP), only known storage options; spaces
 #: around it are ignored (as parse_destination_url does)
-DESTINATION_URL_PATTERN = "^ *" + _NO_DOT_DOT + "(" + "|".join(_scheme_pattern(k) for k in REGISTRY) + ") *$"
+DESTINATION_URL_PATTERN = "^ *" + _NO_DOT_DOT + "(" + "|".join(_scheme_pattern(k) for k in REGISTRY) + ") *" + END
 
 DESTINATION_EXPECTED = (
     f"a destination URL such as {url_examples()} (bucket URLs take storage options as ?name=value, "
@@ -173,7 +178,7 @@ DestinationParam = Annotated[str | None, Checked(DESTINATION_RULES), Field(descr
 
 # --- ids, lists, times --------------------------------------------------------------------
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}" + END
 ID_EXPECTED = "an id of 1 to 64 letters, digits, '-' or '_' (as the RealtimeKit dashboard or API shows it)"
 ID_RULES = ((_string(**{"not": {"pattern": ID_PATTERN}}), ID_EXPECTED),)
 #: a recording or meeting id (the rules on the whole type, not inside a union's branch: an
@@ -192,7 +197,7 @@ DESTINATION_LIST_RULES = (
 )
 
 #: what pydantic reads as a date-time: a date, or a date and time, with an optional zone
-DATETIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?)?$"
+DATETIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?)?" + END
 DATETIME_EXPECTED = "an ISO 8601 date or date-time, such as 2026-01-31 or 2026-01-31T12:00:00Z (UTC if no zone)"
 
 

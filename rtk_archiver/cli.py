@@ -538,7 +538,7 @@ def _run_webhook(args: argparse.Namespace) -> int:
               "that runs the deployments (rtk-archiver serve / deploy)", file=sys.stderr)
         return EXIT_USAGE
     print(f"Receiving RealtimeKit webhooks on http://{args.host}:{args.port}{args.path}; "
-          f"events go to {PREFECT_API_URL.value()}", flush=True)
+          f"events go to {webhook.display_url(PREFECT_API_URL.value())}", flush=True)  # never its credentials
     webhook.serve(args.host, args.port, app=app)
     return EXIT_OK
 

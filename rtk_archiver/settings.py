@@ -192,6 +192,23 @@ class Settings(BaseSettings):
         default=24 * 3600.0, ge=0, le=30 * 86400,
         description="A delivery id or (recording, status) seen within this long is acknowledged and ignored.",
     )
+    rtk_webhook_header_timeout_seconds: float = Field(
+        default=10.0, ge=0.1, le=600,
+        description="A webhook connection that has not sent its request's headers within this long is closed.",
+    )
+    rtk_webhook_body_timeout_seconds: float = Field(
+        default=30.0, ge=0.1, le=3600,
+        description="A webhook request whose body has not all arrived this long after its headers is closed.",
+    )
+    rtk_webhook_max_pending_connections: int = Field(
+        default=64, ge=1, le=10000,
+        description="Webhook connections still sending their request at once; beyond this the oldest is closed.",
+    )
+    rtk_webhook_refused_alert_seconds: float = Field(
+        default=300.0, ge=1, le=7 * 86400,
+        description="While webhooks are refused as unsigned or badly signed (401, which RealtimeKit never "
+        "retries), at most one ERROR line and one rtk.webhook.refused Prefect event per this many seconds.",
+    )
 
     # --- Dead runs (README "When a run dies") -------------------------------------------------
     archive_heartbeat_seconds: int = Field(

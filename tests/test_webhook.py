@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import threading
 import time
 import uuid
@@ -28,6 +30,9 @@ from rtk_archiver.settings import SettingsError
 from rtk_archiver.simulator import SimulatorServer
 from rtk_archiver.simulator.webhooks import WebhookSender
 from rtk_archiver.webhook import (
+    REFUSED_EVENT,
+    ConnectionGuard,
+    RefusalAlarm,
     SeenCache,
     UPLOADED_EVENT,
     UploadedRecording,
@@ -37,6 +42,7 @@ from rtk_archiver.webhook import (
     load_public_key,
     load_webhook_settings,
     parse_public_key,
+    uvicorn_config,
 )
 from tests.fixtures import free_port
 from tests.fixtures import wait_until
@@ -49,7 +55,7 @@ def status_update(rid: str = RID, status: str = "UPLOADED", **extra) -> dict:
     return {
         "event": "recording.statusUpdate",
         "recording": {
-            "id": rid, "recordingId": rid, "status": status, "meetingId": "meet-1", "fileSize": 1234,
+            "id": rid, "recordingId": rid, "status": status, "meetingId": "meet-1", "fileSize": "1234",
             "outputFileName": "x.mp4",
             "downloadUrl": "https://bucket.example/x.mp4?X-Signature=SECRETSIG",
             **extra,
@@ -114,16 +120,51 @@ def test_signed_uploaded_webhook_is_accepted_and_emitted_without_urls(hook, send
     assert "SECRETSIG" not in dumped and "http" not in dumped  # presigned URLs never leave the receiver
 
 
-def test_dyte_signature_header_and_the_compact_serialization_are_accepted(hook, sender):
-    """Dyte's sample verifies JSON.stringify(parsed body): a signature over the compact
-    serialization verifies a body sent with other whitespace; `dyte-signature` is accepted."""
+def test_dyte_signature_header_is_accepted_over_the_raw_body(hook, sender):
     client, _, emit = hook
-    event = status_update()
-    pretty = json.dumps(event, indent=2).encode()
-    _, headers = sender.signed_request(event)  # signed over the compact form
+    body, headers = sender.signed_request(status_update())
     headers = {"dyte-signature": headers["rtk-signature"], "dyte-uuid": str(uuid.uuid4())}
-    assert post(client, pretty, headers).status_code == 200
+    assert post(client, body, headers).status_code == 200
     assert len(emit.events) == 1
+
+
+def test_only_the_raw_body_is_verified_never_a_reserialization(hook, sender):
+    """RealtimeKit signs the raw bytes ("do not reserialize parsed JSON"): a signature over the
+    compact serialization does not make another serialization of the same object acceptable
+    (the receiver used to re-serialize compactly and verify that too)."""
+    client, receiver, emit = hook
+    event = status_update()
+    _, headers = sender.signed_request(event)  # signed over the compact form
+    for other in (json.dumps(event, indent=2).encode(), json.dumps(event).encode(),
+                  json.dumps(event, separators=(",", ":"), ensure_ascii=True).encode() + b" "):
+        assert post(client, other, headers).status_code == 401
+    assert emit.events == []
+    import rtk_archiver.webhook as wh
+
+    assert not hasattr(wh, "compact_json")
+
+
+@pytest.mark.parametrize("size, expected", [("2044680", 2044680), (2044680, 2044680), ("0", 0), (None, None)])
+def test_file_size_is_read_as_realtimekit_sends_it(hook, sender, size, expected):
+    client, _, emit = hook
+    body, headers = sender.signed_request(status_update(fileSize=size))
+    assert post(client, body, headers).status_code == 200
+    assert [e.file_size for e in emit.events] == [expected]
+
+
+@pytest.mark.parametrize("raw", [b"1e999", b"-1e999", b"NaN", b"Infinity", b"-Infinity", b'"Infinity"', b'"NaN"',
+                                 b"-1", b'"-1"', b"12.5", b'"12.5"', b'"1e3"', b'" 12"', b'"12\n"', b"true",
+                                 b"99999999999999999999999999", b'"99999999999999999999999999"',
+                                 b"1" * 4000, b'"' + b"1" * 4000 + b'"', b'"abc"', b"[]", b"{}"])
+def test_absurd_file_sizes_are_a_clean_400(hook, sender, raw, caplog):
+    """fileSize 1e999 / NaN used to raise OverflowError / ValueError in the handler (a 500 and
+    a traceback); now every value that is not a size in bytes is a 400, nothing emitted."""
+    client, receiver, emit = hook
+    body = sender.encode(status_update(fileSize="__SIZE__")).replace(b'"__SIZE__"', raw)
+    r = post(client, body, {**sender.signed_request(status_update())[1], "rtk-signature": sender.sign(body)})
+    assert r.status_code == 400 and r.json() == {"error": "bad request"}
+    assert emit.events == [] and len(receiver.seen) == 0
+    assert not any(rec.exc_info for rec in caplog.records)
 
 
 def _refusal_cases(sender, other_key):
@@ -181,6 +222,74 @@ def test_oversized_body_without_content_length_is_refused_while_streaming(hook, 
     assert r.status_code == 413 and emit.events == []
 
 
+@pytest.mark.parametrize("rid", ["rec\n", "rec\r\n", "\nrec", "rec\n\n", "rec \n"])
+def test_an_id_with_a_newline_is_refused(hook, sender, rid):
+    """``^...$`` with ``re.match`` took "rec\\n" (``$`` matches before a trailing newline): ids
+    are full-matched now."""
+    client, receiver, emit = hook
+    body, headers = sender.signed_request(status_update(rid=rid))
+    assert post(client, body, headers).status_code == 400 and emit.events == []
+    body, headers = sender.signed_request(status_update(meetingId="meet-1\n") | {"meeting": {"id": "meet-1\n"}})
+    assert post(client, body, headers).status_code == 200
+    assert [e.meeting_id for e in emit.events] == [None]  # an invalid meeting id is dropped, never passed on
+
+
+def _schema_refuses(deployment_flow, parameters) -> str | None:
+    """What the Prefect server does with a new run's parameters: the deployment's schema,
+    validated by Prefect's own validate (jsonschema); the error's message, or None."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    schema = parameter_schema(deployment_flow.fn).model_dump_for_openapi()
+    try:
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+    except ValidationError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("bad", ["rec\n", "rec\r\n", "rec\n\n"])
+def test_parameter_id_and_datetime_patterns_full_match(bad):
+    """The deployments' JSON-schema patterns used ``$``: jsonschema (Python ``re.search``)
+    took "rec\\n" as a recording id and "2026-01-31\\n" as a date. They end in ``(?![\\s\\S])``
+    now, which means the end of the string in Python and in JavaScript alike."""
+    from flows.archive import archive_recordings
+    from flows.manual import ManualRequest, archive_manual
+
+    assert _schema_refuses(archive_manual, {"request": {"recording_ids": ["rec-1"]}}) is None
+    assert "an id of 1 to 64" in _schema_refuses(archive_manual, {"request": {"recording_ids": [bad]}})
+    assert "an id of 1 to 64" in _schema_refuses(archive_manual, {"request": {"meeting_id": bad}})
+    with pytest.raises(ValueError, match="an id of 1 to 64"):
+        ManualRequest(recording_ids=[bad])  # a direct call: the same rules in Python
+    date = "2026-01-31" + bad[3:]
+    assert _schema_refuses(archive_recordings, {"since": "2026-01-31"}) is None
+    assert "an ISO 8601 date" in _schema_refuses(archive_recordings, {"since": date})
+
+
+def test_parameter_patterns_mean_the_same_in_javascript():
+    """The same patterns as ECMAScript regular expressions (what a JS JSON-schema validator,
+    such as the UI's, compiles them to, with the ``u`` flag): same answers as Python."""
+    import re
+    import shutil
+    import subprocess
+
+    from flows.parameters import DATETIME_PATTERN, DESTINATION_URL_PATTERN, ID_PATTERN
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node")
+    cases = [(ID_PATTERN, v) for v in ("rec-1", "rec\n", "rec\r\n", "a" * 64, "a" * 65, "-x", "")]
+    cases += [(DATETIME_PATTERN, v) for v in ("2026-01-31", "2026-01-31T12:00:00Z", "2026-01-31\n", "2026-01-31 x")]
+    cases += [(DESTINATION_URL_PATTERN, v) for v in ("file:///tmp/x", "s3://bucket/p", "s3://bucket/../x", "ftp://x")]
+    script = ("const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "console.log(JSON.stringify(cases.map(([p, v]) => new RegExp(p, 'u').test(v))));")
+    out = subprocess.run([node, "-e", script], input=json.dumps(cases), capture_output=True, text=True, timeout=30, check=True)
+    in_js = json.loads(out.stdout)
+    in_python = [re.search(p, v) is not None for p, v in cases]
+    assert in_js == in_python
+    assert in_python[:3] == [True, False, False]
+
+
 def test_replayed_and_duplicate_deliveries_are_acknowledged_and_ignored(hook, sender):
     client, receiver, emit = hook
     body, headers = sender.signed_request(status_update())
@@ -219,6 +328,85 @@ def test_prefect_unavailable_answers_503_and_the_retry_is_not_a_duplicate(hook, 
     assert [e.recording_id for e in emit.events] == [RID]
 
 
+class GatedEmit(FakeEmit):
+    """Holds each hand-over until the test opens the gate; then fails or takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.fail = False
+        self.calls = 0
+
+    async def __call__(self, rec: UploadedRecording) -> None:
+        self.calls += 1
+        self.entered.set()
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("prefect said no")
+        self.events.append(rec)
+
+
+def _post_in_thread(url: str, body: bytes, headers: dict, answers: dict, name: str) -> threading.Thread:
+    def run():
+        r = httpx.post(url, content=body, headers=headers, timeout=30)
+        answers[name] = (r.status_code, time.monotonic())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("original_fails", [True, False], ids=["original fails", "original succeeds"])
+@pytest.mark.parametrize("same_delivery_id", [True, False], ids=["retry (same rtk-uuid)", "same status, new rtk-uuid"])
+def test_a_duplicate_of_a_delivery_in_flight_gets_its_outcome_never_an_early_200(sender, original_fails, same_delivery_id):
+    """A retry that arrived while the first attempt was still handing the event to Prefect was
+    answered 200 at once; the first then failed (503) and the retry, acknowledged, was never
+    sent again: the event was lost. Now the duplicate waits and answers what the first did."""
+    emit = GatedEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    body, headers = sender.signed_request(status_update())
+    dup_body, dup_headers = (body, headers) if same_delivery_id else sender.signed_request(status_update())
+    answers: dict = {}
+    with ReceiverThread(receiver.app) as rx:
+        first = _post_in_thread(rx.url, body, headers, answers, "first")
+        assert emit.entered.wait(10)
+        second = _post_in_thread(rx.url, dup_body, dup_headers, answers, "second")
+        time.sleep(0.5)
+        assert answers == {}  # neither is answered while the event is not in Prefect
+        emit.fail = original_fails
+        opened = time.monotonic()
+        emit.gate.set()
+        first.join(10), second.join(10)
+        expected = 503 if original_fails else 200
+        assert answers["first"][0] == answers["second"][0] == expected
+        assert answers["second"][1] >= opened
+        assert emit.calls == 1  # the duplicate did not hand it over a second time
+        # RealtimeKit's retry after the 503: now it goes through; after the 200: a duplicate
+        assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
+    assert [e.recording_id for e in emit.events] == [RID]
+    assert emit.calls == (2 if original_fails else 1)
+    assert receiver.counts["duplicate-in-flight"] == 1
+
+
+def test_a_duplicate_waits_no_longer_than_the_hand_over_may_take(sender):
+    async def hang(rec):
+        await asyncio.sleep(30)
+
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), hang, emit_timeout=0.5)
+    body, headers = sender.signed_request(status_update())
+    answers: dict = {}
+    with ReceiverThread(receiver.app) as rx:
+        started = time.monotonic()
+        threads = [_post_in_thread(rx.url, body, headers, answers, n) for n in ("a", "b", "c")]
+        for t in threads:
+            t.join(10)
+    assert {a[0] for a in answers.values()} == {503} and len(answers) == 3
+    assert max(a[1] for a in answers.values()) - started < 5
+
+
 def test_slow_prefect_times_out_into_a_503(sender):
     async def hang(rec):
         await asyncio.sleep(30)
@@ -229,6 +417,70 @@ def test_slow_prefect_times_out_into_a_503(sender):
         started = time.perf_counter()
         assert post(client, body, headers).status_code == 503
         assert time.perf_counter() - started < 5
+
+
+def test_refusal_alarm_reports_at_once_then_at_most_once_per_interval():
+    now = [0.0]
+    alarm = RefusalAlarm(300, clock=lambda: now[0])
+    assert alarm.record("signature does not verify") == {
+        "refused": 1, "reasons": {"signature does not verify": 1}, "seconds": 0.0, "total": 1}
+    for t in range(1, 6):
+        now[0] = t
+        assert alarm.record("signature does not verify" if t % 2 else "no rtk-signature header") is None
+    now[0] = 301
+    assert alarm.record("signature does not verify") == {
+        "refused": 6, "reasons": {"no rtk-signature header": 2, "signature does not verify": 4}, "seconds": 301.0,
+        "total": 7}
+    now[0] = 5000  # a quiet hour, then one refusal: reported at once
+    assert alarm.record("signature does not verify")["refused"] == 1
+
+
+def test_sustained_signature_refusals_are_an_error_line_and_an_alert_rate_limited(sender, other_key, caplog):
+    """RealtimeKit never retries a 401: a rotated key used to make every delivery a final,
+    silent refusal (a WARNING each). Now there is an ERROR line with the counts and an alert
+    (the Prefect event), at most once per RTK_WEBHOOK_REFUSED_ALERT_SECONDS."""
+    alerts: list[dict] = []
+
+    async def alert(report):
+        alerts.append(report)
+
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit, alert=alert, refused_alert_seconds=300)
+    signature = None
+    with TestClient(receiver.app) as client:
+        for _ in range(20):  # a rotated key: every delivery signed by a key the receiver does not know
+            body, headers = other_key.signed_request(status_update())
+            signature = headers["rtk-signature"]
+            assert post(client, body, headers).status_code == 401
+        body, headers = sender.signed_request(status_update())
+        assert post(client, body, {k: v for k, v in headers.items() if k != "rtk-signature"}).status_code == 401
+        assert post(client, body, headers).status_code == 200  # a good one is not counted
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "rtk_archiver.webhook"]
+    assert len(errors) == 1 and "RTK_WEBHOOK_PUBLIC_KEY" in errors[0].getMessage()
+    assert "1 webhook deliveries refused" in errors[0].getMessage()
+    assert alerts == [{"refused": 1, "reasons": {"signature does not verify": 1}, "seconds": 0.0, "total": 1}]
+    assert receiver.alarm.total == 21
+    assert signature[:20] not in caplog.text
+
+    # the next report, once the interval is over, carries the counts since the last one
+    receiver.alarm._reported -= 301
+    with TestClient(receiver.app) as client:
+        body, headers = other_key.signed_request(status_update())
+        assert post(client, body, headers).status_code == 401
+    assert alerts[-1]["refused"] == 21 and alerts[-1]["reasons"] == {
+        "no rtk-signature header": 1, "signature does not verify": 20}
+
+
+def test_an_alert_that_fails_changes_nothing_in_the_answer(sender, other_key, caplog):
+    async def alert(report):
+        raise ConnectionError("prefect is down")
+
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), FakeEmit(), alert=alert)
+    with TestClient(receiver.app) as client:
+        body, headers = other_key.signed_request(status_update())
+        assert post(client, body, headers).status_code == 401
+    assert any("could not send the rtk.webhook.refused event" in m for m in caplog.messages)
+    assert not any(r.exc_info for r in caplog.records)
 
 
 def test_seen_cache_forgets_after_the_ttl_and_stays_bounded():
@@ -278,6 +530,26 @@ def test_cli_refuses_to_start_without_key_or_prefect_api(monkeypatch, capsys, se
     assert "PREFECT_API_URL is not set" in capsys.readouterr().err
 
 
+def test_cli_never_prints_the_prefect_api_credentials(monkeypatch, capsys, sender):
+    """The first line named PREFECT_API_URL as it was, user:password and ?token= included."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import rtk_archiver.webhook as wh
+    from rtk_archiver.cli import main
+
+    served = []
+    monkeypatch.setattr(wh, "serve", lambda host, port, app=None, **kw: served.append((host, port)))
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem)
+    url = "https://archiver:S3cretPw@prefect.example.com:4443/api?token=T0ken123&api_key=K3y"
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert main(["webhook", "--port", "18788"]) == 0
+    out = capsys.readouterr()
+    assert served == [("127.0.0.1", 18788)]
+    assert "https://prefect.example.com:4443/api" in out.out
+    for secret in ("S3cretPw", "archiver:", "T0ken123", "K3y"):
+        assert secret not in out.out + out.err
+
+
 def test_trigger_is_declared_the_same_in_serve_and_prefect_yaml():
     from prefect.cli.deploy._triggers import _initialize_deployment_triggers  # what `prefect deploy` does
 
@@ -321,7 +593,8 @@ class ReceiverThread:
     def __init__(self, app) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhook"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        # as `rtk-archiver webhook` runs it (webhook.serve): with its ConnectionGuard
+        self._server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def __enter__(self) -> "ReceiverThread":
@@ -357,7 +630,7 @@ def test_simulator_sends_signed_webhooks_on_stop_and_upload_lost_and_duplicated(
             assert [e.recording_id for e in emit.events] == [live["id"]]
             uploaded = sim.webhooks.deliveries[-1].event["recording"]
             assert uploaded["downloadUrl"].startswith(sim.url)
-            assert uploaded["fileSize"] == sim.state.recordings[live["id"]].file_size
+            assert uploaded["fileSize"] == str(sim.state.recordings[live["id"]].file_size)  # a string, as RealtimeKit's
 
             # duplicated deliveries: acknowledged, one event
             dup = sim.state.add_recording(status="UPLOADING")
@@ -376,6 +649,311 @@ def test_simulator_sends_signed_webhooks_on_stop_and_upload_lost_and_duplicated(
             assert lost["id"] not in [e.recording_id for e in emit.events]
             assert sim.webhooks.dropped[-1]["recording"]["id"] == lost["id"]
     assert receiver.counts == {"status-UPLOADING": 1, "emitted": 2, "duplicate": 1}
+
+
+class ScriptedReceiver:
+    """A webhook endpoint that answers the given statuses in turn (then 200) and records each
+    request's rtk-uuid."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.statuses = list(statuses)
+        self.uuids: list[str] = []
+
+        async def handle(request):
+            await request.body()
+            self.uuids.append(request.headers.get("rtk-uuid"))
+            return Response(status_code=self.statuses.pop(0) if self.statuses else 200)
+
+        self.app = Starlette(routes=[Route("/webhook", handle, methods=["POST"])])
+
+
+@pytest.mark.parametrize("answers, attempts", [
+    ([503, 502, 200], 3), ([500, 500, 500], 3), ([401], 1), ([400], 1), ([404], 1), ([413], 1), ([429], 1),
+    ([500, 401], 2), ([301], 1), ([200], 1),
+])
+def test_simulator_retries_like_realtimekit_only_5xx_with_the_same_delivery_id(answers, attempts):
+    """RealtimeKit retries only a 5xx or a network error, and a retry is the same delivery (the
+    same rtk-uuid): the simulator retried any non-2xx answer with a new rtk-uuid."""
+    rx = ScriptedReceiver(answers)
+    with ReceiverThread(rx.app) as thread:
+        sender = WebhookSender(thread.url, retries=2, retry_delay=0.01)
+        sender.send(status_update())
+        assert sender.flush(20)
+    assert len(rx.uuids) == attempts and len(set(rx.uuids)) == 1
+    assert [d.delivery_id for d in sender.deliveries] == rx.uuids
+    assert [d.status_code for d in sender.deliveries] == (answers + [200] * 3)[:attempts]
+
+
+def test_simulator_retries_a_network_error_with_the_same_delivery_id():
+    sender = WebhookSender(f"http://127.0.0.1:{free_port()}/webhook", retries=2, retry_delay=0.01, timeout=2)
+    sender.send(status_update())
+    assert sender.flush(20)
+    assert len(sender.deliveries) == 3 and all(d.status_code is None and d.error for d in sender.deliveries)
+    assert len({d.delivery_id for d in sender.deliveries}) == 1
+
+
+def test_simulator_sends_file_size_as_a_string():
+    from rtk_archiver.simulator.state import SimulatorState
+    from rtk_archiver.simulator.webhooks import status_update_payload
+
+    state = SimulatorState()
+    rec = state.add_recording(status="UPLOADED", file_size=2044680)
+    payload = status_update_payload(state, state.recordings[rec["id"]])
+    assert payload["recording"]["fileSize"] == "2044680"
+
+
+class Captured(logging.Handler):
+    """Records of the receiver's and uvicorn's loggers (uvicorn's do not reach caplog)."""
+
+    NAMES = ("rtk_archiver.webhook", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "Captured":
+        self._levels = {}
+        for name in self.NAMES:
+            log = logging.getLogger(name)
+            self._levels[name] = log.level
+            log.addHandler(self)
+            if log.level == logging.NOTSET or log.level > logging.DEBUG:
+                log.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.NAMES:
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(self._levels[name])
+
+    def errors(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR or r.exc_info]
+
+    def messages(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"", *, close: bool = True) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head + body)
+    if close:
+        sock.close()
+    return sock
+
+
+def _head(length: int, headers: dict, path: str = "/webhook") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {length}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_client_that_disconnects_mid_body_is_a_quiet_line_not_a_traceback(sender):
+    """A sender that hung up before its whole body arrived made Starlette raise ClientDisconnect
+    out of the handler: uvicorn logged "Exception in ASGI application" and a traceback."""
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    body, headers = sender.signed_request(status_update())
+    with Captured() as logs, ReceiverThread(receiver.app) as rx:
+        for cut in (0, 1, len(body) // 2, len(body) - 1):
+            _raw_request(rx.port, _head(len(body), headers), body[:cut])
+        wait_until(lambda: receiver.counts.get("disconnected", 0) == 4, 10, lambda: logs.messages())
+        # the receiver still works
+        assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
+    assert logs.errors() == []
+    assert sum("disconnected" in m for m in logs.messages()) == 4 and [e.recording_id for e in emit.events] == [RID]
+
+
+def _closed_within(sock: socket.socket, seconds: float, drip: bytes | None = None) -> float | None:
+    """Seconds until the server closed ``sock`` (None if still open after ``seconds``), sending
+    ``drip`` every 0.2 s meanwhile."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - started < seconds:
+        try:
+            if drip:
+                sock.sendall(drip)
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except socket.timeout:
+            continue
+        except OSError:  # reset, broken pipe: closed
+            return time.monotonic() - started
+    return None
+
+
+def test_slow_clients_cannot_starve_a_real_delivery(sender):
+    """300 connections dripping header lines (slowloris) used to hold uvicorn's 256 connection
+    slots (no header or body timeout): every real delivery got 503 for as long as they lasted.
+    With the defaults (10 s for headers, 30 s for a body, 64 unfinished requests at most) a
+    signed delivery in the middle of them is accepted at once."""
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    guard = receiver.app.state.guard = ConnectionGuard()  # the defaults, as create_app makes it
+    assert (guard.header_timeout, guard.body_timeout, guard.max_pending) == (10.0, 30.0, 64)
+    body, headers = sender.signed_request(status_update())
+    stop = threading.Event()
+    socks: list[socket.socket] = []
+
+    def drip():
+        while not stop.is_set():
+            for sock in list(socks):
+                try:
+                    sock.send(b"X-Drip: 1\r\n")
+                except OSError:
+                    pass
+            stop.wait(0.3)
+
+    with ReceiverThread(receiver.app) as rx:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", rx.port), timeout=5)
+            sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            socks.append(sock)
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        try:
+            time.sleep(1)
+            started = time.monotonic()
+            r = httpx.post(rx.url, content=body, headers=headers, timeout=10)
+            elapsed = time.monotonic() - started
+            assert r.status_code == 200 and elapsed < 3, (r.status_code, elapsed)
+            assert [e.recording_id for e in emit.events] == [RID]
+            assert len(guard) <= 64 and guard.counts.get("evicted", 0) >= 300 - 64
+        finally:
+            stop.set()
+            dripper.join(5)
+            for sock in socks:
+                sock.close()
+
+
+def test_headers_and_bodies_that_take_too_long_are_cut_off(sender):
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit)
+    guard = receiver.app.state.guard = ConnectionGuard(header_timeout=1.0, body_timeout=1.5, max_pending=64)
+    body, headers = sender.signed_request(status_update())
+    with Captured() as logs, ReceiverThread(receiver.app) as rx:
+        silent = socket.create_connection(("127.0.0.1", rx.port), timeout=5)
+        t = _closed_within(silent, 5)
+        assert t is not None and 0.8 < t < 3, t  # sent nothing: closed after the header timeout
+
+        dripping = _raw_request(rx.port, b"POST /webhook HTTP/1.1\r\nHost: x\r\n", close=False)
+        t = _closed_within(dripping, 5, drip=b"X-Drip: 1\r\n")
+        assert t is not None and 0.8 < t < 3, t  # a header line every 0.2 s does not keep it open
+
+        slow_body = _raw_request(rx.port, _head(len(body), headers), body[:10], close=False)
+        t = _closed_within(slow_body, 6, drip=b" ")
+        assert t is not None and 1.2 < t < 4, t  # a byte every 0.2 s: cut off after the body timeout
+        wait_until(lambda: receiver.counts.get("disconnected") == 1, 5, lambda: receiver.counts)
+
+        # kept alive after a good request, then dripping the next request's headers: cut off too
+        kept = _raw_request(rx.port, _head(len(body), headers), body, close=False)
+        kept.settimeout(5)
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        t = _closed_within(kept, 5, drip=b"P")
+        assert t is not None and t < 3, t
+
+        assert httpx.post(rx.url, content=body, headers=headers, timeout=10).status_code == 200
+    for sock in (silent, dripping, slow_body, kept):
+        sock.close()
+    assert guard.counts.get("headers-timeout", 0) >= 3 and guard.counts.get("body-timeout") == 1
+    assert logs.errors() == [] and len(guard) == 0
+
+
+def _events_named(server, name: str, since: datetime) -> list[dict]:
+    r = server.request("POST", "/events/filter", json={
+        "filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}, "limit": 50})
+    r.raise_for_status()
+    return r.json()["events"]
+
+
+def test_refusals_reach_the_prefect_server_as_an_rtk_webhook_refused_event(prefect_server, sender, other_key, monkeypatch):
+    """The receiver as `rtk-archiver webhook` builds it (create_app, PrefectEmitter) against a
+    real `prefect server`: badly signed deliveries become one rtk.webhook.refused event."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from rtk_archiver.webhook import create_app, load_webhook_settings
+
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem)
+    monkeypatch.delenv("RTK_WEBHOOK_PUBLIC_KEY_FILE", raising=False)
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        app = create_app(load_webhook_settings(rtk_webhook_refused_alert_seconds=600))
+        with TestClient(app) as client:
+            for _ in range(3):
+                body, headers = other_key.signed_request(status_update())
+                assert post(client, body, headers).status_code == 401
+    events = wait_until(lambda: _events_named(prefect_server, REFUSED_EVENT, since), 30, "the refused event")
+    assert len(events) == 1  # rate-limited: one for three refusals
+    (event,) = events
+    assert event["resource"]["prefect.resource.id"] == "rtk.webhook.receiver"
+    assert event["payload"]["refused"] == 1 and event["payload"]["reasons"] == {"signature does not verify": 1}
+    assert app.state.receiver.alarm.total == 3
+
+
+def test_what_the_server_has_is_not_emitted_again_and_a_failed_look_is_a_503(sender):
+    handed: set[str] = set()
+    broken = [False]
+
+    async def recall(rec):
+        if broken[0]:
+            raise ConnectionError("prefect is down")
+        return rec.recording_id in handed
+
+    emit = FakeEmit()
+    receiver = WebhookReceiver(parse_public_key(sender.public_key_pem), emit, recall=recall)
+    other = "aaaabbbb-1b2c-4d5e-8f90-123456789abc"
+    handed.add(RID)  # handed over before a restart
+    with TestClient(receiver.app) as client:
+        body, headers = sender.signed_request(status_update())
+        assert post(client, body, headers).status_code == 200
+        broken[0] = True
+        body2, headers2 = sender.signed_request(status_update(rid=other))
+        assert post(client, body2, headers2).status_code == 503  # not known either way: RealtimeKit retries
+        broken[0] = False
+        assert post(client, body2, headers2).status_code == 200
+    assert [e.recording_id for e in emit.events] == [other]
+    assert receiver.counts["duplicate"] == 1 and receiver.counts["emit-failed"] == 1
+
+
+def test_a_replayed_delivery_after_a_receiver_restart_starts_nothing(prefect_server, sender, monkeypatch):
+    """The delivery ids and recordings seen were only in the receiver's memory: after a restart
+    (or past the server's 30-minute event de-duplication) a captured delivery made a new event,
+    and the trigger a new run. Now the receiver asks the Prefect server, which keeps the event
+    (its id derived from the recording id), before it emits: a replay starts nothing."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from rtk_archiver.webhook import create_app, load_webhook_settings
+
+    monkeypatch.setenv("RTK_WEBHOOK_PUBLIC_KEY", sender.public_key_pem)
+    monkeypatch.delenv("RTK_WEBHOOK_PUBLIC_KEY_FILE", raising=False)
+    rid = f"replay-{uuid.uuid4().hex[:12]}"
+    body, headers = sender.signed_request(status_update(rid=rid))  # the captured delivery
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        first = create_app(load_webhook_settings())
+        with TestClient(first) as client:
+            assert post(client, body, headers).status_code == 200
+        assert first.state.receiver.counts == {"emitted": 1}
+
+        def stored():
+            return [e for e in _events_named(prefect_server, UPLOADED_EVENT, since)
+                    if e["resource"]["prefect.resource.id"] == f"rtk.recording.{rid}"]
+
+        wait_until(stored, 30, "the event to be stored")
+        for _ in range(2):  # restarted twice; the replay comes again each time
+            restarted = create_app(load_webhook_settings())
+            with TestClient(restarted) as client:
+                assert post(client, body, headers).status_code == 200
+                _, new_id = sender.signed_request(status_update(rid=rid))  # the same status, another delivery id
+                assert post(client, body, {**headers, "rtk-uuid": new_id["rtk-uuid"]}).status_code == 200
+            assert restarted.state.receiver.counts == {"duplicate": 2}
+    assert len(stored()) == 1
 
 
 # ----------------------------------------------------------------------------- end to end (slow)

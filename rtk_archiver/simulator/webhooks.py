@@ -3,10 +3,12 @@ to a configured URL the way RealtimeKit sends them (see rtk_archiver/webhook.py 
 public about the format), so the receiver can be tested end to end.
 
 The sender has its own RSA key pair (made on first use; ``public_key_pem`` is what the receiver
-is configured with) and signs the compact JSON body with RSA-SHA256, base64 in
-``rtk-signature``; every delivery has a fresh ``rtk-uuid`` and the sender's ``rtk-webhook-id``.
-Deliveries go out from a background thread in order; a failed one (no answer, or not 2xx) is
-retried ``retries`` times with a new ``rtk-uuid``, as a real sender may do.
+is configured with) and signs the raw body it sends (compact JSON) with RSA-SHA256, base64 in
+``rtk-signature``; every delivery has its own ``rtk-uuid`` and the sender's ``rtk-webhook-id``;
+``recording.fileSize`` is a decimal string, as in RealtimeKit's documented example.
+Deliveries go out from a background thread in order. As RealtimeKit does, only a ``5xx``
+answer or a network error (no answer, a timeout) is retried, ``retries`` times, with the same
+body and the same ``rtk-uuid``; any other answer (``2xx``, ``4xx``, ``3xx``) is final.
 
 Faults, set per test: ``drop_next`` (the next N status changes are never delivered: a lost
 webhook), ``duplicate`` (every delivery is sent twice, the second with a new ``rtk-uuid``).
@@ -64,7 +66,7 @@ def status_update_payload(state: "SimulatorState", rec: "SimRecording") -> dict[
     }
     if rec.status == "UPLOADED":
         recording.update(
-            fileSize=rec.file_size,
+            fileSize=None if rec.file_size is None else str(rec.file_size),  # a string, as RealtimeKit sends it
             downloadUrl=view.get("download_url"),
             audioDownloadUrl=view.get("audio_download_url"),
             downloadUrlExpiry=view.get("download_url_expiry"),
@@ -83,6 +85,11 @@ def status_update_payload(state: "SimulatorState", rec: "SimRecording") -> dict[
             "organizedBy": {"id": state.account_id, "name": "rtk-simulator"},
         },
     }
+
+
+def should_retry(status_code: int | None) -> bool:
+    """RealtimeKit's rule: retry a network error (no answer) or a ``5xx``; anything else is final."""
+    return status_code is None or 500 <= status_code < 600
 
 
 class WebhookSender:
@@ -184,9 +191,10 @@ class WebhookSender:
             if event is None:
                 return
             try:
+                delivery_id = str(uuid.uuid4())  # one delivery: the same rtk-uuid on every retry
                 for attempt in range(self.retries + 1):
-                    record = self.deliver(event)
-                    if record.status_code is not None and 200 <= record.status_code < 300:
+                    record = self.deliver(event, delivery_id)
+                    if not should_retry(record.status_code):
                         break
                     if attempt < self.retries:
                         time.sleep(self.retry_delay * (2**attempt))
