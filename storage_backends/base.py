@@ -76,6 +76,12 @@ class StorageBackend(ABC):
         """A small object's content (sidecars), or None if absent."""
 
     @abstractmethod
+    def read_chunks(self, key: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        """The whole object's content, streamed in chunks of at most ``chunk_size`` bytes
+        (bounded memory): proving a file someone else uploaded, and the scrub's ``--deep``
+        re-hash. A missing object or a failure mid-stream raises ``StorageError``."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove key if present."""
 

@@ -412,6 +412,18 @@ class S3Backend(StorageBackend):
         with obj["Body"] as body:
             return body.read(limit)
 
+    def read_chunks(self, key: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        obj = self._call("read", key, self.client.get_object)
+        if obj is None:
+            raise StorageError(f"{self.url(key)} is missing")
+        body = obj["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "read", key) from None
+        finally:
+            body.close()
+
     def delete(self, key: str) -> None:
         self._call("delete", key, self.client.delete_object)
 

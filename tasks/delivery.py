@@ -112,11 +112,8 @@ def prove(
                                      hashes={k: v for k, v in digests.items() if k != "sha256"},
                                      verified_by=f"{names} reported by the store", source_url_host=host,
                                      kind=kind, origin=origin))
-    read_chunks = getattr(backend, "read_chunks", None)
-    if read_chunks is None:
-        return Proof(None, f"{where} reports no hash and cannot be read back: {what} cannot be proven")
     hasher, size = new_hasher("sha256"), 0
-    for chunk in read_chunks(key):
+    for chunk in backend.read_chunks(key):
         hasher.update(chunk)
         size += len(chunk)
     if size != info.size or not hmac.compare_digest(hasher.hexdigest(), digests["sha256"]):

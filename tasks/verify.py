@@ -15,6 +15,7 @@ Nothing here writes or deletes anything.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import posixpath
 import threading
 import time
@@ -140,14 +141,13 @@ def check_archive(
         if not agree:
             problem("hash", f"{entry.kind} file {entry.name}: {'/'.join(compared)} differs from the sidecar's", key)
             continue
-        reader = getattr(backend, "read_chunks", None)
-        if deep and not compared and reader is not None:
+        if deep and not compared and entry.sha256:
             wait()
             digest = hashlib.sha256()
-            for chunk in reader(key):
+            for chunk in backend.read_chunks(key):
                 digest.update(chunk)
                 hashed += len(chunk)
-            if digest.hexdigest() != entry.sha256.lower():
+            if not hmac.compare_digest(digest.hexdigest(), entry.sha256.lower()):
                 problem("hash", f"{entry.kind} file {entry.name}: sha256 differs from the sidecar's (re-read)", key)
     return problems, len(sidecar.files), hashed
 

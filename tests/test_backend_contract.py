@@ -11,6 +11,7 @@ from rtk_archiver.settings import Settings
 from rtk_archiver.simulator import iter_media
 from rtk_archiver.streams import SizeMismatch, VerifyingReader
 from storage_backends import StorageBackend, open_backend, parse_destination_url
+from storage_backends.base import StorageError
 
 SIZE = 20 * 1024 * 1024 + 123  # several multipart parts / resumable chunks
 
@@ -95,6 +96,12 @@ def test_streaming_round_trip(backend):
     assert backend.read_bytes("nope.json") is None
     expected = hashlib.sha256(b"".join(media(SIZE))).hexdigest()
     assert digests["sha256"] == expected
+    # read back whole, in bounded chunks (proving RealtimeKit's own upload; scrub --deep)
+    chunk = 1 << 20
+    pieces = list(backend.read_chunks("dir/sub/video.mp4", chunk))
+    assert b"".join(pieces) == data and max(map(len, pieces)) <= chunk
+    with pytest.raises(StorageError):
+        list(backend.read_chunks("dir/sub/missing.mp4"))
     backend.delete("dir/sub/video.mp4.metadata.json")
     assert backend.stat("dir/sub/video.mp4.metadata.json") is None
 
