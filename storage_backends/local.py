@@ -12,6 +12,12 @@ runs on a process's first upload into a directory, then at most every ``SWEEP_SE
 (``tempnames.Sweeps``: listing the directory on every upload cost O(files in it) per upload).
 A writer that loses the instant between creating its temp file and locking it to a cleanup
 sees its name gone once it holds the lock, and starts over under a new name.
+
+No link below the root is ever followed: every directory is opened from its parent with
+``O_NOFOLLOW | O_DIRECTORY`` and every file relative to it (``dir_fd``, ``O_NOFOLLOW``), so a
+symlink at an archive file's name or at one of its directories, even one that appears while
+looking, is refused (``nofollow.NotOurs``): never read through, written through, replaced nor
+removed.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from rtk_archiver.models import ObjectInfo
 
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .destination import Destination
+from .nofollow import NotOurs, link_refused
 from .tempnames import SWEEPS, TEMP_MARKER, temp_prefix, temp_writer
 
 COPY_CHUNK = 1024 * 1024
@@ -69,56 +76,163 @@ def os_error(exc: OSError, action: str, path: object) -> StorageError:
     return StorageError(f"cannot {action} {path}: {exc.strerror or type(exc).__name__}")
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a FIFO or device named like an archive file must not block the open
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 class LocalBackend(StorageBackend):
     def __init__(self, destination: Destination, settings: object | None = None) -> None:
         super().__init__(destination)
         self.root = Path(destination.root)
 
-    def _path(self, key: str) -> Path:
-        try:
-            path = (self.root / key).resolve()
-            root = self.root.resolve()
-        except OSError as exc:
-            raise os_error(exc, "resolve", self.root / key) from None
-        if path != root and root not in path.parents:
+    # -- paths: every component below the root opened without following a link ---------------
+    def _parts(self, key: str) -> list[str]:
+        parts = [p for p in key.split("/") if p not in ("", ".")]
+        if key.startswith("/") or ".." in parts or not parts:
             raise PermanentStorageError(f"refusing to write outside {self.root}: {key!r}")
-        return path
+        return parts
 
-    def stat(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
+    def _open_dir(self, parts: list[str], *, create: bool = False) -> int | None:
+        """A descriptor of ``root/parts...`` (the caller closes it), each component below the
+        root opened relative to its parent with ``O_NOFOLLOW | O_DIRECTORY``: a link anywhere
+        below the root is refused (``NotOurs``), never followed, even if it appears while
+        looking. None when a component is missing or a file (``create``: made, a file refused).
+        The root itself is the configured path (it may be a link the operator chose)."""
         try:
-            st = path.stat()
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileExistsError:
+                raise PermanentStorageError(f"cannot create directory {self.root}: a file is in the way") from None
+            except OSError as exc:
+                raise os_error(exc, "create directory", self.root) from None
+        except NotADirectoryError:
+            if create:
+                raise PermanentStorageError(f"cannot create directory {self.root}: a file is in the way") from None
             return None
         except OSError as exc:
-            if exc.errno == errno.ENOTDIR:
-                return None  # a parent is a file: nothing can be at key
-            raise os_error(exc, "stat", path) from None
+            raise os_error(exc, "open", self.root) from None
+        done: list[str] = []
+        try:
+            for part in parts:
+                done.append(part)
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        os.close(fd)
+                        return None
+                    try:
+                        os.mkdir(part, 0o777, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made meanwhile (another run), or something else: the open tells
+                    except OSError as exc:
+                        raise os_error(exc, "create directory", self.root.joinpath(*done)) from None
+                    try:
+                        child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    except OSError as exc:
+                        child = self._not_a_directory(fd, part, done, exc, create)
+                except OSError as exc:
+                    child = self._not_a_directory(fd, part, done, exc, create)
+                if child is None:
+                    os.close(fd)
+                    return None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _not_a_directory(self, fd: int, part: str, done: list[str], exc: OSError, create: bool) -> int | None:
+        """Why ``part`` (in ``fd``) could not be opened as a directory: a link (refused), a file
+        (None, or refused when creating), or another error."""
+        where = self.root.joinpath(*done)
+        try:
+            st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if create:
+                raise StorageError(f"cannot create directory {_shown(where)}: removed while creating it") from None
+            return None
+        except OSError:
+            raise os_error(exc, "open directory", where) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise link_refused(_shown(where))
+        if not stat.S_ISDIR(st.st_mode):
+            if create:
+                raise PermanentStorageError(f"cannot create directory {_shown(where)}: a file is in the way")
+            return None
+        raise os_error(exc, "open directory", where) from None
+
+    def _where(self, parts: list[str]) -> Path:
+        return self.root.joinpath(*parts)
+
+    @staticmethod
+    def _lstat(dfd: int, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    # -- the interface -------------------------------------------------------------------------
+    def stat(self, key: str) -> ObjectInfo | None:
+        parts = self._parts(key)
+        dfd = self._open_dir(parts[:-1])
+        if dfd is None:
+            return None  # a parent is missing, or a file: nothing can be at key
+        try:
+            st = self._lstat(dfd, parts[-1])
+        except OSError as exc:
+            raise os_error(exc, "stat", self._where(parts)) from None
+        finally:
+            os.close(dfd)
+        if st is None:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise link_refused(_shown(self._where(parts)))
         return ObjectInfo(size=st.st_size)
 
     def put(
         self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
     ) -> ObjectInfo:
-        final = self._path(key)
+        parts = self._parts(key)
+        final = self._where(parts)
+        name = parts[-1]
+        dfd = self._open_dir(parts[:-1], create=True)
+        assert dfd is not None
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise PermanentStorageError(f"cannot create directory {final.parent}: a file is in the way") from None
+            return self._put_in(dfd, final, name, key, source, size, replace)
+        finally:
+            os.close(dfd)
+
+    def _put_in(self, dfd: int, final: Path, name: str, key: str, source: Readable, size: int | None, replace: bool) -> ObjectInfo:
+        def refuse_link() -> None:
+            there = self._lstat(dfd, name)
+            if there is not None and stat.S_ISLNK(there.st_mode):
+                raise link_refused(_shown(final))  # never replaced, even for the recording's own key
+            if not replace and there is not None:
+                raise KeyTaken(f"{final} already exists and was not written by this recording's archive: left untouched")
+
+        try:
+            refuse_link()
         except OSError as exc:
-            raise os_error(exc, "create directory", final.parent) from None
-        if not replace and final.exists():
-            raise KeyTaken(f"{final} already exists and was not written by this recording's archive: left untouched")
-        prefix = temp_prefix(final.name)
+            raise os_error(exc, "stat", final) from None
+        prefix = temp_prefix(name)
         where = _swept(final.parent)
-        SWEEPS.remove_left(where, lambda name: _unlink_quietly(final.parent / name))  # from a failed upload
+        SWEEPS.remove_left(where, lambda n: _unlink_quietly(dfd, n))  # from a failed upload
         if SWEEPS.due(where):
-            self._remove_abandoned(final.parent)
-        tmp: Path | None = None
+            self._remove_abandoned(dfd)
+        tmp: str | None = None
         written = 0
         fd = -1
         reading = False
         try:
-            tmp, fd = self._locked_temp(final.parent, prefix)
+            tmp, fd = self._locked_temp(dfd, final.parent, prefix)
             with os.fdopen(os.dup(fd), "wb") as out:
                 while True:
                     reading = True  # the source's own errors propagate as they are
@@ -133,63 +247,76 @@ class LocalBackend(StorageBackend):
             if size is not None and written != size:
                 raise StorageError(f"wrote {written} bytes for {key!r}, expected {size}")
             if replace:
-                os.replace(tmp, final)
+                refuse_link()  # a link that appeared while uploading: the rename would replace it
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             else:
-                try:
-                    os.link(tmp, final)  # fails if anything is there: never clobbers
+                try:  # fails if anything is there (a link included): never clobbers
+                    os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
                 except FileExistsError:
                     raise KeyTaken(
                         f"{final} appeared while uploading and was not written by this recording's archive: left untouched"
                     ) from None
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
         except BaseException as exc:
-            if tmp is not None and not _unlink_quietly(tmp):
-                SWEEPS.left_behind(where, tmp.name)
+            if tmp is not None and not _unlink_quietly(dfd, tmp):
+                SWEEPS.left_behind(where, tmp)
             if isinstance(exc, OSError) and not reading and not isinstance(exc, FileExistsError):
                 raise os_error(exc, "write", final) from None
             raise
         finally:
             if fd >= 0:
                 os.close(fd)
-        _fsync_dir(final.parent)
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
         return ObjectInfo(size=written)
 
     @staticmethod
-    def _locked_temp(directory: Path, prefix: str) -> tuple[Path, int]:
-        """A new temp file, locked, still at its name. A cleanup can take the lock of a file
-        created an instant ago and remove it; the lock then comes to us on a nameless file,
-        which we give up for a new name."""
+    def _locked_temp(dfd: int, directory: Path, prefix: str) -> tuple[str, int]:
+        """A new temp file (its name in ``dfd``), locked, still at its name. A cleanup can take
+        the lock of a file created an instant ago and remove it; the lock then comes to us on a
+        nameless file, which we give up for a new name."""
         for _ in range(100):
-            tmp = directory / f"{prefix}{uuid.uuid4().hex[:12]}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            tmp = f"{prefix}{uuid.uuid4().hex[:12]}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # a cleanup holds it for an instant at most
-                if _same_file(tmp, fd):
+                if _same_file(dfd, tmp, fd):
                     return tmp, fd  # ours until the temp file is gone
             except BaseException:
                 os.close(fd)
-                _unlink_quietly(tmp)
+                _unlink_quietly(dfd, tmp)
                 raise
             os.close(fd)
         raise StorageError(f"could not create a temp file next to {directory / prefix!s}: removed each time")
 
     def remove_abandoned(self, key: str) -> None:
-        directory = self._path(key).parent
-        SWEEPS.mark(_swept(directory))
-        self._remove_abandoned(directory)
+        parts = self._parts(key)
+        SWEEPS.mark(_swept(self._where(parts).parent))
+        try:
+            dfd = self._open_dir(parts[:-1])
+        except StorageError:
+            return
+        if dfd is None:
+            return
+        try:
+            self._remove_abandoned(dfd)
+        finally:
+            os.close(dfd)
 
     @staticmethod
-    def _remove_abandoned(directory: Path) -> None:
-        """Temp files in ``directory`` whose writer is gone (a killed run): their lock is free.
-        A live upload holds its lock: never touched."""
+    def _remove_abandoned(dfd: int) -> None:
+        """Temp files in the directory ``dfd`` whose writer is gone (a killed run): their lock
+        is free. A live upload holds its lock: never touched."""
         try:
-            with os.scandir(directory) as entries:
+            with os.scandir(dfd) as entries:
                 names = [e.name for e in entries if temp_writer(e.name, LOCAL_WRITER) is not None]
         except OSError:
             return
-        for stale in (directory / name for name in names):
+        for stale in names:
             try:  # never a symlink's target; a FIFO named like a temp file must not block
-                fd = os.open(stale, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+                fd = os.open(stale, _READ_FLAGS, dir_fd=dfd)
             except OSError:
                 continue  # gone meanwhile (or not a file we could have written)
             try:
@@ -199,38 +326,89 @@ class LocalBackend(StorageBackend):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # a live upload
-                if _same_file(stale, fd):  # not finished and removed by its writer meanwhile
-                    _unlink_quietly(stale)
+                if _same_file(dfd, stale, fd):  # not finished and removed by its writer meanwhile
+                    _unlink_quietly(dfd, stale)
             finally:
                 os.close(fd)
 
-    def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
-        path = self._path(key)
-        try:
-            with open(path, "rb") as fh:
-                return fh.read(limit)
-        except (FileNotFoundError, NotADirectoryError):
+    def _open_file(self, key: str) -> int | None:
+        """A read-only descriptor of the regular file at key, no link followed on the way
+        (``NotOurs`` for a link, or a FIFO / device where a file should be); None if absent."""
+        parts = self._parts(key)
+        path = self._where(parts)
+        dfd = self._open_dir(parts[:-1])
+        if dfd is None:
             return None
+        try:
+            try:
+                fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                st = self._lstat(dfd, parts[-1])
+                if st is not None and stat.S_ISLNK(st.st_mode):
+                    raise link_refused(_shown(path)) from None
+                raise os_error(exc, "read", path) from None
+        finally:
+            os.close(dfd)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return fd
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise PermanentStorageError(f"cannot read {_shown(path)}: is a directory")
+        raise NotOurs(f"{_shown(path)} is not a regular file (a FIFO, socket or device): not the archiver's; not read")
+
+    def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
+        fd = self._open_file(key)
+        if fd is None:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                return fh.read(limit)
         except OSError as exc:
-            raise os_error(exc, "read", path) from None
+            raise os_error(exc, "read", self._where(self._parts(key))) from None
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        parts = self._parts(key)
+        path = self._where(parts)
+        dfd = self._open_dir(parts[:-1])
+        if dfd is None:
+            return
         try:
-            path.unlink(missing_ok=True)
+            st = self._lstat(dfd, parts[-1])
+            if st is None:
+                return
+            if stat.S_ISLNK(st.st_mode):
+                raise link_refused(_shown(path))  # never removed: not the archiver's
+            os.unlink(parts[-1], dir_fd=dfd)
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise os_error(exc, "delete", path) from None
+        finally:
+            os.close(dfd)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
         """Regular files under ``prefix``, in key order (as S3 and GCS list), one directory in
-        memory at a time; symlinks and temp files are left out."""
+        memory at a time; symlinks and temp files are left out, a linked directory is never
+        entered (each directory is opened from its parent without following a link)."""
         directory = prefix.rpartition("/")[0]
-        start = self._path(directory) if directory else self.root
-        yield from self._walk(start, f"{directory}/" if directory else "", prefix)
-
-    def _walk(self, path: Path, rel: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
         try:
-            with os.scandir(path) as it:
+            dfd = self._open_dir(self._parts(directory) if directory else [])
+        except NotOurs:
+            return  # the prefix's directory is a link: nothing of ours under it
+        if dfd is None:
+            return
+        try:
+            yield from self._walk(dfd, self._where(directory.split("/")) if directory else self.root,
+                                  f"{directory}/" if directory else "", prefix)
+        finally:
+            os.close(dfd)
+
+    def _walk(self, dfd: int, path: Path, rel: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
+        try:
+            with os.scandir(dfd) as it:
                 # a directory sorts as "name/", so the walk comes out in key order
                 entries = sorted(it, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
         except (FileNotFoundError, NotADirectoryError):
@@ -242,26 +420,36 @@ class LocalBackend(StorageBackend):
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
-                        yield from self._walk(Path(entry.path), key + "/", prefix)
+                        try:
+                            child = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+                        except OSError:
+                            continue  # removed, or replaced by a link, meanwhile: never entered
+                        try:
+                            yield from self._walk(child, path / entry.name, key + "/", prefix)
+                        finally:
+                            os.close(child)
                 elif entry.is_file(follow_symlinks=False) and TEMP_MARKER not in entry.name and key.startswith(prefix):
                     yield key, ObjectInfo(size=entry.stat(follow_symlinks=False).st_size)
             except FileNotFoundError:
                 continue  # removed while listing
 
     def read_chunks(self, key: str, chunk_size: int = COPY_CHUNK) -> Iterator[bytes]:
-        """The object's content, streamed (the scrub's ``--deep`` re-hash)."""
-        path = self._path(key)
+        """The object's content, streamed (the scrub's ``--deep`` re-hash); a link is never
+        read through (``NotOurs``)."""
+        fd = self._open_file(key)
+        if fd is None:
+            raise StorageError(f"cannot read {_shown(self._where(self._parts(key)))}: gone")
         try:
-            with open(path, "rb") as fh:
+            with os.fdopen(fd, "rb") as fh:
                 while chunk := fh.read(chunk_size):
                     yield chunk
         except OSError as exc:
-            raise os_error(exc, "read", path) from None
+            raise os_error(exc, "read", self._where(self._parts(key))) from None
 
 
-def _same_file(path: Path, fd: int) -> bool:
+def _same_file(dfd: int, name: str, fd: int) -> bool:
     try:
-        st = os.stat(path, follow_symlinks=False)
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except OSError:
         return False
     own = os.fstat(fd)
@@ -273,23 +461,12 @@ def _swept(directory: Path) -> tuple[str, str]:
     return ("file", str(directory))
 
 
-def _unlink_quietly(path: Path) -> bool:
-    """Remove ``path``; whether it is gone."""
+def _unlink_quietly(dfd: int, name: str) -> bool:
+    """Remove ``name`` from the directory ``dfd``; whether it is gone."""
     try:
-        path.unlink(missing_ok=True)
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return True
     except OSError:
         return False
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -41,6 +41,7 @@ from rtk_archiver.models import ObjectInfo
 from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
 from .credentials import block_name_for, load_block
 from .destination import Destination
+from .nofollow import NotOurs, link_refused
 from .sftp_parallel import PARALLEL_MIN_BYTES, ParallelUpload, WriterPool
 from .sftp_stream import WriteStream
 from .sftp_stream import supported as stream_supported
@@ -164,6 +165,8 @@ class SFTPBackend(StorageBackend):
         self._channels_refused = False
         self._root = ""
         self._made: set[str] = set()
+        #: directories below the root seen (lstat) to be real directories, not links
+        self._real_dirs: set[str] = set()
         self._pool: WriterPool | None = None  # extra upload connections (sftp_parallel), on first use
         self.last_upload_connections = 1  # connections the last put wrote over (tests, logs)
         self.last_upload_channels = 1  # SFTP channels the last put wrote over (tests, logs)
@@ -285,7 +288,7 @@ class SFTPBackend(StorageBackend):
         # an upload (or any request) that makes no progress for this long fails
         self._sftp.get_channel().settimeout(self.settings.archive_upload_stall_seconds)
         root = d.root
-        self._root = root if root.startswith("/") else posixpath.join(self._sftp.normalize("."), root)
+        self._root = posixpath.normpath(root if root.startswith("/") else posixpath.join(self._sftp.normalize("."), root))
         return self._sftp
 
     def _extra_channels(self, size: int | None) -> list[paramiko.SFTPClient]:
@@ -379,17 +382,89 @@ class SFTPBackend(StorageBackend):
         self._channels = []
         self._channels_refused = False
 
-    # -- paths -------------------------------------------------------------------------------
+    # -- paths ---------------------------------------------------------------------------------
+    # No link below the root is followed: every directory of a key below the root is lstat'ed
+    # (once per backend) and a link refused (``NotOurs``), and so is the file itself before it is
+    # read, stat'ed, replaced or removed. SFTP has no open relative to a directory handle nor
+    # O_NOFOLLOW, so a link that appears between that look and the request is followed by the
+    # server (RELIABILITY.md, known limits); a rename never follows one (it replaces the name).
+    def _parts(self, key: str) -> list[str]:
+        parts = [p for p in key.split("/") if p not in ("", ".")]
+        if ".." in parts or not parts:
+            raise PermanentStorageError(f"refusing to write outside {self.destination.root} on {self.where}: {key!r}")
+        return parts
+
     def _path(self, key: str) -> str:
         self._connect()
-        return posixpath.normpath(posixpath.join(self._root, key))
+        return posixpath.join(self._root, *self._parts(key))
+
+    def _dirs_real(self, key: str) -> bool:
+        """Every directory of ``key`` below the root is a real directory (a link raises
+        ``NotOurs``); False when one is missing or a file (nothing can be at key)."""
+        sftp = self._connect()
+        path = self._root
+        for part in self._parts(key)[:-1]:
+            path = posixpath.join(path, part)
+            if path in self._real_dirs:
+                continue
+            try:
+                mode = sftp.lstat(path).st_mode or 0
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise self._os_error(exc, "stat", path) from None
+            except (paramiko.SSHException, EOFError):
+                raise self._lost("checking", path) from None
+            if stat_mod.S_ISLNK(mode):
+                raise link_refused(f"{path} on {self.where}")
+            if not stat_mod.S_ISDIR(mode):
+                return False
+            self._real_dirs.add(path)
+        return True
+
+    def _lstat(self, path: str) -> paramiko.SFTPAttributes | None:
+        """The entry at ``path`` itself (None: absent); a link raises ``NotOurs``."""
+        try:
+            attrs = self._connect().lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._os_error(exc, "stat", path) from None
+        except (paramiko.SSHException, EOFError):
+            raise self._lost("checking", path) from None
+        if stat_mod.S_ISLNK(attrs.st_mode or 0):
+            raise link_refused(f"{path} on {self.where}")
+        return attrs
+
+    def _regular_file(self, key: str) -> str | None:
+        """The path of the regular file at key, looked at without following a link (None: absent)."""
+        path = self._path(key)
+        if not self._dirs_real(key):
+            return None
+        attrs = self._lstat(path)
+        if attrs is None:
+            return None
+        mode = attrs.st_mode or 0
+        if stat_mod.S_ISDIR(mode):
+            raise PermanentStorageError(f"cannot read {path} on {self.where}: is a directory")
+        if not stat_mod.S_ISREG(mode):
+            raise NotOurs(f"{path} on {self.where} is not a regular file (a FIFO, socket or device): not the archiver's; not read")
+        return path
 
     def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
+        """``directory`` and its parents made. The root and above may be links (the configured
+        path); below the root, each is lstat'ed and a link refused."""
         if directory in self._made or directory in ("", "/"):
             return
+        below = directory != self._root and directory.startswith(self._root.rstrip("/") + "/")
         try:
-            if stat_mod.S_ISDIR(sftp.stat(directory).st_mode or 0):
+            attrs = sftp.lstat(directory) if below else sftp.stat(directory)
+            if below and stat_mod.S_ISLNK(attrs.st_mode or 0):
+                raise link_refused(f"{directory} on {self.where}")
+            if stat_mod.S_ISDIR(attrs.st_mode or 0):
                 self._made.add(directory)
+                if below:
+                    self._real_dirs.add(directory)
                 return
         except FileNotFoundError:
             pass
@@ -399,12 +474,18 @@ class SFTPBackend(StorageBackend):
         try:
             sftp.mkdir(directory)
         except OSError:
-            # created meanwhile by a concurrent run, or a real problem: stat tells which
+            # created meanwhile by a concurrent run, or a real problem: lstat tells which
             try:
-                sftp.stat(directory)
+                attrs = sftp.lstat(directory) if below else sftp.stat(directory)
             except OSError:
                 raise PermanentStorageError(f"cannot create directory {directory} on {self.where}") from None
+            if below and stat_mod.S_ISLNK(attrs.st_mode or 0):
+                raise link_refused(f"{directory} on {self.where}") from None
+            if not stat_mod.S_ISDIR(attrs.st_mode or 0):
+                raise PermanentStorageError(f"cannot create directory {directory} on {self.where}: a file is in the way") from None
         self._made.add(directory)
+        if below:
+            self._real_dirs.add(directory)
 
     def _os_error(self, exc: OSError, action: str, path: str) -> StorageError:
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == 13:
@@ -420,15 +501,10 @@ class SFTPBackend(StorageBackend):
     # -- the interface -------------------------------------------------------------------------
     def stat(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
-        try:
-            attrs = self._connect().stat(path)
-        except FileNotFoundError:
+        if not self._dirs_real(key):
             return None
-        except OSError as exc:
-            raise self._os_error(exc, "stat", path) from None
-        except (paramiko.SSHException, EOFError):
-            raise self._lost("checking", path) from None
-        return ObjectInfo(size=int(attrs.st_size or 0))
+        attrs = self._lstat(path)  # a link: NotOurs, never its target's size
+        return None if attrs is None else ObjectInfo(size=int(attrs.st_size or 0))
 
     def put(
         self, key: str, source: Readable, size: int | None, *, replace: bool = False, metadata: dict[str, str] | None = None
@@ -437,7 +513,7 @@ class SFTPBackend(StorageBackend):
         sftp = self._connect()
         directory, name = posixpath.split(final)
         self._makedirs(sftp, directory)
-        if not replace and self.stat(key) is not None:
+        if self.stat(key) is not None and not replace:  # a link there: NotOurs, even for the recording's own key
             raise KeyTaken(f"{final} on {self.where} already exists and was not written by this recording's archive: left untouched")
         prefix = temp_prefix(name)
         tmp = posixpath.join(directory, f"{prefix}{_writer_tag()}-{uuid.uuid4().hex[:8]}")
@@ -498,6 +574,7 @@ class SFTPBackend(StorageBackend):
             if size is not None and written != size:
                 raise StorageError(f"{tmp} on {self.where} holds {written} bytes after upload, expected {size}")
             if replace:
+                self._lstat(final)  # a link that appeared meanwhile is refused, not replaced
                 sftp.posix_rename(tmp, final)
             else:
                 self._rename_no_clobber(sftp, tmp, final)
@@ -529,7 +606,7 @@ class SFTPBackend(StorageBackend):
             sftp.rename(tmp, final)
         except OSError:
             try:
-                sftp.stat(final)
+                sftp.lstat(final)
             except OSError:
                 raise  # not a clash: the original error
             raise KeyTaken(
@@ -541,11 +618,13 @@ class SFTPBackend(StorageBackend):
         sftp = self._connect()
         directory = posixpath.dirname(self._path(key))
         try:
+            if not self._dirs_real(key):
+                return  # no directory yet: nothing in it
             # the server's clock, at most: another host's temp file is only ever taken for older
             # than it is (put() reads the clock from the file it creates)
             server_now = sftp.stat(directory).st_mtime or 0
-        except OSError:
-            return  # no directory yet: nothing in it
+        except (OSError, StorageError):
+            return  # no directory yet (or a link: never entered)
         SWEEPS.mark(self._swept(directory))
         self._remove_abandoned(sftp, directory, server_now)
 
@@ -582,7 +661,9 @@ class SFTPBackend(StorageBackend):
         return False
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> bytes | None:
-        path = self._path(key)
+        path = self._regular_file(key)
+        if path is None:
+            return None
         try:
             with self._connect().open(path, "rb") as fh:
                 return fh.read(limit)
@@ -595,6 +676,8 @@ class SFTPBackend(StorageBackend):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        if not self._dirs_real(key) or self._lstat(path) is None:  # a link: NotOurs, never removed
+            return
         try:
             self._connect().remove(path)
         except FileNotFoundError:
@@ -608,7 +691,18 @@ class SFTPBackend(StorageBackend):
         """Regular files under ``prefix``, in key order (as S3 and GCS list), one directory in
         memory at a time; symlinks and temp files are left out."""
         directory = prefix.rpartition("/")[0]
-        yield from self._walk(self._path(directory), f"{directory}/" if directory else "", prefix)
+        if not directory:
+            self._connect()
+            yield from self._walk(self._root, "", prefix)
+            return
+        try:
+            if not self._dirs_real(directory + "/x"):
+                return
+            if self._lstat(self._path(directory)) is None:
+                return
+        except NotOurs:
+            return  # a linked directory: nothing of ours under it
+        yield from self._walk(self._path(directory), f"{directory}/", prefix)
 
     def _walk(self, path: str, rel: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
         try:
@@ -625,7 +719,7 @@ class SFTPBackend(StorageBackend):
 
         for a in sorted(attrs, key=lambda a: a.filename + "/" if is_dir(a) else a.filename):
             key = rel + a.filename
-            if is_dir(a):
+            if is_dir(a):  # the listing's attributes are the entry's own (lstat): a link is not a directory
                 if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
                     yield from self._walk(posixpath.join(path, a.filename), key + "/", prefix)
             elif stat_mod.S_ISREG(a.st_mode or 0) and TEMP_MARKER not in a.filename and key.startswith(prefix):
@@ -633,8 +727,10 @@ class SFTPBackend(StorageBackend):
 
     def read_chunks(self, key: str, chunk_size: int = WRITE_CHUNK) -> Iterator[bytes]:
         """The object's content, streamed with pipelined reads of ``chunk_size`` at a time
-        (the scrub's ``--deep`` re-hash); memory: one chunk."""
-        path = self._path(key)
+        (the scrub's ``--deep`` re-hash); memory: one chunk. A link is never read through."""
+        path = self._regular_file(key)
+        if path is None:
+            raise StorageError(f"cannot read {self._path(key)} on {self.where}: gone")
         request = 32 * 1024
         try:
             with self._connect().open(path, "rb") as fh:

@@ -33,6 +33,7 @@ from rtk_archiver.naming import candidate_keys, redact_urls
 from rtk_archiver.settings import load_settings
 from storage_backends import Destination, StorageBackend, open_backend
 from storage_backends.base import StorageError
+from storage_backends.nofollow import NotOurs
 from tasks.retry import retry_transient
 
 SIDECAR_SUFFIX = ".metadata.json"
@@ -41,7 +42,8 @@ RECENT_ENTRIES = 4096
 #: listing entries counted as one storage operation (a page)
 ENTRIES_PER_OP = 1000
 
-Problem = Literal["missing", "size", "hash", "sidecar"]
+#: "not ours": a link (or FIFO, device) where an archive file should be: never read through
+Problem = Literal["missing", "size", "hash", "sidecar", "not ours"]
 
 
 class FileProblem(BaseModel):
@@ -130,7 +132,11 @@ def check_archive(
         if info is None or (getattr(backend, "hash_types", ()) and not info.hashes):
             # not listed nearby, or listed without the hashes the backend has: ask it
             wait()
-            info = backend.stat(key)
+            try:
+                info = backend.stat(key)
+            except NotOurs as exc:
+                problem("not ours", f"{entry.kind} file {entry.name}: not intact: {exc}", key)
+                continue
         if info is None:
             problem("missing", f"{entry.kind} file {entry.name} ({entry.size} bytes) is missing", key)
             continue
@@ -144,9 +150,13 @@ def check_archive(
         if deep and not compared and entry.sha256:
             wait()
             digest = hashlib.sha256()
-            for chunk in backend.read_chunks(key):
-                digest.update(chunk)
-                hashed += len(chunk)
+            try:
+                for chunk in backend.read_chunks(key):
+                    digest.update(chunk)
+                    hashed += len(chunk)
+            except NotOurs as exc:  # replaced by a link since it was listed
+                problem("not ours", f"{entry.kind} file {entry.name}: not intact: {exc}", key)
+                continue
             if not hmac.compare_digest(digest.hexdigest(), entry.sha256.lower()):
                 problem("hash", f"{entry.kind} file {entry.name}: sha256 differs from the sidecar's (re-read)", key)
     return problems, len(sidecar.files), hashed
