@@ -113,7 +113,8 @@ class LocalBackend(StorageBackend):
                 raise os_error(exc, "create directory", self.root) from None
         except NotADirectoryError:
             if create:
-                raise PermanentStorageError(f"cannot create directory {self.root}: a file is in the way") from None
+                why = "a file is in the way" if os.path.lexists(self.root) else "a path component is a file, not a directory"
+                raise PermanentStorageError(f"cannot create directory {self.root}: {why}") from None
             return None
         except OSError as exc:
             raise os_error(exc, "open", self.root) from None
@@ -136,9 +137,9 @@ class LocalBackend(StorageBackend):
                     try:
                         child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                     except OSError as exc:
-                        child = self._not_a_directory(fd, part, done, exc, create)
+                        child = self._not_a_directory(fd, part, done, exc, create, len(done) == len(parts))
                 except OSError as exc:
-                    child = self._not_a_directory(fd, part, done, exc, create)
+                    child = self._not_a_directory(fd, part, done, exc, create, len(done) == len(parts))
                 if child is None:
                     os.close(fd)
                     return None
@@ -149,7 +150,7 @@ class LocalBackend(StorageBackend):
             raise
         return fd
 
-    def _not_a_directory(self, fd: int, part: str, done: list[str], exc: OSError, create: bool) -> int | None:
+    def _not_a_directory(self, fd: int, part: str, done: list[str], exc: OSError, create: bool, last: bool = True) -> int | None:
         """Why ``part`` (in ``fd``) could not be opened as a directory: a link (refused), a file
         (None, or refused when creating), or another error."""
         where = self.root.joinpath(*done)
@@ -165,7 +166,8 @@ class LocalBackend(StorageBackend):
             raise link_refused(_shown(where))
         if not stat.S_ISDIR(st.st_mode):
             if create:
-                raise PermanentStorageError(f"cannot create directory {_shown(where)}: a file is in the way")
+                why = "a file is in the way" if last else "a path component is a file, not a directory"
+                raise PermanentStorageError(f"cannot create directory {_shown(where)}: {why}")
             return None
         raise os_error(exc, "open directory", where) from None
 
