@@ -125,7 +125,7 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
         there = {keys.video} | ({keys.audio} if keys.audio and backend.stat(keys.audio) is not None else set())
         names = [n for n in names if keys.beside(n) not in there]
     token = uuid.uuid4().hex
-    claim = _encode(_sidecar(plan.recording, [], claimed=names, token=token, holder=claim_holder()))
+    known: list[FileEntry] = []  # what an earlier complete sidecar of this recording knew
     if plan.sidecar_is_own:  # replaced below: unless another run claimed or archived it since the survey
         seen = read_sidecar_seen(backend, keys.sidecar)
         if seen.sidecar is not None and seen.sidecar.recording_id == plan.recording.id:
@@ -133,6 +133,10 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
                 raise _elsewhere(backend, plan, seen.sidecar)
             if seen.sidecar.archived_at != plan.sidecar_seen_at and _archived_meanwhile(backend, plan, seen.sidecar):
                 return None
+            known = list(seen.sidecar.files)  # a complete sidecar's, or a dead claim's that carried them
+    # the claim carries them: a failed or killed attempt never loses the sizes and hashes of
+    # the files it did not replace (``_restore_known``)
+    claim = _encode(_sidecar(plan.recording, known, claimed=names, token=token, holder=claim_holder()))
     _live_tokens.add(token)
     try:
         backend.put_bytes(keys.sidecar, claim, replace=plan.sidecar_is_own)
@@ -259,6 +263,8 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
             overlapping = isinstance(exc, KeyTaken) and _named_by_sidecar(backend, current)
             if not files and not current.sidecar_is_own:
                 _release_claim(backend, current)
+            elif current.sidecar_is_own:
+                _restore_known(backend, current, files)
             if overlapping:
                 raise OverlappingArchive(
                     f"a file of {recording.id} was stored by someone else while this run uploaded it (an overlapping "
@@ -294,6 +300,25 @@ def _named_by_sidecar(backend: StorageBackend, plan: RecordingPlan) -> bool:
     except Exception:  # noqa: BLE001 - then it is not known to be ours
         return False
     return seen.sidecar is not None and seen.sidecar.recording_id == plan.recording.id
+
+
+def _restore_known(backend: StorageBackend, plan: RecordingPlan, stored: list[FileEntry]) -> None:
+    """A failed attempt over this recording's earlier sidecar: what that sidecar knew (carried
+    in this attempt's claim), updated with the files this attempt stored, is written back as
+    the complete sidecar. The scrub then still sees every file's size and hash (and reports
+    the one that is still damaged); the next run archives it again. Only over this attempt's
+    own claim, and only when that claim carried files."""
+    assert plan.layout is not None
+    try:
+        seen = read_sidecar_seen(backend, plan.layout.sidecar)
+        claim = seen.sidecar
+        if claim is None or claim.state != "claimed" or claim.claim_token != plan.claim_token or not claim.files:
+            return
+        new = {f.name: f for f in stored}
+        files = [new.pop(f.name, f) for f in claim.files] + list(new.values())
+        backend.put_bytes(plan.layout.sidecar, _encode(_sidecar(plan.recording, files)), replace=True)
+    except Exception:  # noqa: BLE001 - the transfer's error is the one to report; the claim keeps them
+        pass
 
 
 def _release_claim(backend: StorageBackend, plan: RecordingPlan) -> None:

@@ -34,6 +34,7 @@ from rtk_archiver.settings import load_settings
 from storage_backends import Destination, StorageBackend, open_backend
 from storage_backends.base import StorageError
 from storage_backends.nofollow import NotOurs
+from tasks.limits import claim_is_live
 from tasks.retry import retry_transient
 
 SIDECAR_SUFFIX = ".metadata.json"
@@ -66,6 +67,7 @@ class DestinationScrub(BaseModel):
     seconds: float = 0.0
     problems: list[FileProblem] = Field(default_factory=list)
     error: str | None = None  # the destination could not be (completely) listed
+    in_progress: int = 0  # sidecars that are live claims (being archived right now): not checked
 
 
 class OpsLimiter:
@@ -209,6 +211,11 @@ def verify_destination(destination: Destination, label: str, deep: bool = False)
                 continue  # removed while listing
             if isinstance(sidecar, str):
                 result.problems.append(FileProblem(recording_id=None, sidecar=key, problem="sidecar", detail=sidecar))
+                continue
+            if sidecar.state == "claimed" and claim_is_live(sidecar.claim_holder, sidecar.archived_at):
+                logger.info("%s: recording %s is being archived right now (its claim is live): checked next time",
+                            backend.url(key), sidecar.recording_id)
+                result.in_progress += 1
                 continue
             problems, files, hashed = check_archive(backend, key, sidecar, listed=recent, deep=deep, wait=limiter.wait)
             result.files += files

@@ -104,3 +104,65 @@ def test_an_archived_video_replaced_by_a_link_to_another_recording_is_never_foll
     assert set(problems) == {a["id"]} and problems[a["id"]].problem == "not ours", found.problems
     assert found.destinations[0].bytes_hashed == b["file_size"]  # B's video read once, as B's only
     assert (root / "a.mp4").is_symlink() and (root / "b.mp4").read_bytes() == b_bytes
+
+
+# -- 2. a failed re-archive never destroys what the sidecar knew --------------------------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failed_repair_keeps_the_previous_sidecars_sizes_and_hashes(archiver_env):
+    """A truncated video whose source now answers an error page: the scrub's repair fails, and
+    the sidecar is still complete with every file's size and hash (the audio's untouched), so
+    the next scrub still reports the video (not "the sidecar lists no files")."""
+    import json
+
+    from flows.archive import archive_recordings
+    from flows.verify import verify_archive
+
+    sim, root = archiver_env.state, archiver_env.archive
+    rec = sim.add_recording(file_size=40_000, audio=True, output_file_name="kept.mp4")
+    assert {o.kind for o in run_report(archive_recordings).outcomes} == {OutcomeKind.ARCHIVED}
+    before = json.loads((root / "kept.mp4.metadata.json").read_bytes())
+    assert before["state"] == "complete" and len(before["files"]) == 2
+    with open(root / "kept.mp4", "r+b") as fh:
+        fh.truncate(10_000)
+    sim.faults.error_pages = 1000  # every download now answers an HTML error page
+
+    for _ in range(2):  # the failed repair, then a scrub over what it left
+        state = verify_archive(deep=True, repair=True, return_state=True)
+        assert state.is_failed()
+        found = state.result(raise_on_failure=False)
+        assert [(p.recording_id, p.problem) for p in found.problems] == [(rec["id"], "size")], found.problems
+        assert not found.repairs[0].repaired
+        after = json.loads((root / "kept.mp4.metadata.json").read_bytes())
+        assert after["state"] == "complete"
+        assert sorted((f["name"], f["size"], f["sha256"]) for f in after["files"]) == sorted(
+            (f["name"], f["size"], f["sha256"]) for f in before["files"]
+        )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_recording_being_archived_right_now_is_not_reported_corrupt(archiver_env):
+    """A live claim (held by a running process, renewed just now) is skipped by the scrub,
+    counted as in progress; a dead one is reported."""
+    import json
+    from datetime import datetime, timezone
+
+    from flows.verify import verify_archive
+    from tasks.limits import claim_holder
+
+    root = archiver_env.archive
+    rid = str(uuid.uuid4())
+    claim = {
+        "schema_version": 2, "state": "claimed", "claimed": ["live.mp4"], "claim_token": "t", "claim_holder": claim_holder(),
+        "recording_id": rid, "status": "UPLOADED", "invoked_time": "2026-12-01T00:00:00Z", "output_file_name": "live.mp4",
+        "files": [], "archived_at": datetime.now(timezone.utc).isoformat(), "archiver_version": "test",
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "live.mp4.metadata.json").write_text(json.dumps(claim))
+    found = verify_archive(deep=True, repair=False, return_state=True).result(raise_on_failure=False)
+    assert not found.problems and sum(d.in_progress for d in found.destinations) == 1, found
+    claim["claim_holder"] = {"host": claim_holder()["host"], "pid": 2**22 + 12345}  # no such process
+    (root / "live.mp4.metadata.json").write_text(json.dumps(claim))
+    found = verify_archive(deep=True, repair=False, return_state=True).result(raise_on_failure=False)
+    assert [p.recording_id for p in found.problems] == [rid]
