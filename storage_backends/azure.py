@@ -49,7 +49,7 @@ from azure.storage.blob import BlobServiceClient, ContentSettings, StandardBlobT
 
 from rtk_archiver.models import ObjectInfo
 
-from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
+from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError, ranged_chunks
 from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
 from .parts import PartUploads
@@ -251,18 +251,13 @@ class AzureBackend(StorageBackend):
         try:
             client = self.container.get_blob_client(self._key(key))
             props = client.get_blob_properties()
-            if props.size == 0:
-                return
-            start = 0
-            while start < props.size:
-                length = min(chunk_size, props.size - start)
+
+            def fetch(start: int, length: int) -> bytes:
                 # one ETag throughout: a blob replaced meanwhile fails instead of mixing
-                chunk = client.download_blob(offset=start, length=length, etag=props.etag,
-                                             match_condition=MatchConditions.IfNotModified).readall()
-                if not chunk:
-                    raise StorageError(f"{self.url(key)} ended at {start} bytes, expected {props.size}")
-                start += len(chunk)
-                yield chunk
+                return client.download_blob(offset=start, length=length, etag=props.etag,
+                                            match_condition=MatchConditions.IfNotModified).readall()
+
+            yield from ranged_chunks(fetch, props.size, chunk_size, self.url(key))
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise self._fail(exc, "read", key) from None

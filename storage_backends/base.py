@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar, Protocol
 
 from rtk_archiver.models import ObjectInfo
@@ -122,3 +122,15 @@ class StorageBackend(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def ranged_chunks(fetch: Callable[[int, int], bytes], size: int, chunk_size: int, where: str) -> Iterator[bytes]:
+    """An object of ``size`` bytes read as ranges of at most ``chunk_size``: ``fetch(start,
+    length)`` returns the bytes from ``start``; an empty answer before the end raises."""
+    start = 0
+    while start < size:
+        chunk = fetch(start, min(chunk_size, size - start))
+        if not chunk:
+            raise StorageError(f"{where} ended at {start} bytes, expected {size}")
+        start += len(chunk)
+        yield chunk

@@ -31,7 +31,7 @@ from google.cloud import storage
 
 from rtk_archiver.models import ObjectInfo
 
-from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError
+from .base import KeyTaken, PermanentStorageError, Readable, StorageBackend, StorageError, ranged_chunks
 from .credentials import block_name_for, block_options, block_value, load_block
 from .destination import Destination
 
@@ -179,15 +179,11 @@ class GCSBackend(StorageBackend):
             raise self._fail(exc, "read", key) from None
         if blob is None:
             raise StorageError(f"{self.url(key)} is missing")
-        start, size = 0, int(blob.size or 0)
+        def fetch(start: int, length: int) -> bytes:
+            return blob.download_as_bytes(start=start, end=start + length - 1, if_generation_match=blob.generation)
+
         try:
-            while start < size:
-                end = min(start + chunk_size, size) - 1
-                chunk = blob.download_as_bytes(start=start, end=end, if_generation_match=blob.generation)
-                if not chunk:
-                    raise StorageError(f"{self.url(key)} ended at {start} bytes, expected {size}")
-                start += len(chunk)
-                yield chunk
+            yield from ranged_chunks(fetch, int(blob.size or 0), chunk_size, self.url(key))
         except gexc.GoogleAPIError as exc:
             raise self._fail(exc, "read", key) from None
 

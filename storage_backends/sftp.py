@@ -401,23 +401,14 @@ class SFTPBackend(StorageBackend):
     def _dirs_real(self, key: str) -> bool:
         """Every directory of ``key`` below the root is a real directory (a link raises
         ``NotOurs``); False when one is missing or a file (nothing can be at key)."""
-        sftp = self._connect()
+        self._connect()
         path = self._root
         for part in self._parts(key)[:-1]:
             path = posixpath.join(path, part)
             if path in self._real_dirs:
                 continue
-            try:
-                mode = sftp.lstat(path).st_mode or 0
-            except FileNotFoundError:
-                return False
-            except OSError as exc:
-                raise self._os_error(exc, "stat", path) from None
-            except (paramiko.SSHException, EOFError):
-                raise self._lost("checking", path) from None
-            if stat_mod.S_ISLNK(mode):
-                raise link_refused(f"{path} on {self.where}")
-            if not stat_mod.S_ISDIR(mode):
+            attrs = self._lstat(path)  # a link: NotOurs
+            if attrs is None or not stat_mod.S_ISDIR(attrs.st_mode or 0):
                 return False
             self._real_dirs.add(path)
         return True
