@@ -36,6 +36,12 @@ class DownloadError(Exception):
         self.expired = expired
 
 
+class SourceChanged(DownloadError):
+    """The file at the URL was replaced while it was being downloaded (a resumed request
+    found another version): the bytes already streamed belong to the old one, so this
+    attempt stores nothing and the next one starts over from byte 0."""
+
+
 class IntegrityError(StorageError):
     """What the backend stored differs from what was downloaded."""
 
@@ -185,7 +191,12 @@ class Download:
         self.resumes = 0
         self.received = 0  # bytes of the body streamed so far
         self._timeout = self._request_timeout()
+        #: the version of the file being read: a strong ETag, else Last-Modified (None: the
+        #: server names none); a resumed request asks for the rest of this one (If-Range)
+        self.etag: str | None = None
+        self.last_modified: str | None = None
         self.response = self._request(0)
+        self.etag, self.last_modified = _validators(self.response)
         size = _content_length(self.response)
         if expected_size is not None and size is not None and size != expected_size:
             if size <= STALL_BYTES:  # small: say so if it is an error page, not just its size
@@ -213,6 +224,8 @@ class Download:
         headers = {"Accept-Encoding": "identity"}  # the stored bytes are the file's bytes
         if start:
             headers["Range"] = f"bytes={start}-"
+            if self.etag or self.last_modified:
+                headers["If-Range"] = self.etag or self.last_modified
         extra = {"timeout": self._timeout} if self._timeout is not None else {}
         for attempt in (1, 2):
             interrupt.check()
@@ -332,9 +345,11 @@ class Download:
                 )
                 interrupt.sleep(min(0.2 * 2**self.resumes, 5.0))
                 self.response = self._request(pos)
+                self._same_file(pos)
                 if self.response.status_code == 206:
                     first, total = _content_range(self.response.headers.get("content-range"))
                     if first != pos:
+                        self.close()
                         raise DownloadError(f"{self.kind} resume asked for byte {pos}, server sent {first}")
                     if self.size is None and total is not None:
                         self.size = total
@@ -343,10 +358,34 @@ class Download:
                     length = _content_length(self.response)
                     if self.size is None and length is not None:
                         self.size = length
-                    elif length is not None and length != self.size:
-                        raise DownloadError(
-                            f"{self.kind} download restarted with {length} bytes, {self.size} before: the file changed"
-                        )
+
+    def _same_file(self, pos: int) -> None:
+        """A resumed answer is the rest of the file that was being read, or SourceChanged:
+        its ETag / Last-Modified (when both answers name one), the total of its
+        Content-Range or, for a whole-file answer, its length must be the first answer's.
+        A server that honours If-Range answers a changed file with 200 and the whole new
+        file; one that does not is caught by its validators or its size."""
+        response, was = self.response, None
+        etag, last_modified = _validators(response)
+        if self.etag and etag and etag != self.etag:
+            was, now = self.etag, etag
+        elif self.last_modified and last_modified and last_modified != self.last_modified and not (self.etag and etag):
+            was, now = self.last_modified, last_modified
+        else:
+            if response.status_code == 206:
+                total = _content_range(response.headers.get("content-range"))[1]
+            else:
+                total = _content_length(response)
+            if total is not None and self.size is not None and total != self.size:
+                was, now = f"{self.size} bytes", f"{total} bytes"
+        if was is None:
+            return
+        self.close()
+        raise SourceChanged(
+            f"{self.kind} file changed on RealtimeKit's side during the download (resumed at byte {pos}: "
+            f"{was} before, {now} now): the bytes already read are of another version; nothing was "
+            "archived, the next attempt starts over"
+        )
 
     def _sniffed(self, head: bytes) -> bytes:
         what = error_page_kind(head)
@@ -367,6 +406,15 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     message = redact_urls(str(exc))[:200]
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _validators(response: httpx.Response) -> tuple[str | None, str | None]:
+    """(strong ETag or None, Last-Modified or None) of an answer. A weak ETag (``W/``) names
+    equivalent content, not the same bytes, so a range of it cannot be trusted (RFC 9110)."""
+    etag = response.headers.get("etag")
+    if etag is not None and (etag.startswith("W/") or not etag.strip()):
+        etag = None
+    return etag, response.headers.get("last-modified") or None
 
 
 def _content_length(response: httpx.Response) -> int | None:

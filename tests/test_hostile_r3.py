@@ -166,3 +166,110 @@ def test_a_recording_being_archived_right_now_is_not_reported_corrupt(archiver_e
     (root / "live.mp4.metadata.json").write_text(json.dumps(claim))
     found = verify_archive(deep=True, repair=False, return_state=True).result(raise_on_failure=False)
     assert [p.recording_id for p in found.problems] == [rid]
+
+
+# -- 3. a resumed download is the rest of the same file, or the attempt starts over ------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    "server",
+    ["honours If-Range", "ignores If-Range"],  # the second serves the new version's range: caught by its ETag
+)
+def test_a_file_replaced_mid_download_is_never_archived_as_a_mix(archiver_env, server, monkeypatch):
+    """The connection drops after 700 KB of version A and the file is replaced by version B
+    (same name, same size, other bytes): the resume never appends B's rest to A's start. The
+    attempt stores nothing, its retry (ARCHIVE_TASK_RETRIES=1) starts over and archives B
+    whole, with B's sha256."""
+    import hashlib
+    import json
+
+    from flows.archive import archive_recordings
+    from rtk_archiver.simulator import media_bytes, media_source
+
+    sim, root = archiver_env.state, archiver_env.archive
+    rec = sim.add_recording(file_size=2 * 1024 * 1024 + 7, output_file_name="swap.mp4")
+    sim.faults.fault_kinds = ("video",)
+    sim.faults.download_resets, sim.faults.reset_after = 1, 700_000
+    sim.faults.replace_on_reset = True
+    sim.faults.honour_if_range = server == "honours If-Range"
+
+    report = run_report(archive_recordings)
+    assert _kinds(report)[rec["id"]][0] == OutcomeKind.ARCHIVED, report.outcomes
+    version_b = media_bytes(media_source(rec["id"], 1), "video", 0, rec["file_size"])
+    data = (root / "swap.mp4").read_bytes()
+    assert data == version_b, "the archived video is not version B whole"
+    sidecar = json.loads((root / "swap.mp4.metadata.json").read_bytes())
+    assert {f["sha256"] for f in sidecar["files"] if f["name"] == "swap.mp4"} == {hashlib.sha256(version_b).hexdigest()}
+    assert not [p for p in root.rglob("*") if ".rtkpart-" in p.name]
+
+
+def _resumed(first: dict, second: tuple[int, dict, bytes]):
+    """A Download over a transport whose first answer (``first``: its headers, 1000 bytes
+    announced) breaks after 600 bytes (past the 512 sniffed), and whose second answer is ``second``."""
+    import logging
+
+    import httpx as hx
+
+    from tasks.transfer import Download
+
+    class Broken(hx.SyncByteStream):
+        def __iter__(self):
+            yield b"a" * 600
+            raise hx.RemoteProtocolError("peer closed connection")
+
+    class Whole(hx.SyncByteStream):
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def __iter__(self):
+            yield self.body
+
+    seen: list = []
+
+    def handler(request):
+        seen.append(request)
+        if len(seen) == 1:
+            return hx.Response(200, headers={"Content-Length": "1000", **first}, stream=Broken())
+        status, headers, body = second
+        return hx.Response(status, headers={"Content-Length": str(len(body)), **headers}, stream=Whole(body))
+
+    client = hx.Client(transport=hx.MockTransport(handler))
+    download = Download(
+        client, "https://bucket.example/v.mp4", kind="video", expected_size=1000, url_expiry=None, refresh=None,
+        chunk_size=256, max_resumes=3, logger=logging.getLogger("test"), stall_seconds=None,
+    )
+    return download, seen
+
+
+@pytest.mark.parametrize(
+    "first, second, changed",
+    [
+        # the resume asks If-Range with the ETag; a 206 with another ETag is another version
+        ({"ETag": '"a"'}, (206, {"ETag": '"b"', "Content-Range": "bytes 600-999/1000"}, b"b" * 400), True),
+        # If-Range with Last-Modified when there is no ETag; a later Last-Modified is another version
+        ({"Last-Modified": "Mon, 07 Dec 2026 10:00:00 GMT"},
+         (206, {"Last-Modified": "Mon, 07 Dec 2026 11:00:00 GMT", "Content-Range": "bytes 600-999/1000"}, b"b" * 400), True),
+        # no validators at all: the Content-Range total says the file is another one
+        ({}, (206, {"Content-Range": "bytes 600-1999/2000"}, b"b" * 1400), True),
+        # the server answered the changed file whole (If-Range honoured): another ETag
+        ({"ETag": '"a"'}, (200, {"ETag": '"b"'}, b"b" * 1000), True),
+        # the same version: resumed
+        ({"ETag": '"a"'}, (206, {"ETag": '"a"', "Content-Range": "bytes 600-999/1000"}, b"a" * 400), False),
+        # a weak ETag is not sent as If-Range (it names equivalent content, not the same bytes)
+        ({"ETag": 'W/"a"', "Last-Modified": "Mon, 07 Dec 2026 10:00:00 GMT"},
+         (206, {"Content-Range": "bytes 600-999/1000"}, b"a" * 400), False),
+    ],
+)
+def test_a_resumed_range_is_checked_to_be_the_same_file(first, second, changed):
+    from tasks.transfer import SourceChanged
+
+    download, seen = _resumed(first, second)
+    if changed:
+        with pytest.raises(SourceChanged, match="changed on RealtimeKit's side during the download"):
+            b"".join(download.chunks())
+    else:
+        assert b"".join(download.chunks()) == b"a" * 1000
+    if_range = seen[1].headers.get("if-range")
+    assert seen[1].headers["range"] == "bytes=600-"
+    assert if_range == (first.get("ETag") if not first.get("ETag", "").startswith("W/") else None) or first.get("Last-Modified"), if_range

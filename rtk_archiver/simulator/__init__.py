@@ -1,6 +1,6 @@
 """A faithful local simulator of the RealtimeKit Recordings API (see ``app`` for the details)."""
 
-from .content import iter_media, media_bytes, media_sha256
+from .content import iter_media, media_bytes, media_sha256, media_source
 from .server import SimulatorServer, serve
 from .state import SimRecording, SimulatorState, generate_recordings
 
@@ -12,5 +12,6 @@ __all__ = [
     "iter_media",
     "media_bytes",
     "media_sha256",
+    "media_source",
     "serve",
 ]

@@ -22,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .content import iter_media
+from email.utils import formatdate
+
+from .content import iter_media, media_etag, media_source
 from .state import STATUSES, SimRecording, SimulatorState, _utc
 
 PREFIX = "/client/v4/accounts/{account_id}/realtime/kit/{app_id}"
@@ -215,7 +217,15 @@ def create_app(state: SimulatorState) -> Starlette:
         headers = {"Accept-Ranges": "bytes"}
         if media_type is not None:
             headers["Content-Type"] = media_type
+        version = rec.version
+        etag = media_etag(rid, kind, version, size)
+        last_modified = formatdate(1_700_000_000 + version * 3600, usegmt=True)
+        if faults.validators:
+            headers["ETag"], headers["Last-Modified"] = etag, last_modified
         rng = None if faults.ignore_range else request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if rng and if_range and faults.honour_if_range and if_range not in (etag, last_modified):
+            rng = None  # RFC 9110 13.1.5: another version than the one asked for: the whole file
         if rng:
             parsed = _parse_range(rng, size)
             if parsed is None:
@@ -234,6 +244,8 @@ def create_app(state: SimulatorState) -> Starlette:
             faults.error_pages -= int(error_page)
             reset = faulty and not error_page and faults.download_resets > 0
             faults.download_resets -= int(reset)
+            if reset and faults.replace_on_reset:  # the next request finds another version
+                rec.version += 1
             stall = faulty and not (error_page or reset) and faults.download_stalls > 0
             faults.download_stalls -= int(stall)
             trickle = faulty and not (error_page or reset or stall) and faults.download_trickles > 0
@@ -243,7 +255,7 @@ def create_app(state: SimulatorState) -> Starlette:
             return Response(faults.error_page, status_code=200, headers=page_headers, media_type=None)
         # whole 1 MiB blocks: Starlette hands every chunk of a sync iterator to a worker
         # thread, and at 64 KiB that alone cost the simulator ~1 s of CPU per GiB served
-        body = iter_media(rid, kind, start, end)
+        body = iter_media(media_source(rid, version), kind, start, end)
         if trickle:
             return StreamingResponse(
                 _trickle(body, faults.reset_after, faults.trickle_bytes, faults.trickle_interval, faults.trickle_max_seconds),

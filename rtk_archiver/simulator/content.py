@@ -55,6 +55,17 @@ def media_bytes(recording_id: str, kind: Kind, offset: int, length: int) -> byte
     return b"".join(iter_media(recording_id, kind, offset, offset + length))
 
 
+def media_source(recording_id: str, version: int = 0) -> str:
+    """The id the bytes of a recording's file at ``version`` are drawn from (version 0: the
+    recording's own id): a replaced file has other bytes of the same size."""
+    return recording_id if not version else f"{recording_id}~v{version}"
+
+
+def media_etag(recording_id: str, kind: str, version: int, size: int) -> str:
+    """A strong ETag for one version of a file (stands in for R2's md5 ETag)."""
+    return '"' + hashlib.md5(f"{recording_id}:{kind}:{version}:{size}".encode()).hexdigest() + '"'
+
+
 def media_sha256(recording_id: str, kind: Kind, size: int) -> str:
     h = hashlib.sha256()
     for chunk in iter_media(recording_id, kind, 0, size):

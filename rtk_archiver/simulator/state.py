@@ -64,6 +64,9 @@ class SimRecording:
     upload: str = "complete"
     #: what happened to that upload ("uploaded to ...", or why not)
     upload_result: str | None = None
+    #: the object's version at RealtimeKit's bucket: 0 is the recording's media; a later
+    #: version (the file replaced: same name, other bytes) is ``media_source(id, version)``'s
+    version: int = 0
 
     @property
     def expired(self) -> bool:
@@ -106,6 +109,9 @@ class Faults:
     chunked: bool = False  # media without Content-Length (Transfer-Encoding: chunked)
     hide_file_size: bool = False  # the API serves file_size null
     fault_kinds: tuple[str, ...] = ("video", "audio")  # the media the download faults apply to
+    replace_on_reset: bool = False  # an injected reset also replaces the file (its version + 1, same size)
+    honour_if_range: bool = True  # False: a Range is served even when If-Range names another version
+    validators: bool = True  # serve ETag and Last-Modified with the media (False: neither)
 
 
 class SimulatorState:
