@@ -27,12 +27,12 @@ from pydantic import BaseModel, Field
 from flows.parameters import DESTINATION_LIST_RULES, Checked, DestinationURL
 from rtk_archiver.models import OutcomeKind, Recording
 from rtk_archiver.naming import redact_urls
+from rtk_archiver.plan import scope_label, scrub_scope
 from rtk_archiver.settings import Settings, load_settings
 from storage_backends import (
     Destination,
     InvalidDestination,
     UnsupportedDestination,
-    destination_from_storage_config,
     parse_destination_url,
 )
 from storage_backends.registry import url_examples
@@ -50,6 +50,8 @@ class ScrubTarget(BaseModel):
     #: the URL it was given as (repairs then go there as an override), None if found from
     #: the default destination or a storage_config (repairs go where the recording belongs)
     url: str | None = None
+    #: only this directory of it ("dir/"): an absolute SFTP storage_config.path
+    prefix: str = ""
 
 
 class Repair(BaseModel):
@@ -87,13 +89,18 @@ class VerifyReport(BaseModel):
 
 
 def scrub_targets(urls: list[str], settings: Settings, recordings: list[Recording]) -> tuple[list[ScrubTarget], list[str]]:
-    """The destinations to scrub (deduplicated), and notes on those that cannot be."""
+    """The destinations to scrub (deduplicated), and notes on those that cannot be. Found from
+    recordings, they are where archiving put them (``scrub_scope``: the same placement)."""
     targets: dict[str, ScrubTarget] = {}
     notes: list[str] = []
 
-    def add(dest: Destination, url: str | None) -> None:
-        label = dest.display_url()
-        targets.setdefault(label, ScrubTarget(destination=dest, label=label, url=url))
+    def add(dest: Destination, url: str | None, prefix: str = "") -> None:
+        label = scope_label(dest, prefix)
+        targets.setdefault(label, ScrubTarget(destination=dest, label=label, url=url, prefix=prefix))
+
+    def note(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
 
     if urls:
         for url in urls:
@@ -105,12 +112,18 @@ def scrub_targets(urls: list[str], settings: Settings, recordings: list[Recordin
         sc = rec.storage_config
         if sc is None or not sc.type:
             continue
+        if rec.status == "ERRORED" and not rec.has_files:
+            continue  # nothing of it was ever archived: its storage is not ours to check
         try:
-            add(destination_from_storage_config(sc), None)
+            dest, prefix = scrub_scope(rec, None, None)
         except (InvalidDestination, UnsupportedDestination) as exc:
-            note = f"storage_config of type {sc.type!r} (recording {rec.id}): {exc}"
-            if note not in notes:
-                notes.append(note)
+            note(f"storage_config of type {sc.type!r} (recording {rec.id}): {exc}")
+            continue
+        if prefix == "/":
+            note(f"recording {rec.id} is archived at the root directory of {dest.display_url()}: "
+                 "give that URL to verify it (the whole server is not walked unasked)")
+            continue
+        add(dest, None, prefix)
     return list(targets.values()), notes
 
 
@@ -139,7 +152,7 @@ def verify_archive(
     for note in notes:
         logger.warning("Not verified: %s", note)
     report = VerifyReport(deep=deep, notes=notes)
-    futures = [(t, verify_destination.submit(t.destination, t.label, deep)) for t in targets]
+    futures = [(t, verify_destination.submit(t.destination, t.label, deep, t.prefix)) for t in targets]
     for target, future in futures:
         result = future.result(raise_on_failure=False)
         if not isinstance(result, DestinationScrub):
@@ -164,7 +177,6 @@ def verify_archive(
 def repair_damaged(report: VerifyReport, targets: list[ScrubTarget], settings: Settings) -> list[Repair]:
     """Archive each damaged recording again, in place, when RealtimeKit still has its files."""
     from flows.archive import archive_all
-    from rtk_archiver.plan import resolve_destination
     from tasks.limits import ensure_limits
     from tasks.listing import get_recording
 
@@ -201,7 +213,7 @@ def repair_damaged(report: VerifyReport, targets: list[ScrubTarget], settings: S
             override = target.url
             if override is None:
                 try:
-                    belongs = resolve_destination(rec, None, settings.archive_default_destination).display_url()
+                    belongs = scope_label(*scrub_scope(rec, None, settings.archive_default_destination))
                 except Exception as exc:  # noqa: BLE001
                     belongs = f"nowhere ({exc})"
                 if belongs != scrub.destination:

@@ -8,6 +8,7 @@ arguments, 130 / 143 when interrupted by SIGINT (Ctrl-C) / SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--deep", action="store_true", help="re-read and re-hash (sha256) files on storage that reports no hashes (file, sftp)")
     p.add_argument("--no-repair", action="store_true", help="only report; do not archive damaged recordings again")
-    p.add_argument("--report", type=Path, metavar="FILE", help="also write the verification report as JSON to FILE")
+    p.add_argument("--report", type=_report_file, metavar="FILE", help="also write the verification report as JSON to FILE")
 
     p = sub.add_parser("check", help="check every destination a run would use: write, stat, read back, delete a probe")
     p.add_argument("--since", type=_datetime, help="storage_configs of recordings from here (default: ARCHIVE_LOOKBACK_DAYS ago)")
@@ -361,12 +362,43 @@ def _run_check(args: argparse.Namespace) -> int:
         with private_prefect_api():  # credentials blocks are read from Prefect's API
             from tasks.check import run_check
 
-            report = run_check(settings, args.since, args.until, args.destination, not args.skip_recordings)
+            with _signals_as_interrupt():
+                report = run_check(settings, args.since, args.until, args.destination, not args.skip_recordings)
     except PrefectAPIError as exc:
         print(f"rtk-archiver: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except _StopRequested as stop:
+        # tasks/check.py removed its probe (and the directories made for it) on the way out
+        print(f"rtk-archiver: check INTERRUPTED by {stop.name}; no probe file was left behind", file=sys.stderr)
+        return stop.code
     print_check(report)
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+class _StopRequested(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a command that stops where it is (``check``): raised in the
+    main thread so that ``finally`` blocks clean up on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        from rtk_archiver.interrupt import exit_code, signal_name
+
+        super().__init__(signum)
+        self.name, self.code = signal_name(signum), exit_code(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt():
+    import signal
+
+    def stop(signum, frame):
+        raise _StopRequested(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def print_check(report, stream=None) -> None:
@@ -459,6 +491,9 @@ def print_verify_report(report, stream=None) -> None:
         console.print(damaged)
     for note in report.notes:
         console.print(f"not verified: {note}")
+    foreign = sum(d.foreign for d in report.destinations)
+    if foreign:
+        console.print(f"left alone: {foreign} file(s) named *.metadata.json that the archiver did not write")
     console.print(report.failure_message() or "nothing missing or corrupt")
 
 

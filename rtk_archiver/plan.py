@@ -152,6 +152,30 @@ def place(recording: Recording, destination: Destination, from_storage_config: b
     return destination, directory
 
 
+def placement(recording: Recording, override: str | None, default: str | None) -> tuple[Destination, str]:
+    """Where a recording's files are: its destination root and directory under it. Archiving,
+    the scrub and the preflight all ask this one function."""
+    dest = resolve_destination(recording, override, default)
+    sc = recording.storage_config
+    return place(recording, dest, from_storage_config=not override and bool(sc is not None and sc.type))
+
+
+def scrub_scope(recording: Recording, override: str | None, default: str | None) -> tuple[Destination, str]:
+    """What a scrub walks to find this recording's archive: its destination root (prefix
+    ``""``), or, for an absolute SFTP ``storage_config.path`` (archived outside any root),
+    that directory alone (prefix ``"dir/"``; ``"/"`` itself: prefix ``"/"``, not walked)."""
+    base = resolve_destination(recording, override, default)
+    dest, directory = placement(recording, override, default)
+    if dest == base:
+        return dest, ""
+    return dest, f"{directory}/" if directory else "/"
+
+
+def scope_label(destination: Destination, prefix: str) -> str:
+    """How a scrub target (a destination, maybe one directory of it) is named."""
+    return destination.display_url(prefix.strip("/")) if prefix else destination.display_url()
+
+
 class Target(BaseModel):
     """Step 1: where one recording would go, decided without I/O."""
 
@@ -190,8 +214,7 @@ def targets_for(
             targets.append(Target(recording=rec, verdict=verdict[0], reason=verdict[1]))
             continue
         try:
-            dest = resolve_destination(rec, override, default)
-            dest, directory = place(rec, dest, from_storage_config=not override and bool(rec.storage_config and rec.storage_config.type))
+            dest, directory = placement(rec, override, default)
         except UnsupportedDestination as exc:
             targets.append(Target(recording=rec, verdict=OutcomeKind.SKIPPED, reason=str(exc), retry_later=True))
             continue

@@ -167,6 +167,13 @@ class AzureBackend(StorageBackend):
         if code == "ContainerNotFound":
             return PermanentStorageError(f"Azure container '{container}' does not exist")
         status = getattr(exc, "status_code", None)
+        if code == "AuthenticationFailed" or "failed to authenticate" in str(exc).lower():
+            # the request's signature: a wrong account key, or a SAS that is wrong or expired
+            # (Azure says AuthenticationFailed; Azurite AuthorizationFailure with the same message)
+            return PermanentStorageError(
+                f"Azure did not accept the credentials for container '{container}' ({code or status}): the account "
+                f"key or SAS is wrong or expired (while trying to {action} {self._where(key)})"
+            )
         if isinstance(exc, ClientAuthenticationError) or code in _DENIED_CODES or status == 403:
             return PermanentStorageError(
                 f"access to Azure container '{container}' denied ({code or status or type(exc).__name__}) "

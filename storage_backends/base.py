@@ -114,6 +114,19 @@ class StorageBackend(ABC):
         earlier attempt at this recording may have died mid-upload). Backends whose unfinished
         uploads are invisible (S3, GCS, Azure) have none."""
 
+    def connect(self) -> None:  # noqa: B027 - optional hook
+        """Reach the store now (SFTP: connect, verify the host key, log in) instead of at the
+        first request; the preflight calls it to name the step that fails."""
+
+    def missing_dirs(self, key: str) -> list[str]:
+        """The directories of ``key`` below the root that do not exist yet, deepest first
+        (what writing ``key`` would create). Stores without directories: none."""
+        return []
+
+    def remove_empty_dir(self, directory: str) -> None:  # noqa: B027 - optional hook
+        """Remove the directory ``directory`` (a key prefix without the trailing ``/``) if it
+        is an empty real directory; anything else (not empty, a link, gone) is left alone."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

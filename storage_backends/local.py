@@ -391,6 +391,29 @@ class LocalBackend(StorageBackend):
         finally:
             os.close(dfd)
 
+    def missing_dirs(self, key: str) -> list[str]:
+        parts = self._parts(key)[:-1]
+        for n in range(len(parts) + 1):
+            dfd = self._open_dir(parts[:n])
+            if dfd is None:  # missing (or a file: writing would fail, nothing would be made)
+                return ["/".join(parts[:m]) for m in range(len(parts), max(n, 1) - 1, -1)]
+            os.close(dfd)
+        return []
+
+    def remove_empty_dir(self, directory: str) -> None:
+        parts = self._parts(directory)
+        dfd = self._open_dir(parts[:-1])
+        if dfd is None:
+            return
+        try:
+            st = self._lstat(dfd, parts[-1])
+            if st is not None and stat.S_ISDIR(st.st_mode):  # a link is never removed
+                os.rmdir(parts[-1], dir_fd=dfd)
+        except OSError:
+            pass  # not empty (something else is there now), or gone
+        finally:
+            os.close(dfd)
+
     def list(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
         """Regular files under ``prefix``, in key order (as S3 and GCS list), one directory in
         memory at a time; symlinks and temp files are left out, a linked directory is never

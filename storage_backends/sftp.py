@@ -665,6 +665,32 @@ class SFTPBackend(StorageBackend):
         except (paramiko.SSHException, EOFError):
             raise self._lost("reading", path) from None
 
+    def connect(self) -> None:
+        self._connect()
+
+    def missing_dirs(self, key: str) -> list[str]:
+        self._connect()
+        parts = self._parts(key)[:-1]
+        for n in range(1, len(parts) + 1):
+            attrs = self._lstat(posixpath.join(self._root, *parts[:n]))  # a link: NotOurs
+            if attrs is None:
+                return ["/".join(parts[:m]) for m in range(len(parts), n - 1, -1)]
+        return []
+
+    def remove_empty_dir(self, directory: str) -> None:
+        path = posixpath.join(self._root, *self._parts(directory))
+        attrs = self._lstat(path)
+        if attrs is None or not stat_mod.S_ISDIR(attrs.st_mode or 0):
+            return
+        self._made.discard(path)
+        self._real_dirs.discard(path)
+        try:
+            self._connect().rmdir(path)
+        except OSError:
+            pass  # not empty (something else is there now), or gone
+        except (paramiko.SSHException, EOFError):
+            raise self._lost("removing", path) from None
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         if not self._dirs_real(key) or self._lstat(path) is None:  # a link: NotOurs, never removed

@@ -28,7 +28,7 @@ from rtk_archiver.settings import Settings, load_settings
 from storage_backends import PermanentStorageError, StorageBackend, StorageError, open_backend
 from storage_backends.base import KeyTaken
 from tasks.define import task
-from tasks.limits import CLAIM_POLL_SECONDS, CLAIM_RENEW_SECONDS, CLAIM_WAIT_SECONDS, api_throttle, claim_holder, claim_is_live, transfer_gate
+from tasks.limits import CLAIM_POLL_SECONDS, CLAIM_RENEW_SECONDS, CLAIM_WAIT_SECONDS, api_throttle, claim_holder, claim_is_live, live_tokens, transfer_gate
 from tasks.survey import read_sidecar_seen
 from tasks.retry import retry_transient
 from rtk_archiver.streams import SizeMismatch
@@ -45,9 +45,6 @@ class ArchivingElsewhere(Exception):
     the recording is reported pending, and a later run finds it archived."""
 
 
-#: claim tokens of this process's attempts in progress (a claim of this process whose token is
-#: not here is a finished attempt's: a retry takes it over)
-_live_tokens: set[str] = set()
 
 
 class OverlappingArchive(StorageError):
@@ -91,10 +88,7 @@ def _live_claim(sidecar: Sidecar | None) -> bool:
     """The sidecar is a claim of another attempt that is archiving right now (tasks/limits.py)."""
     if sidecar is None or sidecar.state != "claimed":
         return False
-    holder = sidecar.claim_holder or {}
-    if holder.get("host") == claim_holder()["host"] and holder.get("pid") == claim_holder()["pid"]:
-        return sidecar.claim_token in _live_tokens  # this process: one of its attempts still running?
-    return claim_is_live(holder, sidecar.archived_at)
+    return claim_is_live(sidecar.claim_holder, sidecar.archived_at, sidecar.claim_token)
 
 
 def _elsewhere(backend: StorageBackend, plan: RecordingPlan, sidecar: Sidecar) -> ArchivingElsewhere:
@@ -137,7 +131,7 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     # the claim carries them: a failed or killed attempt never loses the sizes and hashes of
     # the files it did not replace (``_restore_known``)
     claim = _encode(_sidecar(plan.recording, known, claimed=names, token=token, holder=claim_holder()))
-    _live_tokens.add(token)
+    live_tokens.add(token)
     try:
         backend.put_bytes(keys.sidecar, claim, replace=plan.sidecar_is_own)
         # the files themselves stay no-clobber unless an earlier sidecar of this recording
@@ -146,9 +140,9 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     except KeyTaken:
         pass
     except BaseException:
-        _live_tokens.discard(token)
+        live_tokens.discard(token)
         raise
-    _live_tokens.discard(token)
+    live_tokens.discard(token)
     # someone was quicker: fine if it is this recording (an overlapping run), else stop
     seen = read_sidecar_seen(backend, keys.sidecar)
     if seen.sidecar is None or seen.sidecar.recording_id != plan.recording.id:
@@ -163,11 +157,11 @@ def _claim(backend: StorageBackend, plan: RecordingPlan) -> RecordingPlan | None
     # a claim whose holder is gone (killed): take it over, this recording's own files included
     # (this recording's current names, never an older layout's, nor RealtimeKit's upload)
     own = {keys.sidecar} | {keys.beside(n) for n in names}
-    _live_tokens.add(token)
+    live_tokens.add(token)
     try:
         backend.put_bytes(keys.sidecar, claim, replace=True)
     except BaseException:
-        _live_tokens.discard(token)
+        live_tokens.discard(token)
         raise
     return plan.model_copy(update={"own": sorted(own), "sidecar_is_own": True, "claim_token": token})
 
@@ -259,7 +253,7 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
             with ClaimKeeper(current, settings):
                 _transfer(recording, backend, current, settings, logger, files)
         except BaseException as exc:
-            _live_tokens.discard(current.claim_token)
+            live_tokens.discard(current.claim_token)
             overlapping = isinstance(exc, KeyTaken) and _named_by_sidecar(backend, current)
             if not files and not current.sidecar_is_own:
                 _release_claim(backend, current)
@@ -274,7 +268,7 @@ def archive_recording(plan: RecordingPlan) -> RecordingOutcome:
         try:
             backend.put_bytes(current.layout.sidecar, _encode(_sidecar(recording, [*current.kept, *files])), replace=True)
         finally:
-            _live_tokens.discard(current.claim_token)
+            live_tokens.discard(current.claim_token)
 
     moved = sum(f.size for f in files)
     seconds = time.monotonic() - started
@@ -516,11 +510,11 @@ def _prove_delivery(
                 _transfer(recording, backend, current, settings, logger, files)
             backend.put_bytes(keys.sidecar, _encode(_sidecar(recording, files)), replace=True)
     except BaseException:
-        _live_tokens.discard(current.claim_token)
+        live_tokens.discard(current.claim_token)
         if not any(f.origin == "archiver" for f in files) and not current.sidecar_is_own:
             _release_claim(backend, current)
         raise
-    _live_tokens.discard(current.claim_token)
+    live_tokens.discard(current.claim_token)
     if files:
         moved = sum(f.size for f in files if f.origin == "archiver")
         how = files[0].verified_by

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 
 from rtk_archiver.api import InvalidRecording, RealtimeKitAPI
 from rtk_archiver.models import Recording
-from rtk_archiver.naming import redact_urls, safe_relative_path
+from rtk_archiver.naming import redact_urls
+from rtk_archiver.plan import placement
 from rtk_archiver.settings import Settings
 from rtk_archiver.streams import VerifyingReader
 from storage_backends import (
@@ -70,6 +71,7 @@ _FIXES = (
     ("host key", "add the server's host key to SFTP_KNOWN_HOSTS (ssh-keyscan, after checking its fingerprint with the server's owner)"),
     ("authentication failed", "set SFTP_PASSWORD / SFTP_PRIVATE_KEY(_FILE) or the SFTPCredentials block for this user and host"),
     ("does not exist", "create it, or correct its name in the storage_config / destination URL"),
+    ("key or sas is wrong", "correct the account key or SAS (AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN or the AzureCredentials block); a SAS: check its expiry"),
     ("denied", "grant these credentials write, read and delete on the prefix (s3:PutObject/GetObject/DeleteObject, Storage Object Admin, Storage Blob Data Contributor)"),
     ("permission denied", "make the directory writable by the archiver's user"),
     ("storage option", "use one of the options listed in the message (README: Storage backends and credentials)"),
@@ -92,6 +94,7 @@ def probe_destination(destination: Destination, settings: Settings, source: str,
     key = posixpath.join(subdir, f"{PROBE_PREFIX}{uuid.uuid4().hex}.txt") if subdir else f"{PROBE_PREFIX}{uuid.uuid4().hex}.txt"
     data = f"rtk-archiver check probe {uuid.uuid4()}\n".encode()
     backend = None
+    made: list[str] = []
     step = "credentials"
     try:
         backend = open_backend(destination, settings)
@@ -101,8 +104,11 @@ def probe_destination(destination: Destination, settings: Settings, source: str,
             row.options.update(details())
         row.works.append("credentials")
         if destination.kind == "sftp":
-            row.works.append("host key")  # verified when the backend connected
+            step = "connect"  # the host key verified, then the login
+            backend.connect()
+            row.works += ["connect", "host key", "login"]
         step = "write"
+        made = backend.missing_dirs(key)  # removed again after the probe (never a directory that was there)
         reader = VerifyingReader([data], len(data), backend.hash_types)
         info = backend.put(key, reader, len(data), replace=False)
         row.works.append("write")
@@ -132,19 +138,33 @@ def probe_destination(destination: Destination, settings: Settings, source: str,
     except Exception as exc:  # noqa: BLE001 - every failure becomes the row's reason
         message = redact_urls(str(exc) or type(exc).__name__)
         row.reason = f"{step}: {message}"
-        row.fix = fix_for(message)
-        if backend is not None and step in ("stat", "read", "delete"):
-            try:
-                backend.delete(key)
-            except Exception:  # noqa: BLE001 - the reason above is what matters
-                pass
+        row.fix = _fix_at(step, message)
     finally:
+        # also on Ctrl-C: the probe (a name of its own, never anyone else's) and the
+        # directories made for it are removed before the interrupt goes on
+        if backend is not None and step in ("write", "stat", "read", "delete"):
+            _remove_probe(backend, key, made)
         if backend is not None:
             try:
                 backend.close()
             except Exception:  # noqa: BLE001
                 pass
     return row
+
+
+def _fix_at(step: str, message: str) -> str:
+    if step == "connect" and "host key" not in message.lower() and "authentication" not in message.lower():
+        return "check the host name and port, the network and that the SSH server is running"
+    return fix_for(message)
+
+
+def _remove_probe(backend, key: str, made: list[str]) -> None:
+    try:
+        backend.delete(key)  # a name of the probe's own (random): if present, it is the probe
+        for directory in made:  # deepest first; a directory something else now holds stays
+            backend.remove_empty_dir(directory)
+    except BaseException:  # noqa: BLE001 - what the row (or the interrupt) says is what matters
+        pass
 
 
 def recordings_in(settings: Settings, since: datetime, until: datetime) -> list[Recording]:
@@ -188,9 +208,10 @@ def check_destinations(
             sc = rec.storage_config
             if sc is None or not sc.type:
                 continue
-            subdir = safe_relative_path(sc.path)
-            try:
-                dest: Destination | None = destination_from_storage_config(sc)
+            subdir = ""
+            try:  # where archiving puts its files (an absolute SFTP path is absolute here too)
+                dest: Destination | None
+                dest, subdir = placement(rec, None, None)
                 ident, err = dest.model_dump_json() + subdir, None
             except UnsupportedDestination as exc:
                 dest, ident, err = None, f"unsupported:{sc.type}", f"skipped: {exc}"

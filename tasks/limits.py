@@ -366,16 +366,27 @@ def claim_holder() -> dict[str, object]:
     return {"host": HOST, "pid": os.getpid()}
 
 
-def claim_is_live(holder: Mapping[str, object] | None, renewed_at: datetime, now: datetime | None = None) -> bool:
-    """A claim whose holder is still archiving: renewed within CLAIM_TTL_SECONDS by a process
-    that, on this host, still exists. A claim without a holder (an older version's, or a
-    hand-made one) is never live: it is taken over at once, as before."""
+#: claim tokens of this process's attempts in progress (a claim of this process whose token is
+#: not here is a finished or dead attempt's: a retry takes it over, the scrub checks it)
+live_tokens: set[str] = set()
+
+
+def claim_is_live(
+    holder: Mapping[str, object] | None, renewed_at: datetime, token: str | None = None, now: datetime | None = None
+) -> bool:
+    """A claim whose holder is still archiving. The one liveness rule (archiving, the scrub):
+    a claim of this process is live while its attempt runs (its token in ``live_tokens``);
+    else it must be renewed within CLAIM_TTL_SECONDS by a process that, on this host, still
+    exists. A claim without a holder (an older version's, or a hand-made one) is never live:
+    it is taken over at once, as before."""
     if not holder:
         return False
+    pid = holder.get("pid")
+    if holder.get("host") == HOST and pid == os.getpid():
+        return token is not None and token in live_tokens
     now = now or datetime.now(timezone.utc)
     if (now - renewed_at).total_seconds() > CLAIM_TTL_SECONDS:
         return False
-    pid = holder.get("pid")
     if holder.get("host") == HOST and isinstance(pid, int):
         return pid_alive(pid)
     return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import posixpath
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -68,6 +69,7 @@ class DestinationScrub(BaseModel):
     problems: list[FileProblem] = Field(default_factory=list)
     error: str | None = None  # the destination could not be (completely) listed
     in_progress: int = 0  # sidecars that are live claims (being archived right now): not checked
+    foreign: int = 0  # *.metadata.json files the archiver did not write: left alone
 
 
 class OpsLimiter:
@@ -164,8 +166,23 @@ def check_archive(
     return problems, len(sidecar.files), hashed
 
 
+#: how every sidecar the archiver writes begins (tasks/archive.py: JSON, schema_version first)
+_OUR_SIDECAR = re.compile(rb'\A\s*\{\s*"schema_version"\s*:')
+
+
+class NotOurSidecar(str):
+    """Why a ``*.metadata.json`` is somebody else's file, not a sidecar of the archiver."""
+
+
+def written_by_archiver(raw: bytes) -> bool:
+    """Whether an unreadable ``*.metadata.json`` is a damaged sidecar of ours (it begins as
+    ours do, or names a recording and an archiver version) rather than a user's own file."""
+    return bool(_OUR_SIDECAR.match(raw)) or (b'"recording_id"' in raw and b'"archiver_version"' in raw)
+
+
 def read_sidecar_at(backend: StorageBackend, key: str, wait: Callable[[], None] = _no_limit) -> Sidecar | str | None:
-    """The sidecar at key; a string saying why it cannot be read; None if absent."""
+    """The sidecar at key; a string saying why it cannot be read (a ``NotOurSidecar`` if it
+    is not one of ours at all); None if absent."""
     wait()
     raw = backend.read_bytes(key)
     if raw is None:
@@ -173,6 +190,8 @@ def read_sidecar_at(backend: StorageBackend, key: str, wait: Callable[[], None] 
     try:
         return Sidecar.model_validate_json(raw)
     except ValueError as exc:
+        if not written_by_archiver(raw):
+            return NotOurSidecar("not a sidecar of the archiver (a file of its own name): left alone")
         first = exc.errors()[0] if hasattr(exc, "errors") and exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())) or "content"
         return f"the sidecar cannot be read ({where}: {first.get('msg', 'not JSON')})"
@@ -187,8 +206,9 @@ def read_sidecar_at(backend: StorageBackend, key: str, wait: Callable[[], None] 
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def verify_destination(destination: Destination, label: str, deep: bool = False) -> DestinationScrub:
-    """Scrub one destination: stream its listing, check every sidecar's files."""
+def verify_destination(destination: Destination, label: str, deep: bool = False, prefix: str = "") -> DestinationScrub:
+    """Scrub one destination (only ``prefix``, a directory ``dir/``, if given): stream its
+    listing, check every sidecar's files."""
     settings = load_settings()
     logger = run_logger()
     limiter = OpsLimiter(settings.archive_verify_ops_per_second)
@@ -197,7 +217,7 @@ def verify_destination(destination: Destination, label: str, deep: bool = False)
     started = time.monotonic()
     with open_backend(destination, settings) as backend:
         limiter.wait()  # the first page
-        for n, (key, info) in enumerate(backend.list(""), start=1):
+        for n, (key, info) in enumerate(backend.list(prefix), start=1):
             if n % ENTRIES_PER_OP == 0:
                 limiter.wait()
             recent[key] = info
@@ -205,14 +225,18 @@ def verify_destination(destination: Destination, label: str, deep: bool = False)
                 recent.popitem(last=False)
             if not key.endswith(SIDECAR_SUFFIX):
                 continue
-            result.sidecars += 1
             sidecar = read_sidecar_at(backend, key, limiter.wait)
             if sidecar is None:
                 continue  # removed while listing
+            if isinstance(sidecar, NotOurSidecar):
+                logger.info("%s: %s", backend.url(key), sidecar)
+                result.foreign += 1
+                continue
+            result.sidecars += 1
             if isinstance(sidecar, str):
                 result.problems.append(FileProblem(recording_id=None, sidecar=key, problem="sidecar", detail=sidecar))
                 continue
-            if sidecar.state == "claimed" and claim_is_live(sidecar.claim_holder, sidecar.archived_at):
+            if sidecar.state == "claimed" and claim_is_live(sidecar.claim_holder, sidecar.archived_at, sidecar.claim_token):
                 logger.info("%s: recording %s is being archived right now (its claim is live): checked next time",
                             backend.url(key), sidecar.recording_id)
                 result.in_progress += 1

@@ -154,7 +154,8 @@ def test_a_recording_being_archived_right_now_is_not_reported_corrupt(archiver_e
     root = archiver_env.archive
     rid = str(uuid.uuid4())
     claim = {
-        "schema_version": 2, "state": "claimed", "claimed": ["live.mp4"], "claim_token": "t", "claim_holder": claim_holder(),
+        "schema_version": 2, "state": "claimed", "claimed": ["live.mp4"], "claim_token": "t",
+        "claim_holder": {"host": claim_holder()["host"], "pid": os.getppid()},  # another process, running
         "recording_id": rid, "status": "UPLOADED", "invoked_time": "2026-12-01T00:00:00Z", "output_file_name": "live.mp4",
         "files": [], "archived_at": datetime.now(timezone.utc).isoformat(), "archiver_version": "test",
     }
@@ -273,3 +274,265 @@ def test_a_resumed_range_is_checked_to_be_the_same_file(first, second, changed):
     if_range = seen[1].headers.get("if-range")
     assert seen[1].headers["range"] == "bytes=600-"
     assert if_range == (first.get("ETag") if not first.get("ETag", "").startswith("W/") else None) or first.get("Last-Modified"), if_range
+
+
+# -- 4. the preflight probes where archiving writes, names the step that failed, leaves nothing --
+
+
+def _check_settings(**kw):
+    from rtk_archiver.settings import Settings
+
+    kw.setdefault("archive_credential_blocks", False)
+    return Settings(cloudflare_api_token="t", cloudflare_account_id="a", realtimekit_app_id="b", **kw)
+
+
+def _abs_dir():
+    from pathlib import Path
+
+    absolute = Path(f"/tmp/rtk-abs-{uuid.uuid4().hex[:8]}")
+    absolute.mkdir(mode=0o1777)
+    absolute.chmod(0o1777)  # the sftp user may make directories below it
+    return absolute
+
+
+def test_check_probes_an_absolute_sftp_path_where_archiving_writes_and_leaves_no_directory(sshd_server):
+    """storage_config.path "/abs/team/deep" is probed at /abs/team/deep (not ~/abs/...), as
+    archiving writes there; the directories the probe made are removed, one that was there stays."""
+    import shutil
+
+    from rtk_archiver.models import Recording
+    from tasks.check import check_destinations
+    from tests.fixtures.sshd import sftp_settings
+
+    user = sshd_server.users["rtkpass"]
+    absolute = _abs_dir()
+    (absolute / "kept").mkdir()
+    (absolute / "kept").chmod(0o1777)
+    sc = {"type": "sftp", "host": "127.0.0.1", "port": sshd_server.port, "username": "rtkpass", "auth_method": "PASSWORD"}
+    recs = [
+        Recording.model_validate({"id": str(uuid.uuid4()), "status": "UPLOADED", "invoked_time": "2026-12-07T10:00:00Z",
+                                  "output_file_name": "r.mp4", "storage_config": {**sc, "path": path}})
+        for path in (f"{absolute}/team/deep", f"{absolute}/kept")
+    ]
+    try:
+        st = sftp_settings(sshd_server, sftp_password=user.password, archive_credential_blocks=False)
+        report = check_destinations(st, None, recs)
+        rows = {r.destination: r for r in report.checks}
+        port = f":{sshd_server.port}"
+        assert set(rows) == {f"sftp://rtkpass@127.0.0.1{port}{absolute}/team/deep", f"sftp://rtkpass@127.0.0.1{port}{absolute}/kept"}, rows
+        assert all(r.status == "ok" for r in rows.values()), [(r.destination, r.reason) for r in rows.values()]
+        assert sorted(p.name for p in absolute.iterdir()) == ["kept"]  # team/deep made for the probe, removed
+        assert list((absolute / "kept").iterdir()) == []
+        assert not (sshd_server.home("rtkpass") / absolute.relative_to("/")).exists()  # never under ~
+    finally:
+        shutil.rmtree(absolute, ignore_errors=True)
+
+
+def test_check_names_the_step_that_failed_and_claims_only_what_worked(sshd_server, tmp_path):
+    """An unknown host key: the step is "connect", "host key" is not among what worked; a port
+    with no server: "connect" with a fix about the network, not about keys."""
+    import socket
+
+    from tests.fixtures.sshd import sftp_settings
+
+    user = sshd_server.users["rtkpass"]
+    url = f"sftp://rtkpass@127.0.0.1:{sshd_server.port}/~/chk-{uuid.uuid4().hex[:8]}"
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    row = probe_destination_url(url, sftp_settings(sshd_server, sftp_password=user.password, sftp_known_hosts=empty,
+                                                   archive_credential_blocks=False))
+    assert row.status == "failed" and row.reason.startswith("connect: ") and "host key" in row.reason, row
+    assert row.works == ["credentials"], row.works
+    assert "SFTP_KNOWN_HOSTS" in row.fix
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    row = probe_destination_url(f"sftp://rtkpass@127.0.0.1:{port}/~/x",
+                                sftp_settings(sshd_server, sftp_password=user.password, archive_credential_blocks=False))
+    assert row.reason.startswith("connect: "), row
+    assert "network" in row.fix and "write" not in row.works
+
+
+def probe_destination_url(url: str, st):
+    from tasks.check import probe_destination
+
+    return probe_destination(parse_destination_url(url), st, "--destination")
+
+
+@pytest.mark.parametrize("at", ["stat", "read", "delete"])
+def test_an_interrupt_during_the_probe_leaves_neither_probe_nor_directories(tmp_path, monkeypatch, at):
+    from storage_backends.local import LocalBackend
+    from tasks.check import probe_destination
+
+    root = tmp_path / "archive"
+    (root / "there").mkdir(parents=True)
+    method = {"stat": "stat", "read": "read_bytes", "delete": "delete"}[at]
+    real = getattr(LocalBackend, method)
+    calls = []
+
+    def interrupted(self, key, *a, **kw):
+        if not calls:
+            calls.append(key)
+            raise KeyboardInterrupt
+        return real(self, key, *a, **kw)
+
+    monkeypatch.setattr(LocalBackend, method, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        probe_destination(parse_destination_url(f"file://{root}"), _check_settings(), "--destination", "there/new/deeper")
+    assert calls, "the probe never reached that step"
+    assert [p.relative_to(root).as_posix() for p in root.rglob("*")] == ["there"]
+
+
+def test_check_interrupted_from_the_command_line_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from rtk_archiver.cli import main
+    from storage_backends.local import LocalBackend
+
+    for key, value in {"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": "a", "REALTIMEKIT_APP_ID": "b",
+                       "ARCHIVE_CREDENTIAL_BLOCKS": "false", "PREFECT_API_URL": "http://127.0.0.1:9/api"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("ARCHIVE_DEFAULT_DESTINATION", raising=False)
+    real = LocalBackend.stat
+
+    pressed = []
+
+    def ctrl_c(self, key):  # the user presses Ctrl-C (once) right after the probe was written
+        if not pressed:
+            pressed.append(key)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, key)
+
+    monkeypatch.setattr(LocalBackend, "stat", ctrl_c)
+    code = main(["check", "--skip-recordings", "--destination", f"file://{tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "INTERRUPTED by SIGINT" in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert pressed and list(tmp_path.rglob("*")) == []  # the probe was written, and removed
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_wrong_azure_key_is_named_as_such(azure_env, monkeypatch):
+    import base64
+    import os as _os
+
+    from tasks.check import probe_destination
+
+    conn = _os.environ["AZURE_STORAGE_CONNECTION_STRING"]
+    parts = dict(p.split("=", 1) for p in conn.split(";") if p)
+    parts["AccountKey"] = base64.b64encode(b"w" * 64).decode()
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", ";".join(f"{k}={v}" for k, v in parts.items()))
+    row = probe_destination(parse_destination_url(f"az://{azure_env}/x"), _check_settings(), "--destination")
+    assert row.status == "failed" and "key or SAS is wrong or expired" in row.reason, row
+    assert "correct the account key or SAS" in row.fix and "grant" not in row.fix, row.fix
+    assert parts["AccountKey"] not in row.reason
+
+
+# -- 5. the scrub: targets from the placement archiving uses; no false alarms -------------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_scrub_checks_an_absolute_sftp_path_and_repairs_there(archiver_env, sshd_server, monkeypatch):
+    import shutil
+
+    from flows.archive import archive_recordings
+    from flows.verify import verify_archive
+    from rtk_archiver.simulator import media_bytes
+
+    env = archiver_env
+    monkeypatch.delenv("ARCHIVE_DEFAULT_DESTINATION")
+    monkeypatch.setenv("SFTP_PASSWORD", sshd_server.users["rtkpass"].password)
+    monkeypatch.setenv("SFTP_KNOWN_HOSTS", str(sshd_server.known_hosts))
+    absolute = _abs_dir()
+    sc = {"type": "sftp", "host": "127.0.0.1", "port": sshd_server.port, "username": "rtkpass", "auth_method": "PASSWORD"}
+    try:
+        rec = env.state.add_recording(file_size=7_000, storage_config={**sc, "path": f"{absolute}/team"})
+        assert {o.kind for o in run_report(archive_recordings).outcomes} == {OutcomeKind.ARCHIVED}
+        video = absolute / "team" / rec["output_file_name"]
+        with open(video, "r+b") as f:
+            f.truncate(3_000)
+        found = verify_archive(repair=False, return_state=True).result(raise_on_failure=False)
+        label = f"sftp://rtkpass@127.0.0.1:{sshd_server.port}{absolute}/team"
+        assert label in [d.destination for d in found.destinations], found.destinations
+        assert [p.recording_id for p in found.problems] == [rec["id"]], found
+        fixed = verify_archive(return_state=True).result(raise_on_failure=False)
+        assert [(r.recording_id, r.repaired) for r in fixed.repairs] == [(rec["id"], True)], fixed.repairs
+        assert video.read_bytes() == media_bytes(rec["id"], "video", 0, 7_000)
+    finally:
+        shutil.rmtree(absolute, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_users_own_metadata_json_is_not_a_damaged_sidecar(archiver_env):
+    """Files of the user's that end in .metadata.json are left alone (counted, logged); a
+    sidecar of ours that was cut short is still reported."""
+    from flows.archive import archive_recordings
+    from flows.verify import verify_archive
+
+    rec = archiver_env.state.add_recording(file_size=5_000)
+    assert {o.kind for o in run_report(archive_recordings).outcomes} == {OutcomeKind.ARCHIVED}
+    root = archiver_env.archive
+    (root / "notes.metadata.json").write_text('{"title": "my notes", "tags": ["q4"]}')
+    (root / "photos").mkdir()
+    (root / "photos" / "IMG_1.jpg.metadata.json").write_bytes(b"\x00\x01 exif dump, not JSON")
+    (root / "list.metadata.json").write_text("[1, 2, 3]")
+    found = verify_archive(deep=True, repair=False, return_state=True).result(raise_on_failure=False)
+    assert not found.problems and found.failure_message() is None, found
+    assert sum(d.foreign for d in found.destinations) == 3 and sum(d.sidecars for d in found.destinations) == 1
+    sidecar = next(root.glob(f"{rec['output_file_name']}.metadata.json"))
+    sidecar.write_bytes(sidecar.read_bytes()[:40])  # ours, cut short
+    found = verify_archive(repair=False, return_state=True).result(raise_on_failure=False)
+    assert [p.problem for p in found.problems] == ["sidecar"], found
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_dead_claim_of_this_very_process_is_checked_not_skipped(archiver_env):
+    """The in-process scrub (the same process as the attempt that died) does not take its own
+    pid for proof of life: only a claim whose attempt is running (its token) is skipped."""
+    import json
+    from datetime import datetime, timezone
+
+    from flows.verify import verify_archive
+    from tasks.limits import claim_holder, live_tokens
+
+    root = archiver_env.archive
+    rid = str(uuid.uuid4())
+    claim = {
+        "schema_version": 2, "state": "claimed", "claimed": ["mine.mp4"], "claim_token": "dead-token", "claim_holder": claim_holder(),
+        "recording_id": rid, "status": "UPLOADED", "invoked_time": "2026-12-01T00:00:00Z", "output_file_name": "mine.mp4",
+        "files": [], "archived_at": datetime.now(timezone.utc).isoformat(), "archiver_version": "test",
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mine.mp4.metadata.json").write_text(json.dumps(claim))
+    found = verify_archive(repair=False, return_state=True).result(raise_on_failure=False)
+    assert [p.recording_id for p in found.problems] == [rid], found
+    live_tokens.add("dead-token")  # now its attempt is running in this process
+    try:
+        found = verify_archive(repair=False, return_state=True).result(raise_on_failure=False)
+        assert not found.problems and sum(d.in_progress for d in found.destinations) == 1, found
+    finally:
+        live_tokens.discard("dead-token")
+
+
+def test_verify_report_to_a_bad_path_is_refused_before_the_scrub(tmp_path, capsys):
+    from rtk_archiver.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", "--report", str(tmp_path / "no-such-dir" / "r.json")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+
+
+def test_the_scrub_skips_storage_of_errored_recordings_with_no_files():
+    from flows.verify import scrub_targets
+    from rtk_archiver.models import Recording
+
+    def rec(status, bucket, url=None):
+        return Recording.model_validate({
+            "id": str(uuid.uuid4()), "status": status, "invoked_time": "2026-12-07T10:00:00Z", "output_file_name": "r.mp4",
+            "download_url": url, "storage_config": {"type": "aws", "bucket": bucket, "path": "p"},
+        })
+
+    targets, notes = scrub_targets([], _check_settings(), [rec("ERRORED", "never-written"), rec("UPLOADED", "ours", "https://x/y")])
+    assert [t.label for t in targets] == ["s3://ours/"], targets

@@ -277,7 +277,7 @@ def test_scrub_reports_what_cannot_be_repaired_and_unreadable_sidecars(archiver_
     run_report(archive_recordings)
     sim.recordings[gone["id"]].bucket_enabled = False  # RealtimeKit no longer has the files
     (archiver_env.archive / gone["output_file_name"]).unlink()
-    (archiver_env.archive / "x.mp4.metadata.json").write_text("{not json")
+    (archiver_env.archive / "x.mp4.metadata.json").write_text('{\n  "schema_version": 2,\n  "state": "comp')  # ours, cut short
     state = verify_archive(return_state=True)
     assert state.is_failed()
     report = state.result(raise_on_failure=False)
