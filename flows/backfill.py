@@ -43,6 +43,7 @@ from flows.archive import archive_all, finish_report, invalid_outcome
 from flows.runtime import ArchiveTaskRunner, retrying
 from flows.watchdog import watch_for_loss
 from flows.windows import DESTINATION_HELP, DestinationParam, PlannedWindow, plan_windows
+from rtk_archiver.display import markdown_text, printable_row
 from rtk_archiver.models import ArchiveReport
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.settings import load_settings
@@ -268,11 +269,11 @@ def _read_flow_run(flow_run_id: Any) -> Any:
 def _finish(report: BackfillReport) -> BackfillReport | State:
     rows = [{"window": w.window, "recordings": w.recordings, "run": w.run, "state": w.state, "ok": w.ok,
              "reason": w.reason or ""} for w in report.windows]
-    create_table_artifact(table=rows, key="rtk-backfill", description="Backfill windows")
+    create_table_artifact(table=[printable_row(r) for r in rows], key="rtk-backfill", description="Backfill windows")
     lines = [
         f"Backfill of **{report.recordings}** recording(s) from {report.start.isoformat()} to {report.end.isoformat()} "
         f"in {len(report.windows)} window(s); {len(report.failed)} failed.",
-        *(f"- {note}" for note in report.notes),
+        *(f"- {markdown_text(note)}" for note in report.notes),
     ]
     create_markdown_artifact(markdown="\n".join(lines), key="rtk-backfill-summary", description="Backfill summary")
     if not report.failed:

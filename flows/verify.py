@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from flows.parameters import DESTINATION_LIST_RULES, Checked, DestinationURL
 from rtk_archiver.models import OutcomeKind, Recording
+from rtk_archiver.display import markdown_text, printable_row
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.plan import scope_label, scrub_scope
 from rtk_archiver.settings import Settings, load_settings
@@ -247,7 +248,7 @@ def publish_verify_report(report: VerifyReport) -> None:
             rows.append({"destination": d.destination, "recording": "", "file": "", "problem": "error",
                          "detail": d.error, "repair": ""})
     if rows:
-        create_table_artifact(table=rows, key="rtk-verify-report", description="Missing or corrupt archived files")
+        create_table_artifact(table=[printable_row(r) for r in rows], key="rtk-verify-report", description="Missing or corrupt archived files")
     for (dest, rid), problems in damaged.items():
         r = repairs.get((dest, rid))
         emit_event(
@@ -261,15 +262,16 @@ def publish_verify_report(report: VerifyReport) -> None:
             },
         )
     lines = [
-        f"| {d.destination} | {d.sidecars} | {d.files} | {len(d.problems)} | {d.error or ''} |" for d in report.destinations
+        f"| {markdown_text(d.destination)} | {d.sidecars} | {d.files} | {len(d.problems)} | {markdown_text(d.error or '')} |"
+        for d in report.destinations
     ]
     table = "| destination | sidecars | files | problems | error |\n|---|---|---|---|---|\n" + "\n".join(lines)
-    notes = "".join(f"\n- not verified: {n}" for n in report.notes)
+    notes = "".join(f"\n- not verified: {markdown_text(n)}" for n in report.notes)
     message = report.failure_message()
     create_markdown_artifact(
         key="rtk-verify-report-summary",
         description="Archive verification summary",
         markdown=f"# Archive verification{' (deep)' if report.deep else ''}\n\n{table}\n\n"
-        f"{'**' + message + '**' if message else 'Nothing missing or corrupt.'}\n{notes}\n",
+        f"{'**' + markdown_text(message) + '**' if message else 'Nothing missing or corrupt.'}\n{notes}\n",
     )
 

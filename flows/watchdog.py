@@ -31,6 +31,8 @@ from datetime import datetime, timedelta, timezone
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+
+from rtk_archiver.display import markdown_text, printable
 from prefect.events import emit_event
 from prefect.variables import Variable
 from pydantic import BaseModel, Field
@@ -139,7 +141,7 @@ def remember_lost(tokens: list[str]) -> None:
 def _emit(event: str, risk: RecordingRisk, destination: str | None) -> None:
     emit_event(
         event=event,
-        resource={"prefect.resource.id": f"rtk.recording.{risk.recording_id}", "prefect.resource.name": risk.output_file_name or risk.recording_id},
+        resource={"prefect.resource.id": f"rtk.recording.{risk.recording_id}", "prefect.resource.name": printable(risk.output_file_name or risk.recording_id)},
         payload={
             "deadline": risk.deadline.isoformat() if risk.deadline else None,
             "reason": risk.reason,
@@ -177,11 +179,11 @@ def watch_for_loss(
     new_lost = [r for r in watch.lost if memory_token(r.recording_id) not in known]
     for r in watch.lost:
         if r not in new_lost:
-            logger.info("Recording %s is lost (reported before): %s", r.recording_id, r.reason)
+            logger.info("Recording %s is lost (reported before): %s", printable(r.recording_id), printable(r.reason))
     for r in watch.at_risk:
-        logger.error("AT RISK: recording %s (%s): %s", r.recording_id, r.output_file_name, r.reason)
+        logger.error("AT RISK: recording %s (%s): %s", printable(r.recording_id), printable(r.output_file_name), printable(r.reason))
     for r in new_lost:
-        logger.error("LOST: recording %s (%s): %s", r.recording_id, r.output_file_name, r.reason)
+        logger.error("LOST: recording %s (%s): %s", printable(r.recording_id), printable(r.output_file_name), printable(r.reason))
     report.at_risk, report.lost = watch.at_risk, new_lost
     if not report.dry_run:
         for r in watch.at_risk:
@@ -200,7 +202,8 @@ def watch_for_loss(
 def markdown(report: ArchiveReport, hours: float) -> str:
     def rows(items: list[RecordingRisk]) -> str:
         return "\n".join(
-            f"| `{r.recording_id}` | {r.output_file_name or ''} | {_when(r.deadline) if r.deadline else '?'} | {r.reason} |"
+            f"| {markdown_text(r.recording_id)} | {markdown_text(r.output_file_name or '')} | "
+            f"{_when(r.deadline) if r.deadline else '?'} | {markdown_text(r.reason)} |"
             for r in items
         )
 

@@ -3,6 +3,10 @@
 A terminal obeys escape sequences (ESC ...), a carriage return overwrites what was printed,
 NUL truncates in some viewers and bidi overrides (U+202E) reverse what follows: such
 characters are shown escaped (``\\x1b``, ``\\r``, ``\\u202e``), never raw.
+
+The one place such text is escaped: ``printable`` for a log line, a terminal and a table
+artifact's cells (``printable_row``); ``markdown_text`` for a Markdown artifact (also no
+table, heading, link or HTML made from it).
 """
 
 from __future__ import annotations
@@ -40,3 +44,9 @@ def markdown_text(text: object, limit: int | None = None) -> str:
     """``printable(text)`` with Markdown's punctuation backslash-escaped: shown literally in a
     Markdown artifact (no links, code spans, tables or HTML made from API data)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", printable(text, limit))
+
+
+def printable_row(row: dict) -> dict:
+    """A table artifact's row with every text cell ``printable`` (Prefect shows table cells as
+    text, never as Markdown)."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}

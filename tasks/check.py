@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from rtk_archiver.api import InvalidRecording, RealtimeKitAPI
+from rtk_archiver.display import markdown_text
 from rtk_archiver.models import Recording
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.plan import placement
@@ -273,7 +274,7 @@ def markdown_table(report: CheckReport) -> str:
         detail = "" if c.status == "ok" else f"{c.reason or ''}" + (f" — fix: {c.fix}" if c.fix else "")
         options = ", ".join(f"{k}={v}" for k, v in sorted(c.options.items()))
         cells = [c.status, c.destination, c.source, ", ".join(c.works), ", ".join(c.checksums), options, detail]
-        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+        lines.append("| " + " | ".join(markdown_text(x) for x in cells) + " |")
     if not report.checks:
         lines.append("| - | no destination to check | | | | | |")
     return "\n".join(lines)

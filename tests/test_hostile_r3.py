@@ -536,3 +536,44 @@ def test_the_scrub_skips_storage_of_errored_recordings_with_no_files():
 
     targets, notes = scrub_targets([], _check_settings(), [rec("ERRORED", "never-written"), rec("UPLOADED", "ours", "https://x/y")])
     assert [t.label for t in targets] == ["s3://ours/"], targets
+
+
+# -- 6. the watchdog escapes API text like every other artifact and log line -------------------
+
+HOSTILE_NAME = "a|b\n# Injected heading\n[click](http://evil.example) <img src=x onerror=alert(1)> `code`\r\x1b[2J.mp4"
+
+
+def test_the_watchdog_artifact_escapes_file_names_and_reasons():
+    from flows.watchdog import markdown
+    from rtk_archiver.models import ArchiveReport, RecordingRisk
+
+    report = ArchiveReport(at_risk=[RecordingRisk(recording_id="r|1", output_file_name=HOSTILE_NAME, deadline=None,
+                                                  reason="storage [x](http://e) | <b>")])
+    text = markdown(report, 24)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "recording" not in line]
+    assert len(rows) == 1, text  # one row: no raw newline, no extra cell
+    row = rows[0]
+    assert row.count("|") - row.count("\\|") == 5, row  # 4 cells: every | of the data escaped
+    assert "\n#" not in text.replace("\n## ", "").replace("\n# Expiry", "") and "\\n\\# Injected" in row
+    import re
+
+    for raw in (r"\[click", r"\]\(http", "<img", "`code", "\x1b", "\r"):
+        assert not re.search(r"(?<!\\)" + raw, text), raw  # only ever backslash-escaped
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_watchdog_log_lines_escape_file_names(archiver_env, caplog):
+    from datetime import datetime, timedelta, timezone
+
+    from tests.test_watchdog import archive_with_watchdog
+
+    sim = archiver_env
+    sim.state.url_ttl_seconds = 30 * 86400
+    sim.state.add_recording(file_size=1000, output_file_name=HOSTILE_NAME, storage_config={"type": "dropbox", "bucket": "b"},
+                            stopped_time=datetime.now(timezone.utc) - timedelta(days=6, hours=20))
+    with caplog.at_level("INFO"):
+        report = archive_with_watchdog(dry_run=True)
+    assert len(report.at_risk) == 1
+    lines = [r.getMessage() for r in caplog.records if "AT RISK" in r.getMessage()]
+    assert lines and all("\n" not in m and "\x1b" not in m and "\r" not in m for m in lines), lines
+    assert "a|b\\n# Injected heading" in lines[0]
