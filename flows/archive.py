@@ -16,6 +16,7 @@ from flows.archiving import (  # noqa: F401 - re-exported: the flows' building b
     archive_one_body,
     finish_report,
     invalid_outcome,
+    publish_outcomes,
     report_of,
     run_state,
     survey,
@@ -41,6 +42,13 @@ def archive_recordings(
     """Archive every recording that stopped in [since, until) (default: the last
     ARCHIVE_LOOKBACK_DAYS days) to its storage_config destination, the default
     destination, or ``destination`` if given."""
+    return run_state(archive_window(since, until, destination, dry_run))
+
+
+def archive_window(since, until, destination: str | None, dry_run: bool) -> ArchiveReport:
+    """The body of a window run, in the calling flow run (the poll's own run shows its tasks,
+    events and artifacts): list, archive, watch for loss, publish. Returns the report; the
+    caller turns it into the run's state (``run_state``)."""
     settings = load_settings()
     since, until = resolve_window(since, until, settings)
     ensure_limits(settings)
@@ -49,7 +57,8 @@ def archive_recordings(
     report.outcomes.extend(invalid_outcome(item) for item in listing.invalid)
     report.outcomes.extend(archive_all(listing.recordings, destination, dry_run, settings))
     watch_for_loss(report, listing.recordings, destination, settings)  # at risk of expiring, or lost
-    return finish_report(report)
+    publish_outcomes(report)
+    return report
 
 
 @flow(name="archive-one", task_runner=ArchiveTaskRunner(), validate_parameters=True)

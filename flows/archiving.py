@@ -13,7 +13,8 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from flows import direct
-from flows.reporting import Progress, emit_outcome_event, publish_report
+from flows.alerts import SETTLED, FailureAlerts, load_memory, save_memory
+from flows.reporting import EVENT_FOR, Progress, emit_outcome_event, publish_report
 from flows.retries import retrying
 from rtk_archiver.api import InvalidRecording
 from rtk_archiver.log import run_logger
@@ -53,7 +54,7 @@ def _outcome(plan: RecordingPlan, dry_run: bool) -> RecordingOutcome:
     assert kind is not None
     return RecordingOutcome(
         recording_id=rec.id, output_file_name=rec.output_file_name, kind=kind, reason=reason,
-        destination=where if kind != OutcomeKind.FAILED else None, bytes_total=plan.bytes_total,
+        destination=where, bytes_total=plan.bytes_total,  # failed: where it was going
         retry_later=plan.retry_later, upload=plan.upload if plan.action != Action.NONE or plan.upload else None,
         upload_note=plan.upload_note,
     )
@@ -100,7 +101,7 @@ def archive_all(
 
 
 def _archive_planned(recordings, targets, plans, task, dry_run, logger) -> list[RecordingOutcome]:
-    submitted: list[tuple[Recording, "PrefectFuture"]] = []
+    submitted: list[tuple[RecordingPlan, "PrefectFuture"]] = []
     outcomes: list[RecordingOutcome] = []
     for target, plan in zip(targets, plans):
         if plan.layout is not None and target.candidates and plan.layout.main != target.candidates[0].main:
@@ -109,13 +110,14 @@ def _archive_planned(recordings, targets, plans, task, dry_run, logger) -> list[
                 target.candidates[0].main, plan.layout.main,
             )
         if plan.action in TASK_ACTIONS and not dry_run:
-            submitted.append((plan.recording, task.submit(plan)))
+            submitted.append((plan, task.submit(plan)))
         else:
             outcomes.append(_outcome(plan, dry_run))
     counts = Counter(p.action.value if p.action != Action.NONE else (p.verdict.value if p.verdict else "?") for p in plans)
     logger.info("Plan: %s", ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do")
     progress = Progress(len(submitted))
-    for rec, future in submitted:
+    for plan, future in submitted:
+        rec = plan.recording
         result = future.result(raise_on_failure=False)
         progress.advance()
         if isinstance(result, RecordingOutcome):
@@ -125,7 +127,8 @@ def _archive_planned(recordings, targets, plans, task, dry_run, logger) -> list[
             logger.error("Failed to archive %s: %s", rec.label(), reason)
             outcomes.append(
                 RecordingOutcome(
-                    recording_id=rec.id, output_file_name=rec.output_file_name, kind=OutcomeKind.FAILED, reason=reason
+                    recording_id=rec.id, output_file_name=rec.output_file_name, kind=OutcomeKind.FAILED, reason=reason,
+                    destination=plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None,
                 )
             )
     when = {rec.id: rec.stopped_time or rec.invoked_time for rec in recordings}
@@ -146,32 +149,91 @@ def run_state(report: ArchiveReport) -> "ArchiveReport | State | direct.FailedRu
     (so the run is red in the UI and "flow run failed" automations fire); run without Prefect
     (``flows.direct``), the same as a ``direct.FailedRun``."""
     message = report.run_failure_message()  # failed, at risk of expiring, or lost recordings
+    _remember_report(report)
     if message is None:
         return report
     if direct.active():
         return direct.FailedRun(message[:1000], RecordingsFailed(message, report))
     from prefect.states import Failed
 
+    from flows.failure import failed_on_purpose
+
+    run_logger().error("Run failed: %s", message)
+    failed_on_purpose(message)
     return Failed(message=message[:1000], data=RecordingsFailed(message, report))
+
+
+#: flow run id -> the report its flow returned, for ``report_of`` in the same process: the state
+#: a flow call returns is the server's answer to the final state, which a busy server can give
+#: without the data (seen under load: "ended Failed without a report")
+_REPORTS: dict[str, ArchiveReport] = {}
+_REPORTS_KEPT = 64
+
+
+def _remember_report(report: ArchiveReport) -> None:
+    if direct.active():
+        return
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        _REPORTS[str(ctx.flow_run.id)] = report
+        while len(_REPORTS) > _REPORTS_KEPT:
+            _REPORTS.pop(next(iter(_REPORTS)))
 
 
 def report_of(state: "State") -> ArchiveReport | None:
     """The report of a finished run of one of the archive flows, failed or not."""
-    result = state.result(raise_on_failure=False)
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - the data did not come back with the state
+        result = None
     if isinstance(result, ArchiveReport):
         return result
     if isinstance(result, RecordingsFailed):
         return result.report
-    return None
+    run_id = getattr(state.state_details, "flow_run_id", None)
+    return _REPORTS.get(str(run_id)) if run_id is not None else None
+
+
+def publish_outcomes(report: ArchiveReport) -> None:
+    """Events (a failure alerts once: ``flows.alerts``), artifacts and the summary line of a
+    run's report."""
+    alerts = _failure_alerts(report)
+    for outcome in report.outcomes:
+        alert = alerts.decide(outcome) if alerts is not None else None
+        if outcome.kind == OutcomeKind.FAILED and alert is not None and alert["alert"] is None:
+            run_logger().info(
+                "%s still fails for the same reason (since %s): alerted before, so no rtk.recording.failed this time "
+                "(again when the reason changes, or once a day while it lasts)",
+                outcome.recording_id, alert["failing_since"],
+            )
+            emit_outcome_event(outcome, skip=frozenset({EVENT_FOR[OutcomeKind.FAILED]}))
+        else:
+            emit_outcome_event(outcome, alert if outcome.kind == OutcomeKind.FAILED else None)
+    if alerts is not None and not report.dry_run:
+        try:
+            save_memory(alerts)
+        except Exception as exc:  # noqa: BLE001 - at worst the next run alerts again
+            run_logger().warning("Could not remember which failures alerted (the next run may alert again): %s", exc)
+    publish_report(report)
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
+    run_logger().info("Summary: %s; %d bytes transferred", counts or "nothing to do", report.bytes_transferred)
+
+
+def _failure_alerts(report: ArchiveReport) -> "FailureAlerts | None":
+    if direct.active() or not any(o.kind == OutcomeKind.FAILED or o.kind in SETTLED for o in report.outcomes):
+        return None
+    try:
+        return FailureAlerts(load_memory())
+    except Exception as exc:  # noqa: BLE001 - then every failure alerts, as without the memory
+        run_logger().warning("Could not read which failures alerted before (each failure alerts): %s", exc)
+        return None
 
 
 def finish_report(report: ArchiveReport) -> "ArchiveReport | State | direct.FailedRun":
     """Events, artifacts and the summary line, then the run's final state."""
-    for outcome in report.outcomes:
-        emit_outcome_event(outcome)
-    publish_report(report)
-    counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
-    run_logger().info("Summary: %s; %d bytes transferred", counts or "nothing to do", report.bytes_transferred)
+    publish_outcomes(report)
     return run_state(report)
 
 

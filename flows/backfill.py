@@ -43,6 +43,7 @@ from flows.archive import archive_all, finish_report, invalid_outcome
 from flows.runtime import ArchiveTaskRunner, retrying
 from flows.watchdog import watch_for_loss
 from flows.windows import DESTINATION_HELP, DestinationParam, PlannedWindow, plan_windows
+from flows.failure import failed_on_purpose
 from rtk_archiver.display import markdown_text, printable_row
 from rtk_archiver.models import ArchiveReport
 from rtk_archiver.naming import redact_urls
@@ -286,4 +287,6 @@ def _finish(report: BackfillReport) -> BackfillReport | State:
         message = (f"{len(report.failed)} of {len(report.windows)} window(s) did not complete: {names}"
                    + (f"; first: {first.state}: {first.reason}" if first.reason else "")
                    + "; run the backfill again to resume")
+    get_run_logger().error("Backfill failed: %s", message)
+    failed_on_purpose(message)
     return Failed(message=message[:1000], data=BackfillFailed(message, report))

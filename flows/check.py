@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
 
+from flows.failure import failed_on_purpose, quiet_expected_tracebacks
 from flows.parameters import OptionalDateTime
 from flows.windows import DestinationParam
 from rtk_archiver.settings import load_settings
@@ -28,6 +30,7 @@ def check_destinations(
     """Write, stat, read back and delete a probe at every destination a run would use: the
     default destination, ``destination`` if given, and the storage_configs of the recordings
     in [since, until) (default: the lookback)."""
+    quiet_expected_tracebacks()
     logger = get_run_logger()
     report = run_check(load_settings(), since, until, destination, include_recordings)
     table = markdown_table(report)
@@ -38,5 +41,8 @@ def check_destinations(
         else:
             logger.info("%s (%s): %s %s", c.destination, c.source, c.status, ", ".join(c.works) or c.reason or "")
     if report.failed:
-        raise DestinationCheckFailed(f"{len(report.failed)} of {len(report.checks)} destination(s) failed the check")
+        message = f"{len(report.failed)} of {len(report.checks)} destination(s) failed the check"
+        logger.error("Check failed: %s", message)
+        failed_on_purpose(message)
+        return Failed(message=message, data=DestinationCheckFailed(message))  # type: ignore[return-value]
     return report

@@ -15,7 +15,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from flows.archive import archive_recordings, report_of, run_state
+from flows.archive import archive_window, run_state
+from flows.runtime import ArchiveTaskRunner
 from flows.windows import DESTINATION_HELP, DestinationParam
 from rtk_archiver.models import ArchiveReport, OutcomeKind
 from rtk_archiver.settings import load_settings
@@ -41,7 +42,7 @@ def next_mark(report: ArchiveReport, previous: datetime, started: datetime, floo
     return max(min(mark, started), floor) if floor is not None else min(mark, started)
 
 
-@flow(name="poll-recordings", validate_parameters=True)
+@flow(name="poll-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def poll_recordings(
     overlap_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = Field(
         30, description="How far each window reaches back before the previous one ended, in minutes."
@@ -54,10 +55,9 @@ def poll_recordings(
     stored = Variable.get(POLL_MARK, default=None)
     previous = datetime.fromisoformat(stored) if stored else now - timedelta(days=settings.archive_lookback_days)
     since = previous - timedelta(minutes=overlap_minutes) if stored else previous
-    state = archive_recordings(since=since, until=now, destination=destination, return_state=True)
-    report = report_of(state)
-    if report is None:  # the window itself failed (listing, settings): the mark stays
-        raise RuntimeError(f"the archive run failed: {state.message}")
+    # in this run (not a subflow): the run an operator opens shows the tasks, the report and
+    # the watchdog; a window that fails (listing, settings) raises and the mark stays
+    report = archive_window(since, now, destination, False)
     mark = next_mark(report, previous, now, floor=now - timedelta(days=settings.archive_lookback_days))
     Variable.set(POLL_MARK, mark.isoformat(), overwrite=True)
     get_run_logger().info("Next poll starts from %s (minus %d min overlap)", mark.isoformat(), overlap_minutes)

@@ -5,6 +5,7 @@ not import Prefect: its functions are imported where they are used)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import time
 from typing import Any
@@ -74,14 +75,27 @@ def outcome_events(outcome: RecordingOutcome) -> list[str]:
     return names
 
 
-def emit_outcome_event(outcome: RecordingOutcome) -> None:
+def emit_outcome_event(outcome: RecordingOutcome, alert: dict[str, Any] | None = None, skip: frozenset[str] = frozenset()) -> None:
+    """``alert``: for a failure, what ``flows.alerts`` said (in the payload); ``skip``: events
+    not to emit (a failure alerted before). The reason is also a related resource (its name),
+    so that the Event Feed's details show it, not only the raw payload."""
     if direct.active():
         return
     for name in outcome_events(outcome):
+        if name in skip:
+            continue
+        related = []
+        if outcome.reason:
+            related.append({
+                "prefect.resource.id": f"rtk.reason.{hashlib.sha256(outcome.reason.encode()).hexdigest()[:12]}",
+                "prefect.resource.role": "reason",
+                "prefect.resource.name": printable(outcome.reason, 500),
+            })
         _prefect("emit_event")(
             event=name,
             resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},
-            payload=outcome.model_dump(mode="json", include=_PAYLOAD),
+            related=related or None,
+            payload={**outcome.model_dump(mode="json", include=_PAYLOAD), **(alert or {})},
         )
 
 
@@ -91,13 +105,15 @@ def publish_report(report: ArchiveReport, key: str = "rtk-archive-report") -> No
     rows = [
         {
             # text from the API (ids, names, reasons) with control / bidi characters escaped
+            # what explains a row first (read at a glance, on screen at 1400 px), then where
             "outcome": o.kind.value,
             "recording": printable(o.recording_id),
+            "reason": printable(o.reason or o.upload_note or ""),
             "file": printable(o.output_file_name or ""),
             "bytes": o.bytes_total,
+            # archived: where it is; failed: where it was going
             "destination": printable(o.destination or ""),
             "realtimekit upload": printable(o.upload or ""),
-            "reason": printable(o.reason or o.upload_note or ""),
         }
         for o in report.outcomes
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.failure import quiet_expected_tracebacks
 from flows.retries import retry_delays, retrying  # noqa: F401 - re-exported
 from rtk_archiver.settings import SettingsError, load_settings
 
@@ -37,6 +38,7 @@ class ArchiveTaskRunner(ThreadPoolTaskRunner):
         return type(self)(self._max_workers if self._fixed else None)
 
     def __enter__(self) -> "ArchiveTaskRunner":
+        quiet_expected_tracebacks()  # a run's log: the archiver's own errors as messages (flows/failure.py)
         if not self._fixed:
             self._max_workers = _max_concurrent()
         return super().__enter__()

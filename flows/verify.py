@@ -26,6 +26,8 @@ from pydantic import BaseModel, Field
 
 from flows.parameters import DESTINATION_LIST_RULES, Checked, DestinationURL
 from rtk_archiver.models import OutcomeKind, Recording
+from flows.failure import failed_on_purpose, quiet_expected_tracebacks
+from flows.retries import retrying
 from rtk_archiver.display import markdown_text, printable_row
 from rtk_archiver.naming import redact_urls
 from rtk_archiver.plan import scope_label, scrub_scope
@@ -139,6 +141,7 @@ def verify_archive(
     repair: bool = Field(True, description="Archive missing or corrupt recordings again when RealtimeKit still has them."),
 ) -> VerifyReport:
     """Check every archived recording's files against its sidecar; re-archive what is damaged."""
+    quiet_expected_tracebacks()
     logger = get_run_logger()
     settings = load_settings()
     recordings: list[Recording] = []
@@ -153,7 +156,8 @@ def verify_archive(
     for note in notes:
         logger.warning("Not verified: %s", note)
     report = VerifyReport(deep=deep, notes=notes)
-    futures = [(t, verify_destination.submit(t.destination, t.label, deep, t.prefix)) for t in targets]
+    scrub = retrying(verify_destination, settings)  # ARCHIVE_TASK_RETRIES, like every task
+    futures = [(t, scrub.submit(t.destination, t.label, deep, t.prefix)) for t in targets]
     for target, future in futures:
         result = future.result(raise_on_failure=False)
         if not isinstance(result, DestinationScrub):
@@ -167,6 +171,7 @@ def verify_archive(
     message = report.failure_message()
     if message:
         logger.error("Verify failed: %s", message)
+        failed_on_purpose(message)
         return Failed(message=message, data=report)  # type: ignore[return-value]
     logger.info(
         "Verified %d destination(s): %d sidecar(s), %d file(s), nothing missing or corrupt",
@@ -240,13 +245,13 @@ def publish_verify_report(report: VerifyReport) -> None:
         for p in d.problems:
             damaged[(d.destination, p.recording_id or "?")].append(p)
             r = repairs.get((d.destination, p.recording_id or "?"))
-            rows.append({
-                "destination": d.destination, "recording": p.recording_id or "?", "file": p.file or p.sidecar,
-                "problem": p.problem, "detail": p.detail, "repair": r.detail if r else "not attempted",
+            rows.append({  # what explains a row first, then where
+                "problem": p.problem, "recording": p.recording_id or "?", "detail": p.detail,
+                "repair": r.detail if r else "not attempted", "file": p.file or p.sidecar, "destination": d.destination,
             })
         if d.error:
-            rows.append({"destination": d.destination, "recording": "", "file": "", "problem": "error",
-                         "detail": d.error, "repair": ""})
+            rows.append({"problem": "error", "recording": "", "detail": d.error, "repair": "", "file": "",
+                         "destination": d.destination})
     if rows:
         create_table_artifact(table=[printable_row(r) for r in rows], key="rtk-verify-report", description="Missing or corrupt archived files")
     for (dest, rid), problems in damaged.items():

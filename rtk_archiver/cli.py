@@ -108,13 +108,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--destination", type=_destination, help="check this destination (a URL) instead of the recordings' own")
     p.add_argument("--skip-recordings", action="store_true", help="only the default destination and --destination")
 
-    p = sub.add_parser("simulator", help="serve a local RealtimeKit Recordings API simulator")
+    p = sub.add_parser(
+        "simulator", help="serve a local RealtimeKit Recordings API simulator, or change a running one",
+        description="With no command: serve a local RealtimeKit Recordings API simulator. With a command: "
+        "change a running simulator (add, stop, enlarge, list).",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
     p.add_argument("--count", type=int, default=40, help="recordings to generate")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--archivable", action="store_true",
+                   help="generate only recordings that can be archived here: UPLOADED in the last 3 days, on "
+                   "RealtimeKit's bucket, no storage_config (they go to ARCHIVE_DEFAULT_DESTINATION); default: "
+                   "every status and storage kind, expired and stored-nowhere ones included (a run fails on them)")
     p.add_argument("--webhook-url", help="send signed recording.statusUpdate webhooks here (e.g. http://127.0.0.1:8788/webhook)")
     p.add_argument("--webhook-key-out", metavar="FILE", help="write the webhooks' PEM public key to FILE")
+
+    def sim_value(parse):  # rtk_archiver.simulator.control's parsers, imported when used
+        def convert(value: str):
+            from rtk_archiver.simulator import control
+
+            try:
+                return getattr(control, parse)(value)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+        convert.__name__ = parse
+        return convert
+
+    at = argparse.ArgumentParser(add_help=False)
+    at.add_argument("--url", type=sim_value("parse_url"), default="http://127.0.0.1:8787",
+                    help="the running simulator (default http://127.0.0.1:8787)")
+    ctl = p.add_subparsers(dest="sim_command", metavar="COMMAND", title="commands to a running simulator")
+    c = ctl.add_parser("add", parents=[at], help="add a recording (finished now, on RealtimeKit's bucket, no storage_config)")
+    c.add_argument("--size", type=sim_value("parse_size"), default=200_000,
+                   help="video size: bytes, or with a unit: 500MB, 2GiB, 1.5GB (default 200000); served lazily")
+    c.add_argument("--audio", action="store_true", help="with a separate audio file (an eighth of --size)")
+    c.add_argument("--audio-size", type=sim_value("parse_size"), help="with an audio file of this size")
+    c.add_argument("--status", default="UPLOADED", choices=("UPLOADED", "RECORDING", "PAUSED", "INVOKED", "ERRORED"),
+                   help="UPLOADED (default), or still going (RECORDING, PAUSED, INVOKED: stop it with `stop`), or ERRORED")
+    c.add_argument("--title", help="the meeting's title")
+    c = ctl.add_parser("stop", parents=[at], help="stop an active recording (RealtimeKit's stop call); UPLOADED a second later")
+    c.add_argument("recording_id")
+    c.add_argument("--wait", action="store_true", help="return once it is UPLOADED")
+    c.add_argument("--wait-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    c = ctl.add_parser("enlarge", parents=[at], help="make a recording's video larger (served lazily)")
+    c.add_argument("recording_id")
+    c.add_argument("--size", type=sim_value("parse_size"), required=True, help="its new size: bytes, or 500MB, 2GiB, ...")
+    ctl.add_parser("list", parents=[at], help="every recording: id, status, real size")
 
     p = sub.add_parser("webhook", help="receive RealtimeKit's signed webhooks and start archiving on UPLOADED")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -724,10 +764,14 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     if args.command == "check":
         return _run_check(args)
     if args.command == "simulator":
+        if args.sim_command:  # add / stop / enlarge / list, to a running simulator
+            from rtk_archiver.simulator import control
+
+            return control.run(args)
         from rtk_archiver.simulator import serve
 
         serve(host=args.host, port=args.port, count=args.count, seed=args.seed,
-              webhook_url=args.webhook_url, webhook_key_file=args.webhook_key_out)
+              webhook_url=args.webhook_url, webhook_key_file=args.webhook_key_out, archivable=args.archivable)
         return EXIT_OK
     if args.command == "webhook":
         return _run_webhook(args)

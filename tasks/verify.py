@@ -197,11 +197,9 @@ def read_sidecar_at(backend: StorageBackend, key: str, wait: Callable[[], None] 
         return f"the sidecar cannot be read ({where}: {first.get('msg', 'not JSON')})"
 
 
-@task(
+@task(  # retries: ARCHIVE_TASK_RETRIES / ARCHIVE_RETRY_DELAY_SECONDS, as every task (flows.retries.retrying)
     name="verify-destination",
     task_run_name="verify {label}",
-    retries=2,
-    retry_delay_seconds=[10, 60],
     retry_condition_fn=retry_transient,
     cache_policy=NO_CACHE,
     persist_result=False,

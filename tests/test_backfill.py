@@ -235,6 +235,18 @@ def test_backfill_through_serve_fans_out_fails_with_a_window_and_runs_small_ones
         windows = _artifact(prefect_server, run, "rtk-backfill")
         assert [(w["recordings"], w["ok"]) for w in windows] == [(2, True), (2, False)], windows
         assert "is in the future: backfilled up to now" in _artifact(prefect_server, run, "rtk-backfill-summary")
+        _assert_log_ends_with_its_message(prefect_server, run, state["message"])
+
+        # a poll and a scrub that fail end their logs with their message too (was a raw
+        # RecordingsFailed traceback / a TypeError after it)
+        for deployment, parameters in (("poll-recordings/scheduled-poll", {}),
+                                       ("verify-archive/weekly-verify", {"destinations": ["sftp://u@127.0.0.1:1/x"],
+                                                                         "repair": False})):
+            dep_id = _api(prefect_server, "GET", f"/deployments/name/{deployment}")["id"]
+            other = _api(prefect_server, "POST", f"/deployments/{dep_id}/create_flow_run", json={"parameters": parameters})["id"]
+            ended = wait(other)
+            assert ended["type"] == "FAILED", (deployment, ended)
+            _assert_log_ends_with_its_message(prefect_server, other, ended["message"])
 
         # a small re-run of the good part: archived by the backfill run itself, no child run
         again = start(start=now - timedelta(days=4), end=now - timedelta(days=2, hours=1))
@@ -244,6 +256,21 @@ def test_backfill_through_serve_fans_out_fails_with_a_window_and_runs_small_ones
         assert (env.archive / r["output_file_name"]).stat().st_size == r["file_size"]
         assert env.state.downloads[(r["id"], "video")] == 1, r["id"]  # once, the re-run transferred nothing
     assert not (env.archive / bad["output_file_name"]).exists()
+
+
+def _assert_log_ends_with_its_message(server, run_id: str, message: str) -> None:
+    """The run's log (as the UI shows it) has no traceback, and its last ERROR is the failure."""
+    from tests.fixtures import wait_until
+
+    def logs():
+        found = _api(server, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
+        return found if any("Finished in state Failed" in r["message"] for r in found) else None
+
+    found = wait_until(logs, 30, f"the log of run {run_id}")
+    text = "\n".join(r["message"] for r in found)
+    assert "Traceback" not in text and "Engine execution exited" not in text and "TypeError" not in text, text[-3000:]
+    errors = [r["message"] for r in found if r["level"] >= 40]
+    assert errors and message.split(";")[0][:60] in errors[-1], (message, errors[-3:])
 
 
 def _find_deployment(server) -> str | None:

@@ -103,6 +103,25 @@ def test_poll_moves_its_mark_but_not_past_unfinished_recordings(env):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_the_poll_run_itself_has_the_report_and_no_child_run(env):
+    """The run an operator opens (the deployment's poll run) shows what happened: its report,
+    summary and progress artifacts are its own, and a poll is one run in the list, not two."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    Variable.set(POLL_MARK, (datetime.now(timezone.utc) - timedelta(days=1)).isoformat(), overwrite=True)
+    env.state.add_recording(file_size=1000)
+    state = poll_recordings(overlap_minutes=0, return_state=True)
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id]))
+        )
+    assert {a.key for a in arts} >= {"rtk-archive-report", "rtk-archive-report-summary"}, [a.key for a in arts]
+    assert not children, [c.name for c in children]  # no archive-recordings subflow
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_backfill_in_windows_is_resumable(env):
     recs = [env.state.add_recording(file_size=2000 + i, stopped_time=NOW - timedelta(days=3, hours=i * 7)) for i in range(6)]
     report = backfill(start=NOW - timedelta(days=5), end=NOW - timedelta(days=1), recordings_per_window=4, parallelism=2)

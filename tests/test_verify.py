@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
 
 from flows.verify import EVENT_CORRUPT, VerifyReport, verify_archive
 from rtk_archiver.models import ObjectInfo, OutcomeKind
@@ -339,3 +339,25 @@ def test_cli_verify_reports_and_exit_status(archiver_env, tmp_path, capsys, monk
     assert cli.main(["verify", "--destination", url]) == 0  # without --deep a same-size change is not seen
     with pytest.raises(SystemExit):
         cli.main(["verify", "--destination", "ftp://nope"])
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_scrub_task_retries_as_the_settings_say(archiver_env, monkeypatch):
+    """ARCHIVE_TASK_RETRIES / ARCHIVE_RETRY_DELAY_SECONDS apply to the scrub's task like every
+    other (it had 2 retries at 10 s and 60 s of its own: 70 s more per unreachable destination)."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused, a transient failure
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ARCHIVE_TASK_RETRIES", "2")
+    monkeypatch.setenv("ARCHIVE_RETRY_DELAY_SECONDS", "0")
+    started = time.monotonic()
+    state = verify_archive(destinations=[f"sftp://u@127.0.0.1:{port}/x"], repair=False, return_state=True)
+    took = time.monotonic() - started
+    assert state.is_failed() and took < 8, (took, state.message)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))
+    scrubs = [t for t in runs if t.name.startswith("verify ")]
+    assert [t.run_count for t in scrubs] == [3], [(t.name, t.run_count) for t in scrubs]  # 1 + ARCHIVE_TASK_RETRIES

@@ -7,6 +7,18 @@ Pagination: ``page_no`` starts at 1 (0 is served as the first page too), ``per_p
 defaults to 25 and is capped at 100. ``paging.start_offset`` / ``end_offset`` are the
 1-based positions of the first and last item returned (0 and 0 for an empty page),
 ``total_count`` the number of recordings matching the filters.
+
+The simulator's own controls, not part of RealtimeKit's API (no token, no injected faults;
+``rtk-archiver simulator add / enlarge / list`` use them), under ``/_sim``:
+
+- ``GET /_sim/recordings``: every recording's summary (id, status, real sizes, ...), newest first;
+- ``POST /_sim/recordings`` ``{"file_size": N, "audio": bool, "audio_size": N, "status": "UPLOADED",
+  "meeting_title": "..."}`` (all optional but ``file_size``): add a recording (201);
+- ``GET /_sim/recordings/{id}``: one recording's summary;
+- ``PATCH /_sim/recordings/{id}`` ``{"file_size": N}``: enlarge its video to N bytes.
+
+Errors are answered as the API's are (``{"success": false, "errors": [...]}``), 404 for an
+unknown recording, 400 for a bad request.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from starlette.routing import Route
 from email.utils import formatdate
 
 from .content import iter_media, media_etag, media_source
-from .state import STATUSES, SimRecording, SimulatorState, _utc
+from .state import ADDABLE_STATUSES, STATUSES, SimRecording, SimulatorState, _utc
 
 PREFIX = "/client/v4/accounts/{account_id}/realtime/kit/{app_id}"
 
@@ -265,8 +277,75 @@ def create_app(state: SimulatorState) -> Starlette:
             body = _faulty(body, faults.reset_after, None if reset else faults.stall_seconds)
         return StreamingResponse(body, status_code=status, headers=headers)
 
+    # -- the simulator's own controls (not RealtimeKit's API): see the module docstring --------
+    async def control_body(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _BadRequest("the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise _BadRequest("the body must be a JSON object")
+        return body
+
+    def control_size(body: dict[str, Any], name: str, required: bool) -> int | None:
+        value = body.get(name)
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _BadRequest(f"{name} must be a whole number of bytes")
+        return value
+
+    def controlled(handler):
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except _BadRequest as exc:
+                return _error(400, str(exc), 1001)
+            except ValueError as exc:
+                return _error(400, str(exc), 1002)
+        return run
+
+    @controlled
+    async def control_list(request: Request) -> Response:
+        with state.lock:
+            recs = sorted(state.recordings.values(), key=lambda r: (r.invoked_time, r.id), reverse=True)
+            return JSONResponse({"success": True, "data": [state.summary(r) for r in recs]})
+
+    @controlled
+    async def control_add(request: Request) -> Response:
+        body = await control_body(request)
+        unknown = set(body) - {"file_size", "audio", "audio_size", "status", "meeting_title"}
+        if unknown:
+            raise _BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        status = body.get("status", "UPLOADED")
+        if status not in ADDABLE_STATUSES:
+            raise _BadRequest(f"status must be one of {', '.join(ADDABLE_STATUSES)}")
+        title = body.get("meeting_title")
+        if title is not None and not isinstance(title, str):
+            raise _BadRequest("meeting_title must be a string")
+        rec = state.add_controlled(
+            file_size=control_size(body, "file_size", True), status=status, audio=bool(body.get("audio")),
+            audio_size=control_size(body, "audio_size", False), meeting_title=title,
+        )
+        return JSONResponse({"success": True, "data": state.summary(rec)}, status_code=201)
+
+    @controlled
+    async def control_one(request: Request) -> Response:
+        rec = find(request)
+        if rec is None:
+            return _error(404, "Recording not found", 7404)
+        if request.method == "PATCH":
+            body = await control_body(request)
+            if set(body) != {"file_size"}:
+                raise _BadRequest('the body must be {"file_size": N}')
+            rec = state.enlarge(rec.id, control_size(body, "file_size", True))
+        return JSONResponse({"success": True, "data": state.summary(rec)})
+
     return Starlette(
         routes=[
+            Route("/_sim/recordings", control_list, methods=["GET"]),
+            Route("/_sim/recordings", control_add, methods=["POST"]),
+            Route("/_sim/recordings/{recording_id}", control_one, methods=["GET", "PATCH"]),
             Route(PREFIX + "/recordings", list_recordings, methods=["GET"]),
             Route(PREFIX + "/recordings", start_recording, methods=["POST"]),
             Route(PREFIX + "/recordings/track", start_track_recording, methods=["POST"]),
@@ -275,6 +354,10 @@ def create_app(state: SimulatorState) -> Starlette:
             Route("/rtk-bucket/{recording_id}/{kind}.{ext}", media, methods=["GET", "HEAD"]),
         ]
     )
+
+
+class _BadRequest(Exception):
+    """A control request that is not well formed (answered 400)."""
 
 
 def _broken() -> Iterator[bytes]:

@@ -18,7 +18,8 @@ class SimulatorServer:
 
     def __init__(self, state: SimulatorState | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  count: int = 0, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024,
-                 webhook_url: str | None = None, platform: bool = False, deliverer=None) -> None:
+                 webhook_url: str | None = None, platform: bool = False, deliverer=None,
+                 archivable: bool = False) -> None:
         self.state = state or SimulatorState()
         if deliverer is not None:  # RealtimeKit's own uploads to storage_configs (simulator/delivery.py)
             self.state.deliverer = deliverer
@@ -37,7 +38,8 @@ class SimulatorServer:
         self.url = f"http://{host}:{self.port}"
         self.state.public_url = self.url
         if count:
-            generate_recordings(self.state, count, seed=seed, min_size=min_size, max_size=max_size, platform=platform)
+            generate_recordings(self.state, count, seed=seed, min_size=min_size, max_size=max_size, platform=platform,
+                                archivable=archivable)
         config = uvicorn.Config(create_app(self.state), log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -88,12 +90,14 @@ class SimulatorServer:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8787, count: int = 40, seed: int = 1,
-          webhook_url: str | None = None, webhook_key_file: str | None = None) -> None:
-    """Serve in the foreground until interrupted (``rtk-archiver simulator``)."""
-    sim = SimulatorServer(host=host, port=port, count=count, seed=seed, webhook_url=webhook_url)
+          webhook_url: str | None = None, webhook_key_file: str | None = None, archivable: bool = False) -> None:
+    """Serve in the foreground until interrupted (``rtk-archiver simulator``). ``archivable``:
+    only recordings that can be archived here (``generate_recordings``)."""
+    sim = SimulatorServer(host=host, port=port, count=count, seed=seed, webhook_url=webhook_url, archivable=archivable)
     _announce_webhooks(sim, webhook_url, webhook_key_file)
+    kind = " (all archivable: UPLOADED, no storage_config: they go to ARCHIVE_DEFAULT_DESTINATION)" if archivable else ""
     print(
-        f"RealtimeKit simulator on {sim.url} with {count} recordings\n"
+        f"RealtimeKit simulator on {sim.url} with {count} recordings{kind}\n"
         f"  export CLOUDFLARE_BASE_URL={sim.base_url} CLOUDFLARE_API_TOKEN={sim.token} "
         f"CLOUDFLARE_ACCOUNT_ID={sim.account_id} REALTIMEKIT_APP_ID={sim.app_id}",
         flush=True,

@@ -20,6 +20,14 @@ SECRET_FIELDS = ("access_key", "secret", "password", "private_key")
 RETENTION = timedelta(days=7)
 #: a track recording's output_file_name, as RealtimeKit documents it
 TRACK_TEMPLATE = "{{file_name_prefix}}_{{user_id}}_{{peer_id}}_{{stream_kind}}_{{media_kind}}_{{date_time}}.webm"
+#: the credentials a simulator has unless a test gives it others (``rtk-archiver simulator`` never does)
+DEFAULT_TOKEN, DEFAULT_ACCOUNT_ID, DEFAULT_APP_ID = "sim-token", "sim-account", "sim-app"
+#: the statuses a recording can be added with through the simulator's controls (``/_sim``): not
+#: UPLOADING, which nothing would ever finish (a stopped recording passes through it by itself)
+ADDABLE_STATUSES = ("UPLOADED", "RECORDING", "PAUSED", "INVOKED", "ERRORED")
+#: the largest file the controls accept (1 PiB, the largest ``fileSize`` the webhook receiver takes);
+#: sizes cost nothing: media is generated as it is read (simulator/content.py)
+MAX_FILE_SIZE = 1 << 50
 
 
 def _utc(value: Any) -> datetime | None:
@@ -118,9 +126,9 @@ class SimulatorState:
     def __init__(
         self,
         *,
-        token: str = "sim-token",
-        account_id: str = "sim-account",
-        app_id: str = "sim-app",
+        token: str = DEFAULT_TOKEN,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        app_id: str = DEFAULT_APP_ID,
         url_ttl_seconds: float = 3600.0,
         default_per_page: int = 25,
         max_per_page: int = 100,
@@ -208,6 +216,59 @@ class SimulatorState:
         if rec.status == "UPLOADED":
             self._deliver(rec)
         return self.view(rec)
+
+    # -- the simulator's own controls (app.py ``/_sim/...``; ``rtk-archiver simulator add``) --
+    def add_controlled(self, *, file_size: int, status: str = "UPLOADED", audio: bool = False,
+                       audio_size: int | None = None, meeting_title: str | None = None) -> SimRecording:
+        """A recording made on the platform just now: finished (stopped now, so that the next
+        poll's window has it) or still going (``RECORDING`` / ``PAUSED`` / ``INVOKED``: stop it
+        with the API's stop call), on RealtimeKit's bucket, with no storage_config (it goes to
+        the archiver's default destination). Status listeners (webhooks) are told."""
+        if status not in ADDABLE_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(ADDABLE_STATUSES)}")
+        for name, value in (("file_size", file_size), ("audio_size", audio_size)):
+            if value is not None and not 1 <= value <= MAX_FILE_SIZE:
+                raise ValueError(f"{name} must be 1 byte to 1 PiB")
+        now = datetime.now(timezone.utc)
+        fields: dict[str, Any] = {"status": status, "file_size": file_size, "audio": audio or audio_size is not None,
+                                  "storage_config": None, "bucket_enabled": True}
+        if audio_size is not None:
+            fields["audio_size"] = audio_size
+        if meeting_title:
+            fields["meeting_title"] = meeting_title
+        if status in ("UPLOADED", "ERRORED"):
+            fields.update(stopped_time=now, started_time=now - timedelta(seconds=600), recording_duration=600)
+        else:
+            fields.update(stopped_time=None, started_time=now, invoked_time=now)
+        rec = self.recordings[self.add_recording(**fields)["id"]]
+        self._status_changed(rec)
+        return rec
+
+    def enlarge(self, recording_id: str, file_size: int) -> SimRecording:
+        """Make a composite recording's video ``file_size`` bytes (more than it has): the same
+        file, longer (its first bytes unchanged, a new ETag). KeyError: no such recording."""
+        with self.lock:
+            rec = self.recordings[recording_id]
+            if rec.type == "TRACK":
+                raise ValueError("a track recording has one file per participant; enlarge a composite recording")
+            if not file_size <= MAX_FILE_SIZE:
+                raise ValueError("file_size must be at most 1 PiB")
+            if file_size <= rec.file_size:
+                raise ValueError(f"the recording has {rec.file_size} bytes already; give a larger size")
+            rec.file_size = file_size
+            return rec
+
+    def summary(self, rec: SimRecording) -> dict[str, Any]:
+        """What the controls answer about a recording: its status and real sizes (the API
+        serves ``file_size`` only once it is UPLOADED)."""
+        return {
+            "id": rec.id, "status": rec.status, "type": rec.type, "file_size": rec.file_size,
+            "audio_size": rec.audio_size if rec.type != "TRACK" else None,
+            "output_file_name": rec.output_file_name, "meeting_id": rec.meeting_id,
+            "stopped_time": iso(rec.stopped_time), "storage_config": bool(rec.storage_config),
+            "bucket_enabled": rec.bucket_enabled, "expired": rec.expired,
+            "upload_delay_seconds": self.upload_delay_seconds,
+        }
 
     def _deliver(self, rec: SimRecording) -> None:
         """RealtimeKit's own upload of a finished recording to its storage_config."""
@@ -385,16 +446,26 @@ PLATFORM_UPLOADS = ("complete", "complete", "missing", "complete", "truncated", 
 
 def generate_recordings(
     state: SimulatorState, count: int, seed: int = 1, min_size: int = 32 * 1024, max_size: int = 1024 * 1024,
-    platform: bool = False,
+    platform: bool = False, archivable: bool = False,
 ) -> list[dict[str, Any]]:
     """A deterministic dataset: every status, with and without audio, every storage_config
     kind, some with the RealtimeKit bucket disabled, some expired, spread over ~10 days.
     Ids and names depend only on ``seed``; times are relative to now.
 
+    ``archivable``: instead, only recordings an archiver can archive anywhere
+    (``rtk-archiver simulator --archivable``): UPLOADED, stopped within the last 3 days (so
+    more than ``ARCHIVE_EXPIRY_WARNING_HOURS``, 48, before RealtimeKit's 7 days end), on
+    RealtimeKit's bucket, with no storage_config (they go to ARCHIVE_DEFAULT_DESTINATION),
+    every other one with audio.
+
     ``platform``: the rest of the platform too, for the demo: track recordings (every
     seventh), storage configs on one S3 API (AWS, R2) whose RealtimeKit uploads are complete,
     missing, truncated or different in turn (``PLATFORM_UPLOADS``), bucket-disabled ones
     (their only copy is that upload) and one stored nowhere."""
+    if archivable and platform:
+        raise ValueError("archivable and platform are two different datasets")
+    if archivable:
+        return _archivable_recordings(state, count, seed, min_size, max_size)
     rng = random.Random(seed)
     kinds = PLATFORM_STORAGE_KINDS if platform else STORAGE_KINDS
     now = datetime.now(timezone.utc)
@@ -433,6 +504,36 @@ def generate_recordings(
                 storage_config=sc,
                 bucket_enabled=not disabled,
                 **extra,
+            )
+        )
+    return made
+
+
+#: how far back the ``archivable`` dataset's recordings stopped (at most): RealtimeKit keeps
+#: files 7 days, and the watchdog warns 48 h before the end
+ARCHIVABLE_SPREAD = timedelta(days=3)
+
+
+def _archivable_recordings(
+    state: SimulatorState, count: int, seed: int, min_size: int, max_size: int
+) -> list[dict[str, Any]]:
+    """``generate_recordings(archivable=True)``: every recording finished, with files, and
+    stored on RealtimeKit's bucket only."""
+    rng = random.Random(f"archivable:{seed}")
+    now = datetime.now(timezone.utc)
+    made = []
+    for i in range(count):
+        stopped = now - timedelta(minutes=5) - rng.random() * (ARCHIVABLE_SPREAD - timedelta(minutes=5))
+        duration = rng.randint(60, 3600)
+        started = stopped - timedelta(seconds=duration)
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        title = f"{rng.choice(['Standup', 'Retro', 'Planning', 'All hands', 'Interview', '1:1'])} {i + 1}"
+        made.append(
+            state.add_recording(
+                id=rid, status="UPLOADED", invoked_time=started - timedelta(seconds=3), started_time=started,
+                stopped_time=stopped, recording_duration=duration, meeting_title=title,
+                output_file_name=f"{_slug(title)}_{rid[:8]}.mp4", file_size=rng.randint(min_size, max_size),
+                audio=(i % 2 == 0), storage_config=None, bucket_enabled=True,
             )
         )
     return made
