@@ -9,10 +9,12 @@ more than the transfer itself (BENCHMARKS.md, "Memory").
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from flows import direct
+from rtk_archiver import interrupt
 from flows.alerts import SETTLED, FailureAlerts, load_memory, save_memory
 from flows.reporting import EVENT_FOR, Progress, emit_outcome_event, publish_report
 from flows.retries import retrying
@@ -116,23 +118,32 @@ def _archive_planned(recordings, targets, plans, task, dry_run, logger) -> list[
     counts = Counter(p.action.value if p.action != Action.NONE else (p.verdict.value if p.verdict else "?") for p in plans)
     logger.info("Plan: %s", ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do")
     progress = Progress(len(submitted))
-    for plan, future in submitted:
-        rec = plan.recording
-        result = future.result(raise_on_failure=False)
-        progress.advance()
-        if isinstance(result, RecordingOutcome):
-            outcomes.append(result)
-        else:
-            reason = _failure_reason(result) if isinstance(result, BaseException) else "task did not complete"
-            logger.error("Failed to archive %s: %s", rec.label(), reason)
-            outcomes.append(
-                RecordingOutcome(
-                    recording_id=rec.id, output_file_name=rec.output_file_name, kind=OutcomeKind.FAILED, reason=reason,
-                    destination=plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None,
-                )
-            )
+    try:
+        for plan, future in submitted:
+            outcomes.append(_task_outcome(plan, future.result(raise_on_failure=False), logger))
+            progress.advance()
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            # the run is being stopped while its tasks transfer (serve's or a worker's cancel:
+            # Prefect's SIGTERM bridge raises here, in the main thread; Ctrl-C): stop the
+            # transfers at once too, so that each aborts its upload and removes its temp file
+            # before the process exits, instead of carrying on until it is killed
+            interrupt.request(getattr(exc, "signal", None) or signal.SIGTERM)
+        raise
     when = {rec.id: rec.stopped_time or rec.invoked_time for rec in recordings}
     return [o.model_copy(update={"reference_time": when.get(o.recording_id)}) for o in outcomes]
+
+
+def _task_outcome(plan: RecordingPlan, result: object, logger) -> RecordingOutcome:
+    if isinstance(result, RecordingOutcome):
+        return result
+    rec = plan.recording
+    reason = _failure_reason(result) if isinstance(result, BaseException) else "task did not complete"
+    logger.error("Failed to archive %s: %s", rec.label(), reason)
+    return RecordingOutcome(
+        recording_id=rec.id, output_file_name=rec.output_file_name, kind=OutcomeKind.FAILED, reason=reason,
+        destination=plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None,
+    )
 
 
 class RecordingsFailed(Exception):

@@ -223,6 +223,46 @@ def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, 
 
 
 @pytest.mark.slow
+def test_serve_stopped_mid_transfer_aborts_the_transfer_at_once(prefect_server, archiver_env, tmp_path):
+    """SIGTERM to serve while a run transfers: the transfer is aborted at once (its temp file
+    removed), the run ends Cancelled, serve exits within seconds (it waited for its 10 s kill)."""
+    rec = archiver_env.state.add_recording(file_size=40_000_000)
+    faults = archiver_env.state.faults
+    faults.download_trickles, faults.reset_after = 1, 4_000_000  # 4 MB, then 64 KB every 0.2 s: minutes
+    faults.trickle_bytes, faults.trickle_interval = 65_536, 0.2
+    mark = prefect_server.log_size()
+    with running_serve(prefect_server.api_url, cwd=tmp_path, env=FAST_RUNNER) as serve:
+        manual = _deployment_id(prefect_server, MANUAL)
+        r = _api(prefect_server, "POST", f"/deployments/{manual}/create_flow_run",
+                 json={"parameters": {"request": {"recording_ids": [rec["id"]]}}})
+        r.raise_for_status()
+        run_id = r.json()["id"]
+
+        def state() -> dict:
+            return _api(prefect_server, "GET", f"/flow_runs/{run_id}").json()["state"]
+
+        def temp_files() -> list[Path]:
+            return [p for p in archiver_env.archive.rglob("*") if p.is_file()] if archiver_env.archive.exists() else []
+
+        _wait("the transfer to be writing its temp file", lambda: any(p.stat().st_size > 1_000_000 for p in temp_files()), 120, serve)
+        runs = flow_run_processes(serve.proc.pid)
+        started = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        code = serve.proc.wait(timeout=30)
+        took = time.monotonic() - started
+        log = serve.log_text()
+        assert code == 0, log[-4000:]
+        assert "after the stop began: killing it" not in log, log[-4000:]  # it ended on its SIGTERM
+        assert took < 8, f"serve took {took:.1f} s to stop:\n{log[-3000:]}"
+        _wait("serve's flow-run processes to be gone", lambda: not any(Path(f"/proc/{pid}").exists() for pid in runs), 10)
+        assert temp_files() == [], temp_files()  # the aborted upload removed its temp file
+        final = _wait("the run to end", lambda: (s := state())["type"] not in ("RUNNING", "PENDING", "CANCELLING") and s, 20)
+        assert final["type"] == "CANCELLED", final
+        print(f"serve stopped mid-transfer in {took:.1f} s, the run ended {final['type']}")
+    _no_service_errors(prefect_server, mark)
+
+
+@pytest.mark.slow
 def test_the_scheduler_itself_runs_the_poll_and_archives(prefect_server, archiver_env, tmp_path):
     """No run is created here: the server's scheduler creates them from serve's schedule."""
     recs = [archiver_env.state.add_recording(file_size=20_000 + i, stopped_time=NOW - timedelta(minutes=20 + i)) for i in range(3)]
