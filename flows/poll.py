@@ -7,6 +7,7 @@ window reaching back to it, so nothing is lost between polls.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 from prefect import flow, get_run_logger
@@ -55,6 +56,7 @@ def poll_recordings(
     stored = Variable.get(POLL_MARK, default=None)
     previous = datetime.fromisoformat(stored) if stored else now - timedelta(days=settings.archive_lookback_days)
     since = previous - timedelta(minutes=overlap_minutes) if stored else previous
+    explain_lost_slot_cancellations(previous)
     # in this run (not a subflow): the run an operator opens shows the tasks, the report and
     # the watchdog; a window that fails (listing, settings) raises and the mark stays
     report = archive_window(since, now, destination, False)
@@ -62,3 +64,58 @@ def poll_recordings(
     Variable.set(POLL_MARK, mark.isoformat(), overwrite=True)
     get_run_logger().info("Next poll starts from %s (minus %d min overlap)", mark.isoformat(), overlap_minutes)
     return run_state(report)
+
+
+#: the Prefect server's message for a run whose deployment concurrency slot was lost while it
+#: was being provisioned (its leases are in memory: a server restart loses them)
+LOST_SLOT = "Deployment concurrency slot lost during provisioning"
+EXPLAINED_TAG = "rtk-explained"
+
+
+def explain_lost_slot_cancellations(since: datetime) -> int:
+    """A poll due while the Prefect server restarted ends Cancelled with the server's "Deployment
+    concurrency slot lost during provisioning": it did nothing, and the mark did not move. Each
+    such poll run since the mark gets a log line saying so (shown on its run page) and the tag
+    ``rtk-explained``; this run's log says it takes over. Best effort: never fails the poll."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import LogCreate
+    from prefect.client.schemas.filters import (
+        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.context import FlowRunContext
+
+    logger = get_run_logger()
+    ctx = FlowRunContext.get()
+    me = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["poll-recordings"])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLED])),
+                    expected_start_time=FlowRunFilterExpectedStartTime(after_=since - timedelta(hours=1)),
+                ),
+                limit=50,
+            )
+            lost = [r for r in runs if r.state and LOST_SLOT in (r.state.message or "") and EXPLAINED_TAG not in r.tags]
+            for run in lost:
+                client.create_logs([LogCreate(
+                    name="rtk_archiver.poll", level=logging.WARNING, flow_run_id=run.id, timestamp=datetime.now(timezone.utc),
+                    message=(
+                        "rtk-archiver: this poll was cancelled by the Prefect server before it started: its concurrency "
+                        "slot was lost while the server restarted. It archived nothing and the poll mark did not move, so "
+                        f"the next poll ({ctx.flow_run.name if ctx and ctx.flow_run else 'a later run'}) takes over its window."
+                    ),
+                )])
+                client.update_flow_run(run.id, tags=[*run.tags, EXPLAINED_TAG])
+                logger.warning(
+                    "The poll run %s (due %s) was cancelled by the Prefect server (concurrency slot lost while it restarted): "
+                    "it archived nothing; this poll covers its window", run.name,
+                    run.expected_start_time.isoformat(timespec="minutes") if run.expected_start_time else "?",
+                )
+            return len([r for r in lost if str(r.id) != me])
+    except Exception as exc:  # noqa: BLE001 - an explanation, never a reason to fail the poll
+        logger.debug("Could not look for polls cancelled by a server restart: %s", exc)
+        return 0

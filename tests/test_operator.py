@@ -95,3 +95,31 @@ def test_a_recording_failing_on_three_polls_alerts_once(archiver_env, monkeypatc
     assert [r["prefect.resource.role"] for r in failed[0]["related"]] == ["reason"]
     assert "SFTP" in failed[0]["related"][0]["prefect.resource.name"] or failed[0]["payload"]["reason"] in failed[0]["related"][0]["prefect.resource.name"]
     assert len([e for e in events if e["event"] == "rtk.recording.archived"]) == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_poll_cancelled_by_a_server_restart_is_explained_and_taken_over(archiver_env):
+    """The server's "Deployment concurrency slot lost during provisioning" cancel: the next
+    poll writes on that run's page what happened (and that it takes over), tags it so it is
+    said once, and says so in its own log."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.states import Cancelled
+    from prefect.variables import Variable
+
+    from flows.poll import EXPLAINED_TAG, POLL_MARK, poll_recordings
+
+    Variable.set(POLL_MARK, (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat(), overwrite=True)
+    with get_client(sync_client=True) as client:
+        lost = client.create_flow_run(poll_recordings, state=Cancelled(
+            message="Deployment concurrency slot lost during provisioning - no slots available to continue execution"))
+        other = client.create_flow_run(poll_recordings, state=Cancelled(message="Deployment concurrency limit reached."))
+    for _ in range(2):
+        state = poll_recordings(overlap_minutes=0, return_state=True)
+        assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[lost.id])))
+        said = [entry.message for entry in logs if "cancelled by the Prefect server" in entry.message]
+        assert len(said) == 1 and "takes over its window" in said[0], [e.message for e in logs]
+        assert EXPLAINED_TAG in client.read_flow_run(lost.id).tags
+        assert EXPLAINED_TAG not in client.read_flow_run(other.id).tags  # another cancel: not this story
