@@ -5,7 +5,6 @@ not import Prefect: its functions are imported where they are used)."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import time
 from typing import Any
@@ -77,20 +76,20 @@ def outcome_events(outcome: RecordingOutcome) -> list[str]:
 
 def emit_outcome_event(outcome: RecordingOutcome, alert: dict[str, Any] | None = None, skip: frozenset[str] = frozenset()) -> None:
     """``alert``: for a failure, what ``flows.alerts`` said (in the payload); ``skip``: events
-    not to emit (a failure alerted before). The reason is also a related resource (its name),
-    so that the Event Feed's details show it, not only the raw payload."""
+    not to emit (a failure alerted before). The reason and the file are also related resources,
+    so that the Event Feed (and an event's Details) show them, not only the raw payload."""
     if direct.active():
         return
     for name in outcome_events(outcome):
         if name in skip:
             continue
+        # the Prefect UI's Event Feed shows a related resource by its id (not its name): the
+        # reason and the file name are written into ids of their own
         related = []
         if outcome.reason:
-            related.append({
-                "prefect.resource.id": f"rtk.reason.{hashlib.sha256(outcome.reason.encode()).hexdigest()[:12]}",
-                "prefect.resource.role": "reason",
-                "prefect.resource.name": printable(outcome.reason, 500),
-            })
+            related.append({"prefect.resource.id": f"reason: {printable(outcome.reason, 500)}", "prefect.resource.role": "reason"})
+        if outcome.output_file_name:
+            related.append({"prefect.resource.id": f"file: {printable(outcome.output_file_name, 200)}", "prefect.resource.role": "file"})
         _prefect("emit_event")(
             event=name,
             resource={"prefect.resource.id": f"rtk.recording.{outcome.recording_id}", "prefect.resource.name": printable(outcome.output_file_name or outcome.recording_id)},

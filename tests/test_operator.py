@@ -92,8 +92,9 @@ def test_a_recording_failing_on_three_polls_alerts_once(archiver_env, monkeypatc
     assert len(failed) == 1, [(e["event"], e["payload"].get("alert")) for e in events]
     assert failed[0]["resource"]["prefect.resource.id"] == f"rtk.recording.{bad['id']}"
     assert failed[0]["payload"]["alert"] == "first failure" and failed[0]["payload"]["failing_since"]
-    assert [r["prefect.resource.role"] for r in failed[0]["related"]] == ["reason"]
-    assert "SFTP" in failed[0]["related"][0]["prefect.resource.name"] or failed[0]["payload"]["reason"] in failed[0]["related"][0]["prefect.resource.name"]
+    related = {r["prefect.resource.role"]: r["prefect.resource.id"] for r in failed[0]["related"]}
+    assert related["reason"] == "reason: " + failed[0]["payload"]["reason"]  # shown by the Event Feed (ids, not names)
+    assert related["file"] == "file: " + bad["output_file_name"]
     assert len([e for e in events if e["event"] == "rtk.recording.archived"]) == 1
 
 
