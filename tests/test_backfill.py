@@ -239,6 +239,10 @@ def test_backfill_through_serve_fans_out_fails_with_a_window_and_runs_small_ones
 
         # a poll and a scrub that fail end their logs with their message too (was a raw
         # RecordingsFailed traceback / a TypeError after it)
+        # (a recording that fails, stopped a minute ago: in the poll's window whatever mark other
+        # tests left on the session's server)
+        env.state.add_recording(file_size=1000, stopped_time=datetime.now(timezone.utc) - timedelta(minutes=1),
+                                storage_config=NO_CREDENTIALS)
         for deployment, parameters in (("poll-recordings/scheduled-poll", {}),
                                        ("verify-archive/weekly-verify", {"destinations": ["sftp://u@127.0.0.1:1/x"],
                                                                          "repair": False})):
