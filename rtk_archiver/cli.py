@@ -46,6 +46,17 @@ def _destination(value: str) -> str:
     return value
 
 
+def _write_report(path: Path, result) -> bool:
+    """Write the --report JSON; one line (no traceback) if it cannot be written after all
+    (the disk full, the file removed or made read-only since the start)."""
+    try:
+        path.write_text(result.model_dump_json(indent=2))
+        return True
+    except OSError as exc:
+        print(f"rtk-archiver: could not write the report to {path}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+
+
 def _report_file(value: str) -> Path:
     """--report FILE: checked before any work (the report is written after the whole run).
     FILE must be a file (new or existing) in an existing directory this process can write to."""
@@ -270,8 +281,8 @@ def _finish_archive(args: argparse.Namespace, result: object, message: str | Non
         print(f"rtk-archiver: the run failed: {message or result}", file=sys.stderr)
         return EXIT_FAILED
     print_report(result)
-    if getattr(args, "report", None):
-        args.report.write_text(result.model_dump_json(indent=2))
+    if getattr(args, "report", None) and not _write_report(args.report, result):
+        return EXIT_FAILED
     return EXIT_FAILED if result.run_failure_message() else EXIT_OK
 
 
@@ -355,7 +366,7 @@ def _report_interrupted(args: argparse.Namespace, result: object) -> int:
                 result.outcomes[i] = outcome.model_copy(update={"kind": OutcomeKind.INTERRUPTED})
         print_report(result)
         if getattr(args, "report", None):
-            args.report.write_text(result.model_dump_json(indent=2))
+            _write_report(args.report, result)
         stopped = len(result.of(OutcomeKind.INTERRUPTED))
         print(
             f"INTERRUPTED by {name}: {stopped} recording(s) not archived (nothing partial was kept); "
@@ -387,7 +398,18 @@ def _run_flow(args: argparse.Namespace, settings) -> tuple[object, str | None]:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    """The preflight (tasks/check.py): a table, exit 1 when any destination fails."""
+    """The preflight (tasks/check.py): a table, exit 1 when any destination fails. Ctrl-C or
+    SIGTERM at any moment: one line, exit 130 / 143 (the probe is removed on the way out)."""
+    try:
+        with _signals_as_interrupt():
+            return _check(args)
+    except _StopRequested as stop:
+        # tasks/check.py removed its probe (and the directories made for it) on the way out
+        print(f"rtk-archiver: check INTERRUPTED by {stop.name}; the probe it wrote (if any) was removed", file=sys.stderr)
+        return stop.code
+
+
+def _check(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         from flows.windows import resolve_window
@@ -402,15 +424,10 @@ def _run_check(args: argparse.Namespace) -> int:
         with private_prefect_api():  # credentials blocks are read from Prefect's API
             from tasks.check import run_check
 
-            with _signals_as_interrupt():
-                report = run_check(settings, args.since, args.until, args.destination, not args.skip_recordings)
+            report = run_check(settings, args.since, args.until, args.destination, not args.skip_recordings)
     except PrefectAPIError as exc:
         print(f"rtk-archiver: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except _StopRequested as stop:
-        # tasks/check.py removed its probe (and the directories made for it) on the way out
-        print(f"rtk-archiver: check INTERRUPTED by {stop.name}; no probe file was left behind", file=sys.stderr)
-        return stop.code
     print_check(report)
     return EXIT_FAILED if report.failed else EXIT_OK
 
@@ -504,8 +521,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"rtk-archiver: the run failed: {message or result}", file=sys.stderr)
         return EXIT_FAILED
     print_verify_report(result)
-    if args.report:
-        args.report.write_text(result.model_dump_json(indent=2))
+    if args.report and not _write_report(args.report, result):
+        return EXIT_FAILED
     return EXIT_FAILED if result.failure_message() else EXIT_OK
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import posixpath
 import re
 import threading
@@ -168,16 +169,38 @@ def check_archive(
 
 #: how every sidecar the archiver writes begins (tasks/archive.py: JSON, schema_version first)
 _OUR_SIDECAR = re.compile(rb'\A\s*\{\s*"schema_version"\s*:')
+_OUR_HEADER = b'{"schema_version":'  # the same, without whitespace
+#: the keys of a sidecar (rtk_archiver.models.Sidecar)
+_OUR_KEYS = frozenset(Sidecar.model_fields)
+_NOT_JSON = object()
 
 
 class NotOurSidecar(str):
     """Why a ``*.metadata.json`` is somebody else's file, not a sidecar of the archiver."""
 
 
-def written_by_archiver(raw: bytes) -> bool:
-    """Whether an unreadable ``*.metadata.json`` is a damaged sidecar of ours (it begins as
-    ours do, or names a recording and an archiver version) rather than a user's own file."""
-    return bool(_OUR_SIDECAR.match(raw)) or (b'"recording_id"' in raw and b'"archiver_version"' in raw)
+def written_by_archiver(raw: bytes, media_beside: Callable[[], bool] = lambda: False) -> bool:
+    """Whether an unreadable ``*.metadata.json`` is a damaged sidecar of ours rather than a
+    user's own file. JSON: an object naming a recording and an archiver version, or with most
+    of a sidecar's keys. Not JSON (cut short, overwritten): it begins as ours do (or as much of
+    our first line as is left), or names a recording and an archiver version, or it is empty or
+    an object cut short with its media file beside it (``media_beside``: the name without
+    ``.metadata.json`` exists)."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = _NOT_JSON
+    if value is not _NOT_JSON:
+        if not isinstance(value, dict):
+            return False
+        keys = set(value)
+        return {"recording_id", "archiver_version"} <= keys or len(keys & _OUR_KEYS) >= 5
+    head = re.sub(rb"\s+", b"", raw.lstrip(b"\xef\xbb\xbf"))[: len(_OUR_HEADER)]
+    if _OUR_SIDECAR.match(raw) or (head and _OUR_HEADER.startswith(head)):
+        return True
+    if b'"recording_id"' in raw and b'"archiver_version"' in raw:
+        return True
+    return (not head or head[:1] == b"{") and media_beside()
 
 
 def read_sidecar_at(backend: StorageBackend, key: str, wait: Callable[[], None] = _no_limit) -> Sidecar | str | None:
@@ -187,10 +210,16 @@ def read_sidecar_at(backend: StorageBackend, key: str, wait: Callable[[], None] 
     raw = backend.read_bytes(key)
     if raw is None:
         return None
+    def media_beside() -> bool:
+        try:
+            return backend.stat(key[: -len(SIDECAR_SUFFIX)]) is not None
+        except Exception:  # noqa: BLE001 - a link, an error: not proof that it is ours
+            return False
+
     try:
         return Sidecar.model_validate_json(raw)
     except ValueError as exc:
-        if not written_by_archiver(raw):
+        if not written_by_archiver(raw, media_beside):
             return NotOurSidecar("not a sidecar of the archiver (a file of its own name): left alone")
         first = exc.errors()[0] if hasattr(exc, "errors") and exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())) or "content"

@@ -39,7 +39,7 @@ def test_file(tmp_path):
     assert_ok(probe(f"file://{tmp_path}/archive"))
     assert not [p for p in (tmp_path / "archive").rglob("*") if p.is_file()]  # the probe is gone
     (tmp_path / "a-file").write_text("x")
-    assert_failed(probe(f"file://{tmp_path}/a-file/below"), "a path component is a file", "check")
+    assert_failed(probe(f"file://{tmp_path}/a-file/below"), "a path component is a file", "remove or rename the file")
 
 
 def test_s3(s3_env, moto_s3_server):

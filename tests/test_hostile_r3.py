@@ -407,7 +407,7 @@ def test_check_interrupted_from_the_command_line_is_one_line_and_exit_130(tmp_pa
     code = main(["check", "--skip-recordings", "--destination", f"file://{tmp_path}"])
     err = capsys.readouterr().err
     assert code == 130, err
-    assert "INTERRUPTED by SIGINT" in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert "check INTERRUPTED by SIGINT" in err and "Traceback" not in err and err.count("\n") == 1, err
     assert pressed and list(tmp_path.rglob("*")) == []  # the probe was written, and removed
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
@@ -476,13 +476,18 @@ def test_a_users_own_metadata_json_is_not_a_damaged_sidecar(archiver_env):
     (root / "photos").mkdir()
     (root / "photos" / "IMG_1.jpg.metadata.json").write_bytes(b"\x00\x01 exif dump, not JSON")
     (root / "list.metadata.json").write_text("[1, 2, 3]")
+    (root / "empty.metadata.json").write_bytes(b"")  # empty, nothing beside it
+    (root / "mine.metadata.json").write_text('{"schema_version": 2, "files": []}')  # a schema of its own
     found = verify_archive(deep=True, repair=False, return_state=True).result(raise_on_failure=False)
     assert not found.problems and found.failure_message() is None, found
-    assert sum(d.foreign for d in found.destinations) == 3 and sum(d.sidecars for d in found.destinations) == 1
+    assert sum(d.foreign for d in found.destinations) == 5 and sum(d.sidecars for d in found.destinations) == 1
     sidecar = next(root.glob(f"{rec['output_file_name']}.metadata.json"))
-    sidecar.write_bytes(sidecar.read_bytes()[:40])  # ours, cut short
-    found = verify_archive(repair=False, return_state=True).result(raise_on_failure=False)
-    assert [p.problem for p in found.problems] == ["sidecar"], found
+    whole = sidecar.read_bytes()
+    # ours, cut short anywhere (even to nothing: its video is beside it), is damaged, not a user's file
+    for cut in (300, 40, 12, 1, 0):
+        sidecar.write_bytes(whole[:cut])
+        found = verify_archive(repair=False, return_state=True).result(raise_on_failure=False)
+        assert [p.problem for p in found.problems] == ["sidecar"], (cut, found)
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -324,3 +324,14 @@ def test_sizes(text, size):
     from rtk_archiver.simulator.control import parse_size
 
     assert parse_size(text) == size
+
+
+def test_what_the_simulator_answers_is_printed_escaped():
+    """A recording's fields from the server (a fake one, or names a user gave) never reach the
+    terminal raw (ESC sequences, newlines forging a line), and odd values do not crash."""
+    from rtk_archiver.simulator.control import describe
+
+    line = describe({"id": "evil\x1b]0;PWNED\x07", "status": "UPLOADED\r\nadded x: UPLOADED", "file_size": "big",
+                     "audio_size": [1], "output_file_name": "a|b\nc\x1b[2J.mp4"})
+    assert "\x1b" not in line and "\n" not in line and "\r" not in line and "\x07" not in line, line
+    assert "\\x1b" in line and "\\n" in line and "(?)" in line

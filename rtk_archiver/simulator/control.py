@@ -20,6 +20,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from rtk_archiver.display import printable
+
 from .state import DEFAULT_ACCOUNT_ID, DEFAULT_APP_ID, DEFAULT_TOKEN, MAX_FILE_SIZE
 
 DEFAULT_URL = "http://127.0.0.1:8787"
@@ -70,7 +72,9 @@ def parse_url(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
-def human(n: int) -> str:
+def human(n: object) -> str:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "?"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
@@ -79,22 +83,24 @@ def human(n: int) -> str:
 
 
 def describe(rec: dict[str, Any]) -> str:
-    """``<id>: UPLOADED, 2147483648 bytes (2.0 GiB)[, audio N bytes (...)], <file name>``."""
-    line = f"{rec['id']}: {rec['status']}, {rec['file_size']} bytes ({human(rec['file_size'])})"
-    if rec.get("audio_size"):
-        line += f", audio {rec['audio_size']} bytes ({human(rec['audio_size'])})"
+    """``<id>: UPLOADED, 2147483648 bytes (2.0 GiB)[, audio N bytes (...)], <file name>``; what
+    the simulator answered is shown escaped (``rtk_archiver.display.printable``)."""
+    size, audio = rec.get("file_size"), rec.get("audio_size")
+    line = f"{_printable(rec.get('id'))}: {_printable(rec.get('status'))}, {_printable(size)} bytes ({human(size)})"
+    if audio:
+        line += f", audio {_printable(audio)} bytes ({human(audio)})"
     if rec.get("type") == "TRACK":
         line += ", a track recording"
     if rec.get("storage_config"):
         line += ", with a storage_config"
     if rec.get("expired"):
         line += ", expired"
-    return f"{line}, {rec.get('output_file_name')}"
+    return f"{line}, {_printable(rec.get('output_file_name'))}"
 
 
 def _printable(text: object) -> str:
-    """Text from the simulator, one line, no control characters."""
-    return re.sub(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", "?", str(text))[:300]
+    """Text from the simulator, one line, control and bidi characters escaped."""
+    return printable(text, 300)
 
 
 class Client:
