@@ -21,7 +21,7 @@ from flows.archiving import (  # noqa: F401 - re-exported: the flows' building b
     run_state,
     survey,
 )
-from flows.parameters import DestinationParam, OptionalDateTime
+from flows.parameters import OptionalDateTime, OptionalDestination
 from flows.retries import retrying
 from flows.runtime import ArchiveTaskRunner
 from flows.watchdog import watch_for_loss
@@ -36,7 +36,7 @@ from tasks.listing import list_recordings
 def archive_recordings(
     since: OptionalDateTime = None,
     until: OptionalDateTime = None,
-    destination: DestinationParam = None,
+    destination: OptionalDestination = "",  # a text box in the form; empty: not given
     dry_run: bool = False,
 ) -> ArchiveReport:
     """Archive every recording that stopped in [since, until) (default: the last
@@ -49,6 +49,7 @@ def archive_window(since, until, destination: str | None, dry_run: bool) -> Arch
     """The body of a window run, in the calling flow run (the poll's own run shows its tasks,
     events and artifacts): list, archive, watch for loss, publish. Returns the report; the
     caller turns it into the run's state (``run_state``)."""
+    destination = destination or None  # a form's empty text box: not given
     settings = load_settings()
     since, until = resolve_window(since, until, settings)
     ensure_limits(settings)

@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field
 from flows.archive import archive_all, finish_report, invalid_outcome
 from flows.runtime import ArchiveTaskRunner, retrying
 from flows.watchdog import watch_for_loss
-from flows.windows import DESTINATION_HELP, DestinationParam, PlannedWindow, plan_windows
+from flows.windows import DESTINATION_HELP, OptionalDestination, PlannedWindow, plan_windows
 from flows.failure import failed_on_purpose
 from rtk_archiver.display import markdown_text, printable_row
 from rtk_archiver.models import ArchiveReport
@@ -105,21 +105,44 @@ def _label(w: PlannedWindow) -> str:
     return f"window {w.since:%Y-%m-%d %H:%M:%S} to {w.until:%Y-%m-%d %H:%M:%S}"
 
 
+def _parameter(default: Any, title: str, description: str) -> Any:
+    """A parameter's default, and its label and help in the UI's form. Prefect's schema titles a
+    flow's parameters by their names (``title=param.name``, whatever ``Field(title=...)`` says);
+    the title given again as ``json_schema_extra``, applied last, is the one the form shows."""
+    return Field(default, title=title, description=description, json_schema_extra={"title": title})
+
+
 @flow(name="backfill-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def backfill(
-    # constraints in the annotation, default and description in Field(): Prefect's form shows both
-    start: datetime = Field(description="Start of the range (a past date or date-time, UTC if no zone)."),
-    end: datetime = Field(description="End of the range (UTC if no zone); a future end is cut to now."),
-    recordings_per_window: Annotated[int, Field(ge=1, le=100_000)] = Field(
-        DEFAULT_RECORDINGS_PER_WINDOW,
-        description="Recordings per child run (planned from one listing); a backfill of no more runs in this run.",
+    # constraints in the annotation, default, title and help in _parameter(): Prefect's form shows them all
+    start: datetime = _parameter(
+        ..., "Start of the range",
+        "Archive the recordings that stopped at or after this date or date-time (UTC if no zone); it must be in the past.",
     ),
-    parallelism: Annotated[int, Field(ge=1, le=64)] = Field(4, description="Child runs at once (over all workers)."),
-    window_hours: Annotated[float, Field(gt=0, le=24 * 366)] | None = Field(
-        None, description="Optional: no window longer than this many hours (default: windows follow the recordings)."
+    end: datetime = _parameter(
+        ..., "End of the range",
+        "Archive the recordings that stopped before this date or date-time (UTC if no zone). An end in the future "
+        "is cut to now: the scheduled poll archives what stops later.",
     ),
-    destination: DestinationParam = Field(None, description=DESTINATION_HELP),
-    dry_run: bool = Field(False, description="Only report what would be archived."),
+    recordings_per_window: Annotated[int, Field(ge=1, le=100_000)] = _parameter(
+        DEFAULT_RECORDINGS_PER_WINDOW, "Recordings per window",
+        "At most this many recordings in each window, planned from one listing of the range. A backfill of this many "
+        "recordings or fewer is archived by this run itself; a bigger one is split into windows, each archived by a "
+        f"child run ({WINDOW_DEPLOYMENT}).",
+    ),
+    parallelism: Annotated[int, Field(ge=1, le=64)] = _parameter(
+        4, "Child runs at once",
+        "At most this many windows are archived at the same time, as child runs over all workers; a big backfill is "
+        "split into at least this many windows.",
+    ),
+    window_hours: Annotated[float, Field(gt=0, le=24 * 366)] | None = _parameter(
+        None, "Longest window (hours)",
+        "Optional: no window is longer than this many hours. None (the default): the windows follow the recordings, "
+        "whatever their length.",
+    ),
+    # a text box; empty means not given (each recording's own destination)
+    destination: OptionalDestination = _parameter("", "Destination", DESTINATION_HELP),
+    dry_run: bool = _parameter(False, "Dry run", "Only report what would be archived; nothing is written."),
 ) -> BackfillReport:
     """Archive every recording that stopped in [start, end), planned from one listing."""
     logger = get_run_logger()
@@ -159,7 +182,9 @@ def backfill(
         parent_id = str(parent.flow_run.id) if parent and parent.flow_run else None
 
         def run(window: PlannedWindow) -> WindowResult:
-            params = {"since": window.since, "until": window.until, "destination": destination, "dry_run": dry_run}
+            params = {"since": window.since, "until": window.until, "dry_run": dry_run}
+            if destination is not None:  # not given: left out (the server takes no null for it)
+                params["destination"] = destination
             return run_window(window, params, parent_id, logger)
 
         # each thread runs in a copy of this run's context, so the children are its subflows

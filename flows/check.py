@@ -8,10 +8,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
+from pydantic import Field
 
 from flows.failure import failed_on_purpose, quiet_expected_tracebacks
 from flows.parameters import OptionalDateTime
-from flows.windows import DestinationParam
+from flows.windows import DESTINATION_HELP, OptionalDestination
 from rtk_archiver.settings import load_settings
 from tasks.check import CheckReport, markdown_table, run_check
 
@@ -24,7 +25,7 @@ class DestinationCheckFailed(Exception):
 def check_destinations(
     since: OptionalDateTime = None,
     until: OptionalDateTime = None,
-    destination: DestinationParam = None,
+    destination: OptionalDestination = Field("", description=DESTINATION_HELP),  # a text box; empty: not given
     include_recordings: bool = True,
 ) -> CheckReport:
     """Write, stat, read back and delete a probe at every destination a run would use: the

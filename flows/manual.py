@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.archive import archive_all, finish_report, invalid_outcome
 from flows.runtime import ArchiveTaskRunner, retrying
-from flows.parameters import ID_LIST_RULES, MAX_IDS, Checked, Identifier, OptionalIdentifier, expect
-from flows.windows import DestinationParam
+from flows.parameters import BLANK, ID_LIST_RULES, MAX_IDS, Checked, Identifier, OptionalIdentifier, expect, not_given
+from flows.windows import OptionalDestination
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome
 from rtk_archiver.settings import load_settings
 from tasks.limits import ensure_limits
@@ -23,11 +23,13 @@ from tasks.listing import get_recording, list_meeting_recordings
 RecordingIds = Annotated[list[Identifier], Checked(ID_LIST_RULES)]
 
 EMPTY_REQUEST = "recording_ids, a meeting_id, or both"
-#: neither recording_ids nor meeting_id (absent, empty or null): refused by the server; the
-#: error is put on recording_ids when it is there (the UI's form shows it under that field),
-#: else on the request
+#: neither recording_ids nor meeting_id (absent, empty, null, or only whitespace): refused by
+#: the server; the error is put on recording_ids when it is there (the UI's form shows it under
+#: that field), else on the request
 _EMPTY_RULE = {
-    "if": {"type": "object", "properties": {"recording_ids": {"maxItems": 0}, "meeting_id": {"type": "null"}}},
+    "if": {"type": "object", "properties": {
+        "recording_ids": {"maxItems": 0}, "meeting_id": {"anyOf": [{"type": "null"}, BLANK]},
+    }},
     "then": {
         "if": {"required": ["recording_ids"]},
         "then": {"properties": {"recording_ids": expect(EMPTY_REQUEST)}},
@@ -47,8 +49,9 @@ class ManualRequest(BaseModel):
         default_factory=list,
         description=f"Recording ids to archive (from the RealtimeKit dashboard or API), at most {MAX_IDS:,}.",
     )
-    meeting_id: OptionalIdentifier = Field(default=None, description="Archive every finished recording of this meeting.")
-    destination: DestinationParam = None
+    # text boxes in the form; empty (or null) means not given: None here
+    meeting_id: OptionalIdentifier = not_given(description="Archive every finished recording of this meeting.")
+    destination: OptionalDestination = not_given()
     dry_run: bool = Field(default=False, description="Only report what would be archived.")
 
     @model_validator(mode="after")

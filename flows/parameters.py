@@ -21,6 +21,11 @@ of the given schemas"): ``anyOf`` is a weak match for ``best_match``, so the ``c
 Where this cannot reach: keys of the top-level parameters that the flow does not take (Prefect's
 ``ParameterSchema`` has no ``additionalProperties``), and a value whose type is wrong (``type``'s
 message repeats the value: "5 is not of type 'string'").
+
+A parameter that may be left empty (a destination override, a meeting id) is ``X |
+SkipJsonSchema[None]`` with ``CheckedIfGiven``: its JSON schema is X's alone, so the UI's form
+shows X's input at once (a text box, a list) instead of the str/None toggle ("Property is type
+None") that ``X | None`` (``anyOf`` with null) gives; empty means not given (``given``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import core_schema as cs
 
 from storage_backends.registry import REGISTRY, SCHEME_PATTERN, url_examples
@@ -105,6 +111,62 @@ def _string(**kw: Any) -> dict[str, Any]:
     return {"type": "string", **kw}
 
 
+# --- parameters that may be left empty ----------------------------------------------------
+
+#: the end of the string, in Python's ``re`` (what jsonschema uses, with ``re.search``) and in
+#: JavaScript alike: ``$`` also matches before a trailing newline in Python ("rec\n" passed an
+#: id pattern), and ``\Z`` / ``\z`` are not portable
+END = r"(?![\s\S])"
+#: a text that says nothing: "" (what an emptied text box gives) or only whitespace
+BLANK = _string(pattern=r"^\s*" + END)
+
+
+def given(value: Any) -> Any:
+    """What an optional parameter says, with "not given" as None: the one place that decides
+    it. None, "" and a text of only whitespace are not given; anything else is returned as it
+    is (its rules then check it: " rec-1" is still a bad id)."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def not_given(**kw: Any) -> Any:
+    """The default of an optional field of a parameter *model* (``ManualRequest``): None in
+    Python, and no "default" in the JSON schema (a factory's value is not written there).
+    Prefect's server takes a property without a default as nullable (``preprocess_schema`` in
+    ``prefect.utilities.schema_tools.validation``), so a request that sends null for it, as the
+    UI's str/None toggle did (and so the parameters of earlier runs), stays valid; the form shows
+    the plain input all the same. A flow's own parameters cannot have this: Prefect writes the
+    signature's default into the schema, so theirs is "" and the server refuses null for them."""
+    return Field(default_factory=_none, **kw)
+
+
+def _none() -> None:
+    return None
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity (the rules hold dicts)
+class CheckedIfGiven(Checked):
+    """``Annotated`` metadata on ``X | SkipJsonSchema[None]``: a parameter that may be left empty.
+
+    The JSON schema is X's alone (no ``anyOf`` with null): the UI's form shows a text box (a
+    list) at once. Empty means not given, in Python and for the server alike: None, "" and
+    whitespace are accepted and come out as None (``given``); anything else must pass ``rules``,
+    as with ``Checked`` (the server refuses it before a run exists, a direct call raises).
+    (On ``X | None`` the same, with the str/None toggle in the form.)"""
+
+    def schema(self) -> dict[str, Any]:
+        # a blank text is not given; anything else meets the rules (or is null: see not_given)
+        return {"if": BLANK, "then": True, "else": refusals(*self.rules)}
+
+    def _check_given(self, value: Any) -> Any:
+        return value if value is None else self._check(value)
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> cs.CoreSchema:
+        checked = cs.no_info_after_validator_function(self._check_given, handler(source))
+        return cs.no_info_before_validator_function(given, checked)
+
+
 # --- destination URLs --------------------------------------------------------------------
 
 #: where credentials go instead of a destination URL
@@ -114,11 +176,6 @@ CREDENTIALS_HELP = (
     "(rtk-s3-credentials, rtk-sftp-credentials, ...; see the README), never from the URL"
 )
 DESTINATION_MAX_LENGTH = 2048
-
-#: the end of the string, in Python's ``re`` (what jsonschema uses, with ``re.search``) and in
-#: JavaScript alike: ``$`` also matches before a trailing newline in Python ("rec\n" passed an
-#: id pattern), and ``\Z`` / ``\z`` are not portable
-END = r"(?![\s\S])"
 
 #: a password in the URL's user part: ``scheme://user:password@host``, also ``%3A``-encoded
 #: (the user part is everything before the last '@' of the authority, as urllib reads it)
@@ -173,8 +230,17 @@ DESTINATION_HELP = (
 
 #: a destination URL (a list item: ``verify-archive``'s destinations)
 DestinationURL = Annotated[str, Checked(DESTINATION_RULES)]
-#: a destination override as a flow parameter: the UI form shows it, the server validates it
-DestinationParam = Annotated[str | None, Checked(DESTINATION_RULES), Field(description=DESTINATION_HELP)]
+#: a destination override as a flow parameter: a text box in the UI's form, validated by the
+#: server; empty (None, "", whitespace) means each recording's own destination. Its default is
+#: "" (``not_given()`` in a model), never None: "default": null in the schema is what the form
+#: then sends, and the server takes no null for a plain string
+OptionalDestination = Annotated[
+    str | SkipJsonSchema[None], CheckedIfGiven(DESTINATION_RULES), Field(description=DESTINATION_HELP)
+]
+#: the same rules on ``str | None``, which the form shows as a str/None toggle: for a parameter
+#: whose default is None (flows/archive.py's archive-window, until its default is "" and it
+#: takes an OptionalDestination)
+DestinationParam = Annotated[str | None, CheckedIfGiven(DESTINATION_RULES), Field(description=DESTINATION_HELP)]
 
 # --- ids, lists, times --------------------------------------------------------------------
 
@@ -184,7 +250,8 @@ ID_RULES = ((_string(**{"not": {"pattern": ID_PATTERN}}), ID_EXPECTED),)
 #: a recording or meeting id (the rules on the whole type, not inside a union's branch: an
 #: error inside ``anyOf`` comes out as "<the value> is not valid under any of the given schemas")
 Identifier = Annotated[str, Checked(ID_RULES)]
-OptionalIdentifier = Annotated[str | None, Checked(ID_RULES)]
+#: an id that may be left empty (a text box in the form; None when not given)
+OptionalIdentifier = Annotated[str | SkipJsonSchema[None], CheckedIfGiven(ID_RULES)]
 
 MAX_IDS = 1000
 ID_LIST_RULES = (

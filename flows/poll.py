@@ -18,7 +18,7 @@ from pydantic import Field
 
 from flows.archive import archive_window, run_state
 from flows.runtime import ArchiveTaskRunner
-from flows.windows import DESTINATION_HELP, DestinationParam
+from flows.windows import DESTINATION_HELP, OptionalDestination
 from rtk_archiver.models import ArchiveReport, OutcomeKind
 from rtk_archiver.settings import load_settings
 
@@ -48,7 +48,7 @@ def poll_recordings(
     overlap_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = Field(
         30, description="How far each window reaches back before the previous one ended, in minutes."
     ),
-    destination: DestinationParam = Field(None, description=DESTINATION_HELP),
+    destination: OptionalDestination = Field("", description=DESTINATION_HELP),  # a text box; empty: not given
 ) -> ArchiveReport:
     """Archive every recording that stopped since the last poll (first poll: the lookback)."""
     settings = load_settings()

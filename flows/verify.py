@@ -23,8 +23,9 @@ from prefect.events import emit_event
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
-from flows.parameters import DESTINATION_LIST_RULES, Checked, DestinationURL
+from flows.parameters import DESTINATION_LIST_RULES, CheckedIfGiven, DestinationURL
 from rtk_archiver.models import OutcomeKind, Recording
 from flows.failure import failed_on_purpose, quiet_expected_tracebacks
 from flows.retries import retrying
@@ -44,7 +45,8 @@ from tasks.verify import DestinationScrub, FileProblem, sidecar_keys, verify_des
 EVENT_CORRUPT = "rtk.recording.corrupt"
 
 VerifyDestination = Annotated[DestinationURL, Field(description=f"A destination URL: {url_examples()}.")]
-VerifyDestinations = Annotated[list[VerifyDestination] | None, Checked(DESTINATION_LIST_RULES)]
+#: a list in the form at once (no list/None toggle); empty or None: the default destination and the lookback's
+VerifyDestinations = Annotated[list[VerifyDestination] | SkipJsonSchema[None], CheckedIfGiven(DESTINATION_LIST_RULES)]
 
 
 class ScrubTarget(BaseModel):
@@ -133,7 +135,7 @@ def scrub_targets(urls: list[str], settings: Settings, recordings: list[Recordin
 @flow(name="verify-archive", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True)
 def verify_archive(
     destinations: VerifyDestinations = Field(
-        None,
+        [],
         description="Destinations to verify; empty: the default destination and every storage_config destination "
         "of the recordings in the lookback window.",
     ),

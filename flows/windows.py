@@ -12,7 +12,12 @@ from pydantic import BaseModel, Field, model_validator
 
 from rtk_archiver.settings import Settings
 # the destination parameter's rules (what the server refuses) live with the other parameters
-from flows.parameters import DESTINATION_HELP, DESTINATION_PATTERN, DestinationParam  # noqa: F401 - re-exported
+from flows.parameters import (  # noqa: F401 - re-exported
+    DESTINATION_HELP,
+    DESTINATION_PATTERN,
+    DestinationParam,
+    OptionalDestination,
+)
 
 
 class Window(BaseModel):

@@ -147,10 +147,15 @@ def spec_for(kind: str) -> BackendSpec:
 
 
 def url_examples() -> str:
-    """'file:///path, s3://bucket/prefix, ...' for help texts and messages."""
+    """'`file:///path`, `s3://bucket/prefix`, ...' for help texts and messages.
+
+    Each example is in backticks, as in the README: the Prefect UI renders a parameter's help
+    as Markdown (the V1 UI; V2 shows it as plain text, backticks and all), where a bare
+    ``sftp://user@host:port/path`` came out as "s" and a link to ``ftp://user@host:port/path``
+    (GitHub-flavoured autolinks start at "ftp://" even inside a word); in backticks it is code."""
     shown = {"path": "file:///path", "host": "{scheme}://user@host:port/path"}
     out = []
     for spec in REGISTRY.values():
         template = shown.get(spec.addressing, f"{{scheme}}://{spec.bucket_word}/prefix")
-        out.append(template.format(scheme=spec.schemes[0]))
+        out.append(f"`{template.format(scheme=spec.schemes[0])}`")
     return ", ".join(out)

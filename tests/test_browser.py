@@ -4,11 +4,18 @@ with its UI) and ``rtk-archiver serve`` against the simulator, headless Chromium
 
 - Deployments -> manual -> Run -> Custom run, one recording id, Submit: the run reaches
   Completed on its page, its ``rtk-archive-report`` artifact is listed, the file is archived.
+- The manual form's Meeting Id and Destination are text boxes at once (no str/None toggle, no
+  'Property is type "None"'), the destination's help shows its URL examples as text (no link
+  to "ftp://..." cut out of "sftp://..."); a meeting id typed into its box and submitted: the
+  run has it as its parameter, Completes, and the meeting's recording is archived.
+- The same form in the V1 UI ("Switch to V1 UI"), which renders the help as Markdown: text
+  boxes, the URL examples as code, no ftp:// link.
 - The same with a recording whose destination cannot be written: the run ends Failed, and its
   report artifact is still listed.
-- Deployments -> backfill -> Run -> Custom run, start and end picked in the date pickers,
-  Submit: the backfill (one past day, no recordings) reaches Completed, and its Parameters tab
-  shows the range picked.
+- Deployments -> backfill -> Run -> Custom run: the parameters have readable titles
+  ("Recordings per window", not ``recordings_per_window``); start and end picked in the date
+  pickers, Submit: the backfill (one past day, no recordings) reaches Completed, and its
+  Parameters tab shows the range picked.
 
 The form steps and the outcome checks (state, artifacts) go through the UI only (roles, labels,
 visible text); the archived file is checked on disk. A failing step leaves a full-page
@@ -125,10 +132,11 @@ def _open_custom_run(page, deployment: str) -> None:
     page.get_by_role("menuitem", name="Custom run").click()
 
 
-def _submit(page, run_name: str) -> None:
+def _submit(page, run_name: str) -> dict:
     """Name the run, submit the form; the UI goes back to the deployment's page once the
     server has created the run. A 503 (the server's SQLite database busy, on a loaded machine)
-    leaves the form as it was, with an error toast: submit again, as a user would."""
+    leaves the form as it was, with an error toast: submit again, as a user would. Returns the
+    parameters the form sent."""
     page.get_by_label("Run Name").fill(run_name)
     for _ in range(5):
         with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/create_flow_run")) as answer:
@@ -138,6 +146,7 @@ def _submit(page, run_name: str) -> None:
         time.sleep(1)
     assert answer.value.status == 201, f"the server answered {answer.value.status} to the form: {answer.value.text()}"
     page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}(\?|$)"))
+    return answer.value.request.post_data_json["parameters"]
 
 
 def _open_run(page, run_name: str):
@@ -150,6 +159,38 @@ def _open_run(page, run_name: str):
     expect(page.get_by_role("tab", name="Artifacts")).to_be_visible(timeout=UI_TIMEOUT_MS)
     title = page.get_by_role("navigation", name="breadcrumb").filter(has=page.get_by_text(run_name, exact=True))
     return page.locator("div").filter(has=title).last.get_by_text(FINAL)
+
+
+def _assert_text_box(group) -> None:
+    """The field of ``group`` is a text box at once: no str/None toggle to switch first (V2:
+    tabs; V1: a button group), no 'Property is type "None"'."""
+    from playwright.sync_api import expect
+
+    expect(group.get_by_role("textbox")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(group.get_by_role("textbox")).to_be_editable()
+    expect(group.get_by_role("tab")).to_have_count(0)
+    expect(group.get_by_role("button", name=re.compile(r"^(str|None)$"))).to_have_count(0)
+    expect(group.get_by_text('Property is type "None"')).to_have_count(0)
+
+
+def _assert_url_examples_are_text(page, group) -> None:
+    """The destination's help shows ``sftp://user@host:port/path`` as text; nothing on the page
+    links to "ftp://..." (Markdown's autolink cut it out of "sftp://...": "s" and a link)."""
+    from playwright.sync_api import expect
+
+    expect(group.get_by_text(re.compile(r"sftp://user@host:port/path")).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.locator('a[href^="ftp://"], a[href^="ftp:"]')).to_have_count(0)
+
+
+def _switch_ui(page, to: str) -> None:
+    """The sidebar's "Switch to V1 UI" / "Switch to V2 UI", as a user does (the V2 UI asks why
+    first: no feedback given)."""
+    page.get_by_text(f"Switch to {to} UI", exact=True).click()
+    if to == "V1":
+        page.get_by_role("button", name="Skip feedback and switch").click()
+        page.wait_for_url(lambda url: "/v2/" not in url)
+    else:
+        page.wait_for_url(re.compile(r"/v2/"))
 
 
 def _pick_date(page, label: re.Pattern, day: datetime) -> None:
@@ -198,6 +239,8 @@ def test_manual_and_backfill_runs_from_the_prefect_ui(prefect_server, archiver_e
     # the session's server is shared: our runs by unique names
     tag = uuid.uuid4().hex[:8]
     good_run, bad_run, backfill_run = f"browser-ok-{tag}", f"browser-failing-{tag}", f"browser-backfill-{tag}"
+    meeting, meeting_run = f"meeting-{tag}", f"browser-meeting-{tag}"
+    of_meeting = sim.state.add_recording(file_size=30_000, meeting_id=meeting)
     day = (datetime.now(timezone.utc) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
 
     with running_serve(prefect_server.api_url, cwd=tmp_path, env=SERVE_ENV) as serve, sync_playwright() as pw:
@@ -226,6 +269,33 @@ def test_manual_and_backfill_runs_from_the_prefect_ui(prefect_server, archiver_e
                 ids.get_by_role("textbox").fill(good["id"])
                 _submit(page, good_run)
 
+            with step("manual custom run: Meeting Id and Destination are text boxes, a meeting id typed in"):
+                _open_custom_run(page, "manual")
+                meeting_field, destination = _group(page, re.compile(r"^Meeting Id")), _group(page, re.compile(r"^Destination"))
+                _assert_text_box(meeting_field)
+                _assert_text_box(destination)
+                expect(page.get_by_text('Property is type "None"')).to_have_count(0)
+                _assert_url_examples_are_text(page, destination)
+                meeting_field.get_by_role("textbox").fill(meeting)
+                sent = _submit(page, meeting_run)
+                assert sent["request"].get("meeting_id") == meeting, sent
+                assert not sent["request"].get("destination"), sent  # the empty box: not given
+
+            with step("the V1 UI: the same text boxes, the URL examples as code"):
+                _open_custom_run(page, "manual")
+                _switch_ui(page, "V1")
+                expect(page.get_by_role("button", name="Submit")).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+                def v1_field(label: str):  # the innermost property of the V1 form with this label
+                    return page.locator(".schema-form-property").filter(has=page.get_by_text(re.compile(rf"^{label}"))).last
+
+                _assert_text_box(v1_field("Meeting Id"))
+                _assert_text_box(v1_field("Destination"))
+                expect(page.get_by_text('Property is type "None"')).to_have_count(0)
+                _assert_url_examples_are_text(page, v1_field("Destination"))
+                expect(v1_field("Destination").locator("code").filter(has_text="sftp://user@host:port/path")).to_have_count(1)
+                _switch_ui(page, "V2")
+
             with step("manual custom run: a recording that fails"):
                 _open_custom_run(page, "manual")
                 ids = _group(page, re.compile(r"^Recording Ids"))
@@ -233,10 +303,17 @@ def test_manual_and_backfill_runs_from_the_prefect_ui(prefect_server, archiver_e
                 ids.get_by_role("textbox").fill(bad["id"])
                 _submit(page, bad_run)
 
-            with step("backfill custom run: start and end"):
+            with step("backfill custom run: readable titles, start and end"):
                 _open_custom_run(page, "backfill")
-                _pick_date(page, re.compile(r"^start$"), day)
-                _pick_date(page, re.compile(r"^end$"), day + timedelta(days=1))
+                for title in ("Start of the range", "End of the range", "Recordings per window", "Child runs at once",
+                              "Longest window (hours)", "Destination", "Dry run"):
+                    expect(page.get_by_text(re.compile(rf"^{re.escape(title)}( \(Optional\))?$"))).to_be_visible(timeout=UI_TIMEOUT_MS)
+                for name in ("recordings_per_window", "dry_run", "window_hours", "parallelism"):
+                    expect(page.get_by_text(name, exact=True)).to_have_count(0)
+                expect(page.get_by_text(re.compile("recordings_per_window|a backfill of no more runs"))).to_have_count(0)
+                _assert_text_box(_group(page, re.compile(r"^Destination")))
+                _pick_date(page, re.compile(r"^Start of the range$"), day)
+                _pick_date(page, re.compile(r"^End of the range$"), day + timedelta(days=1))
                 _submit(page, backfill_run)
 
             with step("the manual run completes and lists its report"):
@@ -249,6 +326,13 @@ def test_manual_and_backfill_runs_from_the_prefect_ui(prefect_server, archiver_e
                 assert len(archived) == 1, f"{good['output_file_name']} not archived once under {sim.archive}: {archived}"
                 assert archived[0].stat().st_size == 50_000
                 assert list(sim.archive.rglob(good["output_file_name"] + ".metadata.json"))
+
+            with step("the run of the meeting completes, with the meeting id typed, and archives its recording"):
+                assert _final_state(page, meeting_run, RUN_TIMEOUT_S) == "Completed"
+                page.get_by_role("tab", name="Parameters").click()
+                expect(page.get_by_text(re.compile(rf'"meeting_id": "{meeting}"')).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+                archived = list(sim.archive.rglob(of_meeting["output_file_name"]))
+                assert len(archived) == 1 and archived[0].stat().st_size == 30_000, archived
 
             with step("the manual run of the failing recording fails and lists its report"):
                 assert _final_state(page, bad_run, RUN_TIMEOUT_S) == "Failed"

@@ -56,12 +56,129 @@ def test_manual_form_schema():
     props = request["properties"]
     assert set(props) == {"recording_ids", "meeting_id", "destination", "dry_run"}
     assert all(p.get("description") for p in props.values())
-    # a text field for the UI; the rules in if/then (flows/parameters.py, tests/test_parameter_refusals.py)
-    assert props["destination"]["anyOf"] == [{"type": "string"}, {"type": "null"}] and "if" in props["destination"]
+    # a text box in the UI; the rules in if/then (flows/parameters.py, tests/test_parameter_refusals.py)
+    assert props["destination"]["type"] == "string" and "anyOf" not in props["destination"] and "if" in props["destination"]
     with pytest.raises(ValueError, match="recording_ids, a meeting_id"):
         ManualRequest()
     backfill_props = parameter_schema(backfill.fn).model_dump_for_openapi()["properties"]
     assert backfill_props["recordings_per_window"]["minimum"] == 1 and backfill_props["parallelism"]["minimum"] == 1
+
+
+# The parameters of each deployment's form that may be left empty: a plain text box (a list for
+# verify's destinations), not a str/None toggle. archive-window's destination is not here: its
+# default in flows/archive.py is None, and a plain text box would then send null (see
+# flows/parameters.py, OptionalDestination).
+OPTIONAL_INPUTS = {
+    "archive-manual/manual": [("ManualRequest", "meeting_id", "string"), ("ManualRequest", "destination", "string")],
+    "poll-recordings/scheduled-poll": [(None, "destination", "string")],
+    "backfill-recordings/backfill": [(None, "destination", "string")],
+    "check-destinations/check-destinations": [(None, "destination", "string")],
+    "verify-archive/weekly-verify": [(None, "destinations", "array")],
+}
+
+
+def _schemas() -> dict[str, dict]:
+    """Each deployment's parameter schema, as ``rtk-archiver serve`` / ``prefect deploy`` register it."""
+    from deployments import load_flow
+
+    return {spec.full_name: parameter_schema(load_flow(spec.entrypoint)).model_dump_for_openapi() for spec in specs(settings())}
+
+
+def _server_errors(schema: dict, parameters: dict) -> list[str]:
+    """What Prefect's server says of a run request with these parameters (the very check it
+    runs before creating a run, preprocessing included): [] when it would create the run."""
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    try:
+        validate(parameters, schema, raise_on_error=True)
+    except ValidationError as exc:
+        return [str(exc)]
+    return []
+
+
+def test_optional_text_parameters_are_plain_inputs_in_every_form():
+    """No ``anyOf`` with null (the UI's str/None toggle, preset to None, "Property is type
+    None"): the form shows the text box (the list) at once, and a destination's help shows its
+    URL examples as code (Markdown: a bare "sftp://..." came out as "s" and a link)."""
+    schemas = _schemas()
+    for deployment, fields in OPTIONAL_INPUTS.items():
+        for model, name, kind in fields:
+            owner = schemas[deployment]["definitions"][model] if model else schemas[deployment]
+            prop, where = owner["properties"][name], f"{deployment}: {name}"
+            assert "anyOf" not in prop and "oneOf" not in prop, f"{where} is a toggle: {prop.get('anyOf') or prop['oneOf']}"
+            assert prop["type"] == kind, where
+            assert prop.get("default", "") in ("", []), where  # no null preset: the form would send it
+            assert name not in owner.get("required", []), where
+            if name == "destination":
+                assert "`sftp://user@host:port/path`" in prop["description"], where
+
+
+BAD_URL = "a destination URL such as"
+BAD_ID = "an id of 1 to 64 letters"
+
+
+@pytest.mark.parametrize("blank", ["", "   ", " \t"])
+def test_an_empty_text_means_not_given_and_a_bad_one_is_still_refused(blank):
+    """For the server (each deployment's schema) and in Python (the flow's own validation):
+    "" or whitespace is not given (None), a bad value is refused as before."""
+    from prefect.utilities.callables import get_call_parameters
+
+    from flows.archive import archive_recordings
+    from flows.check import check_destinations
+
+    schemas = _schemas()
+    manual = schemas["archive-manual/manual"]
+    for request in ({"recording_ids": ["rec-1"], "meeting_id": blank, "destination": blank},
+                    {"meeting_id": "meeting-1", "destination": blank},
+                    # null, as the toggle sent: still accepted (the model's fields have no default)
+                    {"recording_ids": ["rec-1"], "meeting_id": None, "destination": None}):
+        assert _server_errors(manual, {"request": request}) == [], request
+    assert "recording_ids, a meeting_id, or both" in _server_errors(manual, {"request": {"meeting_id": blank}})[0]
+    assert BAD_ID in _server_errors(manual, {"request": {"meeting_id": "meeting/../x"}})[0]
+    assert BAD_ID in _server_errors(manual, {"request": {"meeting_id": " meeting-1"}})[0]  # not trimmed: refused
+    assert BAD_URL in _server_errors(manual, {"request": {"recording_ids": ["r"], "destination": "ftp://host/x"}})[0]
+    assert "without a password" in _server_errors(manual, {"request": {"recording_ids": ["r"], "destination": "sftp://u:pw@h/x"}})[0]
+
+    base = {"poll-recordings/scheduled-poll": {}, "backfill-recordings/backfill": {"start": "2026-01-01", "end": "2026-01-02"},
+            "check-destinations/check-destinations": {}, "archive-recordings/archive-window": {}}
+    for deployment, parameters in base.items():
+        schema = schemas[deployment]
+        assert _server_errors(schema, {**parameters, "destination": blank}) == [], deployment
+        assert _server_errors(schema, parameters) == [], deployment
+        assert BAD_URL in _server_errors(schema, {**parameters, "destination": "https://example.com/x"})[0], deployment
+        assert "without a password" in _server_errors(schema, {**parameters, "destination": "s3://k:secret@b/p"})[0], deployment
+    verify = schemas["verify-archive/weekly-verify"]
+    assert _server_errors(verify, {"destinations": []}) == [] and _server_errors(verify, {}) == []
+    assert _server_errors(verify, {"destinations": [blank]})  # an item of the list is not optional
+
+    # in Python: the model, and each flow's parameters as its run validates them
+    request = ManualRequest(recording_ids=["rec-1"], meeting_id=blank, destination=blank)
+    assert request.meeting_id is None and request.destination is None
+    assert ManualRequest(meeting_id="meeting-1", destination=None).destination is None
+    with pytest.raises(ValueError, match="recording_ids, a meeting_id, or both"):
+        ManualRequest(meeting_id=blank)
+    with pytest.raises(ValueError, match=BAD_URL):
+        ManualRequest(recording_ids=["rec-1"], destination="ftp://host/x")
+    for flow, parameters in ((poll_recordings, {}), (backfill, {"start": NOW - timedelta(days=2), "end": NOW}),
+                             (check_destinations, {}), (archive_recordings, {})):
+        for value in (blank, None):
+            checked = flow.validate_parameters(get_call_parameters(flow.fn, (), {**parameters, "destination": value}))
+            assert checked["destination"] is None, (flow.name, value)
+        assert flow.validate_parameters(get_call_parameters(flow.fn, (), parameters))["destination"] is None, flow.name
+        with pytest.raises(Exception, match=BAD_URL):
+            flow.validate_parameters(get_call_parameters(flow.fn, (), {**parameters, "destination": "ftp://host/x"}))
+
+
+def test_backfill_form_labels_are_readable():
+    """Every backfill parameter has a title of its own (not its snake_case name) and help that
+    reads as a sentence."""
+    props = _schemas()["backfill-recordings/backfill"]["properties"]
+    titles = {name: p["title"] for name, p in props.items()}
+    assert titles["recordings_per_window"] == "Recordings per window" and titles["dry_run"] == "Dry run", titles
+    for name, prop in props.items():
+        assert prop["title"] != name and "_" not in prop["title"], (name, prop["title"])
+        assert prop.get("description", "").endswith("."), (name, prop.get("description"))
+    assert "a backfill of no more runs in this run" not in str(props)
 
 
 @pytest.mark.usefixtures("prefect_harness")

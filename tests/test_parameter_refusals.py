@@ -32,7 +32,7 @@ WINDOW, VERIFY, CHECK = "archive-recordings/archive-window", "verify-archive/wee
 
 PASSWORD = "a destination URL without a password"
 WHERE_CREDENTIALS_GO = "SFTP_PASSWORD"
-DESTINATION = "a destination URL such as file:///path"
+DESTINATION = "a destination URL such as `file:///path`"
 CONTROL = "without control characters"
 TOO_LONG = "of at most 2,048 characters"
 BAD_ID = "an id of 1 to 64 letters"
@@ -101,6 +101,8 @@ CASES: dict[str, Case] = {
     "manual-empty-lists": Case(MANUAL, {"request": {"recording_ids": [], "meeting_id": None}}, EMPTY),
     "manual-ui-form-empty": Case(MANUAL, {"request": {"recording_ids": [], "meeting_id": None, "destination": None,
                                                       "dry_run": False}}, EMPTY),
+    # a blank meeting id is not given: the request is still empty
+    "manual-blank-meeting-id": Case(MANUAL, {"request": {"recording_ids": [], "meeting_id": "  ", "destination": ""}}, EMPTY),
     # too many ids: said in a line, not echoed
     "manual-5000-ids": Case(MANUAL, {"request": {"recording_ids": [f"id-{i:05d}" for i in range(5000)]}},
                             "at most 1,000 recording ids", echo=["id-00000", "id-04999"]),
@@ -115,6 +117,7 @@ CASES: dict[str, Case] = {
     "manual-id-unicode": Case(MANUAL, {"request": {"recording_ids": ["rec\u00e9"]}}, BAD_ID),
     "manual-meeting-id": Case(MANUAL, {"request": {"meeting_id": "meeting/../x"}}, BAD_ID),
     "manual-meeting-id-very-long": Case(MANUAL, {"request": {"meeting_id": "m" * 100_000}}, BAD_ID, echo=["m" * 100]),
+    "manual-meeting-id-padded": Case(MANUAL, {"request": {"meeting_id": " meeting-1"}}, BAD_ID),  # not trimmed
     # destinations the archiver cannot use
     "unknown-scheme-ftp": Case(MANUAL, manual(destination="ftp://host/x"), DESTINATION),
     "unknown-scheme-https": Case(POLL, {"destination": "https://example.com/archive"}, DESTINATION),
@@ -156,7 +159,12 @@ ACCEPTED: dict[str, tuple[str, dict]] = {
     "manual-ids": (MANUAL, {"request": {"recording_ids": ["bbb3ee4b-4e6b-4e5f-9e0e-8ee1c4a3b5f1", "rec_2"]}}),
     "manual-1000-ids": (MANUAL, {"request": {"recording_ids": [f"id-{i}" for i in range(1000)]}}),
     "manual-meeting": (MANUAL, {"request": {"meeting_id": "meeting-1", "recording_ids": []}}),
+    # what the forms send: V2 leaves out an empty text box, V1 sends its default ("") or leaves
+    # it out; null, as the former str/None toggle sent, is still valid in the request
     "manual-ui-form": (MANUAL, {"request": {"recording_ids": ["r1"], "meeting_id": None, "destination": None, "dry_run": True}}),
+    "manual-ui-form-v2": (MANUAL, {"request": {"recording_ids": ["r1"], "dry_run": False}}),
+    "manual-blank-texts": (MANUAL, {"request": {"recording_ids": ["r1"], "meeting_id": "", "destination": "  "}}),
+    "manual-meeting-and-blank-destination": (MANUAL, {"request": {"meeting_id": "meeting-1", "destination": ""}}),
     "manual-file": (MANUAL, manual(destination="file:///srv/rtk archive/2026")),
     "manual-file-localhost": (MANUAL, manual(destination="file://localhost/srv/archive")),
     "manual-s3-options": (MANUAL, manual(destination="s3://my-bucket/rec/2026?storage_class=STANDARD_IA&sse=aws:kms&kms_key_id=arn:aws:kms:eu-west-1:1:key/x")),
@@ -166,7 +174,14 @@ ACCEPTED: dict[str, tuple[str, dict]] = {
     "manual-sftp": (MANUAL, manual(destination="sftp://archiver@sftp.example.com:2222/~/recordings")),
     "manual-sftp-ipv6": (MANUAL, manual(destination="sftp://archiver@[::1]:22/srv/rec")),
     "manual-sftp-email-user": (MANUAL, manual(destination="sftp://me%40corp.example@h/x")),
-    "poll": (POLL, {"overlap_minutes": 0, "destination": None}),
+    # a flow's own text parameter has the default "" in the schema: the server takes a string
+    # (blank: not given) and no null for it
+    "poll": (POLL, {"overlap_minutes": 0, "destination": ""}),
+    "poll-blank-destination": (POLL, {"destination": " "}),
+    "window-blank-destination": (WINDOW, {"destination": ""}),
+    "backfill-blank-destination": (BACKFILL, {"start": "2026-01-01", "end": "2026-01-02", "destination": ""}),
+    "check-blank-destination": (CHECK, {"destination": "   "}),
+    "verify-empty-list": (VERIFY, {"destinations": []}),
     "window-dates": (WINDOW, {"since": "2026-01-31", "until": "2026-02-01T12:00:00.123456+02:00", "dry_run": True}),
     "window-ui-datetime": (WINDOW, {"since": "2026-01-31T10:00:00.000Z", "until": "2026-01-31T11:00:00Z"}),
     "backfill": (BACKFILL, {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02", "window_hours": 6, "parallelism": 2,
