@@ -44,6 +44,8 @@ def _outcome(plan: RecordingPlan, dry_run: bool) -> RecordingOutcome:
     rec = plan.recording
     where = plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None
     kind = plan.verdict
+    if kind == OutcomeKind.FAILED and where is None and plan.destination is not None:
+        where = plan.destination.display_url()  # where it was going (its destination could not be looked at)
     reason = plan.reason
     if plan.action == Action.ALREADY_ARCHIVED:
         kind = OutcomeKind.ALREADY_ARCHIVED

@@ -11,7 +11,9 @@ with its UI) and ``rtk-archiver serve`` against the simulator, headless Chromium
 - The same form in the V1 UI ("Switch to V1 UI"), which renders the help as Markdown: text
   boxes, the URL examples as code, no ftp:// link.
 - The same with a recording whose destination cannot be written: the run ends Failed, and its
-  report artifact is still listed.
+  report artifact is still listed; opened, its table shows the reason on screen at 1400 px and
+  the destination the recording was going to.
+- A poll started on the server: its own run page lists the report (no subflow).
 - Deployments -> backfill -> Run -> Custom run: the parameters have readable titles
   ("Recordings per window", not ``recordings_per_window``); start and end picked in the date
   pickers, Submit: the backfill (one past day, no recordings) reaches Completed, and its
@@ -339,12 +341,37 @@ def test_manual_and_backfill_runs_from_the_prefect_ui(prefect_server, archiver_e
                 _artifacts(page)
                 expect(page.get_by_text("rtk-archive-report", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
 
+            with step("its report shows the reason on screen at 1400 px, and where the recording was going"):
+                _follow(page, page.get_by_text("rtk-archive-report", exact=True).first, re.compile(r"/artifacts/"))
+                # the key's timeline, newest first: this run's (its card names the run), then its table
+                card = page.locator("div").filter(has=page.get_by_role("link", name=bad_run, exact=True)).filter(
+                    has=page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$"))).last
+                _follow(page, card.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first,
+                        re.compile(r"/artifacts/artifact/[0-9a-f-]{36}"))
+                reason = page.get_by_role("cell").filter(has_text=re.compile(r"SFTP")).first
+                expect(reason).to_be_visible(timeout=UI_TIMEOUT_MS)
+                box = reason.bounding_box()
+                assert box and box["x"] + min(box["width"], 200) <= 1400, f"the reason is off-screen: {box}"
+                expect(page.get_by_role("cell").filter(has_text=re.compile(r"^sftp://u@127\.0\.0\.1:1/"))).to_have_count(1)
+
             with step("the backfill completes, over the range picked"):
                 assert _final_state(page, backfill_run, RUN_TIMEOUT_S) == "Completed"
                 page.get_by_role("tab", name="Parameters").click()
                 for name, when in (("start", day), ("end", day + timedelta(days=1))):
                     shown = re.compile(rf'"{name}": "{when:%Y-%m-%d}T00:00:00(Z|\+00:00)"')
                     expect(page.get_by_text(shown)).to_be_visible(timeout=UI_TIMEOUT_MS)
+            with step("a poll: one run in the list, and its own page has the report"):
+                sim.state.add_recording(file_size=20_000, stopped_time=datetime.now(timezone.utc) - timedelta(minutes=1))
+                poll = prefect_server.request("GET", "/deployments/name/poll-recordings/scheduled-poll").json()["id"]
+                run = prefect_server.request("POST", f"/deployments/{poll}/create_flow_run",
+                                             json={"name": f"browser-poll-{tag}", "parameters": {}}).json()
+                state = _final_state(page, f"browser-poll-{tag}", RUN_TIMEOUT_S)
+                assert state in ("Completed", "Failed"), state  # Failed: the failing recording may be in its window
+                _artifacts(page)
+                expect(page.get_by_text("rtk-archive-report", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+                children = prefect_server.request("POST", "/flow_runs/filter", json={
+                    "flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}}).json()
+                assert children == [], [c["name"] for c in children]  # no archive-recordings subflow
             print("\n".join(f"{took:6.1f} s  {name}" for name, took in step.took))
         finally:
             browser.close()
