@@ -21,11 +21,11 @@ from flows.archiving import (  # noqa: F401 - re-exported: the flows' building b
     run_state,
     survey,
 )
-from flows.parameters import OptionalDateTime, OptionalDestination
+from flows.parameters import OptionalDateTime, OptionalDestination, form_field
 from flows.retries import retrying
 from flows.runtime import ArchiveTaskRunner
 from flows.watchdog import watch_for_loss
-from flows.windows import resolve_window
+from flows.windows import DESTINATION_HELP, resolve_window
 from rtk_archiver.models import ArchiveReport
 from rtk_archiver.settings import load_settings
 from tasks.limits import ensure_limits
@@ -34,10 +34,10 @@ from tasks.listing import list_recordings
 
 @flow(name="archive-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def archive_recordings(
-    since: OptionalDateTime = None,
-    until: OptionalDateTime = None,
-    destination: OptionalDestination = "",  # a text box in the form; empty: not given
-    dry_run: bool = False,
+    since: OptionalDateTime = form_field(None, "Since", "Archive the recordings that stopped from here (default: the lookback)."),
+    until: OptionalDateTime = form_field(None, "Until", "... up to here (default: now)."),
+    destination: OptionalDestination = form_field("", "Destination", DESTINATION_HELP),  # a text box; empty: not given
+    dry_run: bool = form_field(False, "Dry run", "Report what would be archived; transfer nothing."),
 ) -> ArchiveReport:
     """Archive every recording that stopped in [since, until) (default: the last
     ARCHIVE_LOOKBACK_DAYS days) to its storage_config destination, the default

@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 from flows.archive import archive_all, finish_report, invalid_outcome
 from flows.runtime import ArchiveTaskRunner, retrying
 from flows.watchdog import watch_for_loss
+from flows.parameters import form_field
 from flows.windows import DESTINATION_HELP, OptionalDestination, PlannedWindow, plan_windows
 from flows.failure import failed_on_purpose
 from rtk_archiver.display import markdown_text, printable_row
@@ -105,11 +106,7 @@ def _label(w: PlannedWindow) -> str:
     return f"window {w.since:%Y-%m-%d %H:%M:%S} to {w.until:%Y-%m-%d %H:%M:%S}"
 
 
-def _parameter(default: Any, title: str, description: str) -> Any:
-    """A parameter's default, and its label and help in the UI's form. Prefect's schema titles a
-    flow's parameters by their names (``title=param.name``, whatever ``Field(title=...)`` says);
-    the title given again as ``json_schema_extra``, applied last, is the one the form shows."""
-    return Field(default, title=title, description=description, json_schema_extra={"title": title})
+_parameter = form_field  # (flows/parameters.py)
 
 
 @flow(name="backfill-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)

@@ -8,10 +8,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
-from pydantic import Field
 
 from flows.failure import failed_on_purpose, quiet_expected_tracebacks
-from flows.parameters import OptionalDateTime
+from flows.parameters import OptionalDateTime, form_field
 from flows.windows import DESTINATION_HELP, OptionalDestination
 from rtk_archiver.settings import load_settings
 from tasks.check import CheckReport, markdown_table, run_check
@@ -23,10 +22,14 @@ class DestinationCheckFailed(Exception):
 
 @flow(name="check-destinations", validate_parameters=True)
 def check_destinations(
-    since: OptionalDateTime = None,
-    until: OptionalDateTime = None,
-    destination: OptionalDestination = Field("", description=DESTINATION_HELP),  # a text box; empty: not given
-    include_recordings: bool = True,
+    since: OptionalDateTime = form_field(
+        None, "Recordings since", "Check the storage_configs of the recordings that stopped from here (default: the lookback)."
+    ),
+    until: OptionalDateTime = form_field(None, "Recordings until", "... up to here (default: now)."),
+    destination: OptionalDestination = form_field("", "Destination", DESTINATION_HELP),  # a text box; empty: not given
+    include_recordings: bool = form_field(
+        True, "Include the recordings' storage configs", "Also check every destination the recordings' storage_configs name."
+    ),
 ) -> CheckReport:
     """Write, stat, read back and delete a probe at every destination a run would use: the
     default destination, ``destination`` if given, and the storage_configs of the recordings

@@ -282,3 +282,11 @@ DATETIME_RULES = ((_string(**{"not": {"pattern": DATETIME_PATTERN}}), DATETIME_E
 #: jsonschema only asserts ``format`` when asked to, and Prefect does not ask)
 OptionalDateTime = Annotated[datetime | None, CheckedInSchema(DATETIME_RULES)]
 DateTime = Annotated[datetime, CheckedInSchema(DATETIME_RULES)]
+
+
+def form_field(default: Any, title: str, description: str) -> Any:
+    """A flow parameter's default, and its label and help in the UI's form. Prefect's schema
+    titles a flow's parameters by their names (``title=param.name``, whatever ``Field(title=...)``
+    says); the title given again as ``json_schema_extra``, applied last, is the one the form
+    shows (so the form reads "Recordings per window", not ``recordings_per_window``)."""
+    return Field(default, title=title, description=description, json_schema_extra={"title": title})

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from flows.archive import archive_window, run_state
 from flows.runtime import ArchiveTaskRunner
+from flows.parameters import form_field
 from flows.windows import DESTINATION_HELP, OptionalDestination
 from rtk_archiver.models import ArchiveReport, OutcomeKind
 from rtk_archiver.settings import load_settings
@@ -45,10 +46,10 @@ def next_mark(report: ArchiveReport, previous: datetime, started: datetime, floo
 
 @flow(name="poll-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def poll_recordings(
-    overlap_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = Field(
-        30, description="How far each window reaches back before the previous one ended, in minutes."
+    overlap_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = form_field(
+        30, "Overlap (minutes)", "How far each window reaches back before the previous one ended, in minutes."
     ),
-    destination: OptionalDestination = Field("", description=DESTINATION_HELP),  # a text box; empty: not given
+    destination: OptionalDestination = form_field("", "Destination", DESTINATION_HELP),  # a text box; empty: not given
 ) -> ArchiveReport:
     """Archive every recording that stopped since the last poll (first poll: the lookback)."""
     settings = load_settings()

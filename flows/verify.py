@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from flows.parameters import DESTINATION_LIST_RULES, CheckedIfGiven, DestinationURL
+from flows.parameters import DESTINATION_LIST_RULES, CheckedIfGiven, DestinationURL, form_field
 from rtk_archiver.models import OutcomeKind, Recording
 from flows.failure import failed_on_purpose, quiet_expected_tracebacks
 from flows.retries import retrying
@@ -134,13 +134,14 @@ def scrub_targets(urls: list[str], settings: Settings, recordings: list[Recordin
 
 @flow(name="verify-archive", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True)
 def verify_archive(
-    destinations: VerifyDestinations = Field(
-        [],
-        description="Destinations to verify; empty: the default destination and every storage_config destination "
+    destinations: VerifyDestinations = form_field(
+        [], "Destinations",
+        "Destinations to verify; empty: the default destination and every storage_config destination "
         "of the recordings in the lookback window.",
     ),
-    deep: bool = Field(False, description="Re-read and re-hash (sha256) files on storage that reports no hashes (file, SFTP)."),
-    repair: bool = Field(True, description="Archive missing or corrupt recordings again when RealtimeKit still has them."),
+    deep: bool = form_field(False, "Deep (re-read and re-hash)",
+                            "Re-read and re-hash (sha256) files on storage that reports no hashes (file, SFTP)."),
+    repair: bool = form_field(True, "Repair", "Archive missing or corrupt recordings again when RealtimeKit still has them."),
 ) -> VerifyReport:
     """Check every archived recording's files against its sidecar; re-archive what is damaged."""
     quiet_expected_tracebacks()

@@ -181,6 +181,16 @@ def test_backfill_form_labels_are_readable():
     assert "a backfill of no more runs in this run" not in str(props)
 
 
+def test_every_form_has_readable_labels_and_help():
+    """The same for every deployment's form: no snake_case label, help on every field (the
+    manual form's request fields are titled by their model)."""
+    for deployment, schema in _schemas().items():
+        for name, prop in schema["properties"].items():
+            assert prop.get("title") and "_" not in prop["title"], (deployment, name, prop.get("title"))
+            if deployment != "archive-manual/manual":
+                assert prop.get("description", "").rstrip().endswith("."), (deployment, name, prop.get("description"))
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_server_rejects_bad_parameters():
     deployment_id = archive_manual.to_deployment(name="manual-validation").apply()
