@@ -267,7 +267,9 @@ def _assert_log_ends_with_its_message(server, run_id: str, message: str) -> None
     from tests.fixtures import wait_until
 
     def logs():
-        found = _api(server, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
+        # the newest 200 lines (the API's page), oldest first: a poll of many recordings logs more
+        found = _api(server, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                           "sort": "TIMESTAMP_DESC", "limit": 200})[::-1]
         return found if any("Finished in state Failed" in r["message"] for r in found) else None
 
     found = wait_until(logs, 30, f"the log of run {run_id}")

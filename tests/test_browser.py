@@ -350,8 +350,14 @@ def test_manual_and_backfill_runs_from_the_prefect_ui(prefect_server, archiver_e
                         re.compile(r"/artifacts/artifact/[0-9a-f-]{36}"))
                 reason = page.get_by_role("cell").filter(has_text=re.compile(r"SFTP")).first
                 expect(reason).to_be_visible(timeout=UI_TIMEOUT_MS)
-                box = reason.bounding_box()
-                assert box and box["x"] + min(box["width"], 200) <= 1400, f"the reason is off-screen: {box}"
+                def box():
+                    try:
+                        return reason.bounding_box()  # None while the table re-renders
+                    except Exception:  # noqa: BLE001 - detached meanwhile: ask again
+                        return None
+
+                found = wait_until(box, 30, "the reason cell to be laid out", interval=0.5)
+                assert found["x"] + min(found["width"], 200) <= 1400, f"the reason is off-screen: {found}"
                 expect(page.get_by_role("cell").filter(has_text=re.compile(r"^sftp://u@127\.0\.0\.1:1/"))).to_have_count(1)
 
             with step("the backfill completes, over the range picked"):
