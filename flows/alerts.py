@@ -35,6 +35,7 @@ SETTLED = {OutcomeKind.ARCHIVED, OutcomeKind.ALREADY_ARCHIVED, OutcomeKind.DELIV
 
 
 def token(recording_id: str) -> str:
+    """A recording as a memory Variable keeps it: 12 hex digits of its id's sha256 (no id in clear)."""
     return hashlib.sha256(recording_id.encode()).hexdigest()[:12]
 
 
@@ -89,15 +90,22 @@ class FailureAlerts:
         return kept
 
 
-def load_memory() -> dict[str, list[Any]]:
+def json_variable(name: str) -> Any:
+    """A Prefect Variable's value as JSON (None if unset or not JSON): what the archiver keeps
+    there (the failure alerts, the watchdog's lost recordings) may come back as text."""
     from prefect.variables import Variable
 
-    value = Variable.get(FAILURE_MEMORY, default=None)
+    value = Variable.get(name, default=None)
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
             value = None
+    return value
+
+
+def load_memory() -> dict[str, list[Any]]:
+    value = json_variable(FAILURE_MEMORY)
     return value if isinstance(value, dict) else {}
 
 

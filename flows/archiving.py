@@ -42,10 +42,8 @@ def _failure_reason(exc: BaseException) -> str:
 def _outcome(plan: RecordingPlan, dry_run: bool) -> RecordingOutcome:
     """The outcome of a recording that needs no transfer task (or would, in a dry run)."""
     rec = plan.recording
-    where = plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None
     kind = plan.verdict
-    if kind == OutcomeKind.FAILED and where is None and plan.destination is not None:
-        where = plan.destination.display_url()  # where it was going (its destination could not be looked at)
+    where = _going_to(plan) if kind == OutcomeKind.FAILED else _at(plan)
     reason = plan.reason
     if plan.action == Action.ALREADY_ARCHIVED:
         kind = OutcomeKind.ALREADY_ARCHIVED
@@ -144,8 +142,19 @@ def _task_outcome(plan: RecordingPlan, result: object, logger) -> RecordingOutco
     logger.error("Failed to archive %s: %s", rec.label(), reason)
     return RecordingOutcome(
         recording_id=rec.id, output_file_name=rec.output_file_name, kind=OutcomeKind.FAILED, reason=reason,
-        destination=plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None,
+        destination=_going_to(plan),
     )
+
+
+def _at(plan: RecordingPlan) -> str | None:
+    """Where the plan puts the recording's video (None: nowhere decided)."""
+    return plan.destination.display_url(plan.layout.main) if plan.destination and plan.layout else None
+
+
+def _going_to(plan: RecordingPlan) -> str | None:
+    """For a failed recording, where it was going: its video's name, else (its destination
+    could not be looked at, no name was decided) the destination itself."""
+    return _at(plan) or (plan.destination.display_url() if plan.destination is not None else None)
 
 
 class RecordingsFailed(Exception):
@@ -172,7 +181,7 @@ def run_state(report: ArchiveReport) -> "ArchiveReport | State | direct.FailedRu
     from flows.failure import failed_on_purpose
 
     run_logger().error("Run failed: %s", message)
-    failed_on_purpose(message)
+    failed_on_purpose()
     return Failed(message=message[:1000], data=RecordingsFailed(message, report))
 
 

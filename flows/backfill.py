@@ -106,40 +106,37 @@ def _label(w: PlannedWindow) -> str:
     return f"window {w.since:%Y-%m-%d %H:%M:%S} to {w.until:%Y-%m-%d %H:%M:%S}"
 
 
-_parameter = form_field  # (flows/parameters.py)
-
-
 @flow(name="backfill-recordings", task_runner=ArchiveTaskRunner(), validate_parameters=True)
 def backfill(
-    # constraints in the annotation, default, title and help in _parameter(): Prefect's form shows them all
-    start: datetime = _parameter(
+    # constraints in the annotation, default, title and help in form_field(): Prefect's form shows them all
+    start: datetime = form_field(
         ..., "Start of the range",
         "Archive the recordings that stopped at or after this date or date-time (UTC if no zone); it must be in the past.",
     ),
-    end: datetime = _parameter(
+    end: datetime = form_field(
         ..., "End of the range",
         "Archive the recordings that stopped before this date or date-time (UTC if no zone). An end in the future "
         "is cut to now: the scheduled poll archives what stops later.",
     ),
-    recordings_per_window: Annotated[int, Field(ge=1, le=100_000)] = _parameter(
+    recordings_per_window: Annotated[int, Field(ge=1, le=100_000)] = form_field(
         DEFAULT_RECORDINGS_PER_WINDOW, "Recordings per window",
         "At most this many recordings in each window, planned from one listing of the range. A backfill of this many "
         "recordings or fewer is archived by this run itself; a bigger one is split into windows, each archived by a "
         f"child run ({WINDOW_DEPLOYMENT}).",
     ),
-    parallelism: Annotated[int, Field(ge=1, le=64)] = _parameter(
+    parallelism: Annotated[int, Field(ge=1, le=64)] = form_field(
         4, "Child runs at once",
         "At most this many windows are archived at the same time, as child runs over all workers; a big backfill is "
         "split into at least this many windows.",
     ),
-    window_hours: Annotated[float, Field(gt=0, le=24 * 366)] | None = _parameter(
+    window_hours: Annotated[float, Field(gt=0, le=24 * 366)] | None = form_field(
         None, "Longest window (hours)",
         "Optional: no window is longer than this many hours. None (the default): the windows follow the recordings, "
         "whatever their length.",
     ),
     # a text box; empty means not given (each recording's own destination)
-    destination: OptionalDestination = _parameter("", "Destination", DESTINATION_HELP),
-    dry_run: bool = _parameter(False, "Dry run", "Only report what would be archived; nothing is written."),
+    destination: OptionalDestination = form_field("", "Destination", DESTINATION_HELP),
+    dry_run: bool = form_field(False, "Dry run", "Only report what would be archived; nothing is written."),
 ) -> BackfillReport:
     """Archive every recording that stopped in [start, end), planned from one listing."""
     logger = get_run_logger()
@@ -310,5 +307,5 @@ def _finish(report: BackfillReport) -> BackfillReport | State:
                    + (f"; first: {first.state}: {first.reason}" if first.reason else "")
                    + "; run the backfill again to resume")
     get_run_logger().error("Backfill failed: %s", message)
-    failed_on_purpose(message)
+    failed_on_purpose()
     return Failed(message=message[:1000], data=BackfillFailed(message, report))

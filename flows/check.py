@@ -47,6 +47,6 @@ def check_destinations(
     if report.failed:
         message = f"{len(report.failed)} of {len(report.checks)} destination(s) failed the check"
         logger.error("Check failed: %s", message)
-        failed_on_purpose(message)
+        failed_on_purpose()
         return Failed(message=message, data=DestinationCheckFailed(message))  # type: ignore[return-value]
     return report

@@ -25,13 +25,13 @@ import threading
 ENGINE_RAISED = "Engine execution exited with unexpected exception"
 
 _lock = threading.Lock()
-_messages: list[str] = []
-_installed = False
+#: set once this process's flow returned a Failed state on purpose (then the filter is installed)
+_failed_on_purpose = threading.Event()
 
 
 class _DropEngineRaise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (_messages and record.msg == ENGINE_RAISED)
+        return not (_failed_on_purpose.is_set() and record.msg == ENGINE_RAISED)
 
 
 #: where the archiver's own errors are defined (their messages are meant for the operator)
@@ -60,12 +60,9 @@ def quiet_expected_tracebacks() -> None:
             _quiet_installed = True
 
 
-def failed_on_purpose(message: str) -> None:
-    """Called by a flow just before it returns its Failed state with ``message``."""
-    global _installed
+def failed_on_purpose() -> None:
+    """Called by a flow just before it returns its Failed state (its message says what failed)."""
     with _lock:
-        _messages.append(message)
-        del _messages[:-10]
-        if not _installed:
+        if not _failed_on_purpose.is_set():
             logging.getLogger("prefect.flow_runs").addFilter(_DropEngineRaise())
-            _installed = True
+            _failed_on_purpose.set()

@@ -237,10 +237,6 @@ DestinationURL = Annotated[str, Checked(DESTINATION_RULES)]
 OptionalDestination = Annotated[
     str | SkipJsonSchema[None], CheckedIfGiven(DESTINATION_RULES), Field(description=DESTINATION_HELP)
 ]
-#: the same rules on ``str | None``, which the form shows as a str/None toggle: for a parameter
-#: whose default is None (flows/archive.py's archive-window, until its default is "" and it
-#: takes an OptionalDestination)
-DestinationParam = Annotated[str | None, CheckedIfGiven(DESTINATION_RULES), Field(description=DESTINATION_HELP)]
 
 # --- ids, lists, times --------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ LOST_SLOT = "Deployment concurrency slot lost during provisioning"
 EXPLAINED_TAG = "rtk-explained"
 
 
-def explain_lost_slot_cancellations(since: datetime) -> int:
+def explain_lost_slot_cancellations(since: datetime) -> None:
     """A poll due while the Prefect server restarted ends Cancelled with the server's "Deployment
     concurrency slot lost during provisioning": it did nothing, and the mark did not move. Each
     such poll run since the mark gets a log line saying so (shown on its run page) and the tag
@@ -89,7 +89,6 @@ def explain_lost_slot_cancellations(since: datetime) -> int:
 
     logger = get_run_logger()
     ctx = FlowRunContext.get()
-    me = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     try:
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
@@ -116,7 +115,5 @@ def explain_lost_slot_cancellations(since: datetime) -> int:
                     "it archived nothing; this poll covers its window", run.name,
                     run.expected_start_time.isoformat(timespec="minutes") if run.expected_start_time else "?",
                 )
-            return len([r for r in lost if str(r.id) != me])
     except Exception as exc:  # noqa: BLE001 - an explanation, never a reason to fail the poll
         logger.debug("Could not look for polls cancelled by a server restart: %s", exc)
-        return 0

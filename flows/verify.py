@@ -174,7 +174,7 @@ def verify_archive(
     message = report.failure_message()
     if message:
         logger.error("Verify failed: %s", message)
-        failed_on_purpose(message)
+        failed_on_purpose()
         return Failed(message=message, data=report)  # type: ignore[return-value]
     logger.info(
         "Verified %d destination(s): %d sidecar(s), %d file(s), nothing missing or corrupt",

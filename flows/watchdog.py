@@ -24,7 +24,6 @@ destination look-up, the memory, the events and the report section.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
@@ -32,10 +31,14 @@ from datetime import datetime, timedelta, timezone
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from rtk_archiver.display import markdown_text, printable
 from prefect.events import emit_event
 from prefect.variables import Variable
 from pydantic import BaseModel, Field
+
+# a recording's 12 hex digits in a memory Variable, and reading one: the same as the failure alerts'
+from flows.alerts import json_variable
+from flows.alerts import token as memory_token
+from rtk_archiver.display import markdown_text, printable
 
 from rtk_archiver.models import ArchiveReport, OutcomeKind, Recording, RecordingOutcome, RecordingRisk
 from rtk_archiver.plan import RETENTION, bucket_state
@@ -115,17 +118,8 @@ def assess(
     return watch
 
 
-def memory_token(recording_id: str) -> str:
-    return hashlib.sha256(recording_id.encode()).hexdigest()[:12]
-
-
 def remembered_lost() -> list[str]:
-    value = Variable.get(LOST_MEMORY, default=None)
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            value = None
+    value = json_variable(LOST_MEMORY)
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 

@@ -15,7 +15,6 @@ from rtk_archiver.settings import Settings
 from flows.parameters import (  # noqa: F401 - re-exported
     DESTINATION_HELP,
     DESTINATION_PATTERN,
-    DestinationParam,
     OptionalDestination,
 )
 

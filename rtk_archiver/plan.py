@@ -152,12 +152,16 @@ def place(recording: Recording, destination: Destination, from_storage_config: b
     return destination, directory
 
 
+def _from_storage_config(recording: Recording, override: str | None) -> bool:
+    """Whether the recording's destination is its storage_config's (``resolve_destination``)."""
+    sc = recording.storage_config
+    return not override and bool(sc is not None and sc.type)
+
+
 def placement(recording: Recording, override: str | None, default: str | None) -> tuple[Destination, str]:
     """Where a recording's files are: its destination root and directory under it. Archiving,
     the scrub and the preflight all ask this one function."""
-    dest = resolve_destination(recording, override, default)
-    sc = recording.storage_config
-    return place(recording, dest, from_storage_config=not override and bool(sc is not None and sc.type))
+    return place(recording, resolve_destination(recording, override, default), _from_storage_config(recording, override))
 
 
 def scrub_scope(recording: Recording, override: str | None, default: str | None) -> tuple[Destination, str]:
@@ -165,7 +169,7 @@ def scrub_scope(recording: Recording, override: str | None, default: str | None)
     ``""``), or, for an absolute SFTP ``storage_config.path`` (archived outside any root),
     that directory alone (prefix ``"dir/"``; ``"/"`` itself: prefix ``"/"``, not walked)."""
     base = resolve_destination(recording, override, default)
-    dest, directory = placement(recording, override, default)
+    dest, directory = place(recording, base, _from_storage_config(recording, override))
     if dest == base:
         return dest, ""
     return dest, f"{directory}/" if directory else "/"

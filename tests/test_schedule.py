@@ -170,6 +170,20 @@ def test_entrypoints_are_imported_not_read_from_the_current_directory(tmp_path, 
         module_entrypoint("flows.poll")
 
 
+def _start_manual_run(prefect_server, recording_id: str):
+    """A manual run of one recording on the server; returns a function that reads its state."""
+    manual = _deployment_id(prefect_server, MANUAL)
+    r = _api(prefect_server, "POST", f"/deployments/{manual}/create_flow_run",
+             json={"parameters": {"request": {"recording_ids": [recording_id]}}})
+    r.raise_for_status()
+    run_id = r.json()["id"]
+
+    def state() -> dict:
+        return _api(prefect_server, "GET", f"/flow_runs/{run_id}").json()["state"]
+
+    return state
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-ctrl-c"])
 def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, tmp_path, sig):
@@ -181,14 +195,7 @@ def test_serve_stops_on_signal_from_any_directory(prefect_server, archiver_env, 
     elsewhere.mkdir()
     mark = prefect_server.log_size()
     with running_serve(prefect_server.api_url, cwd=elsewhere, env=FAST_RUNNER) as serve:
-        manual = _deployment_id(prefect_server, MANUAL)
-        r = _api(prefect_server, "POST", f"/deployments/{manual}/create_flow_run",
-                 json={"parameters": {"request": {"recording_ids": [rec["id"]]}}})
-        r.raise_for_status()
-        run_id = r.json()["id"]
-
-        def state() -> dict:
-            return _api(prefect_server, "GET", f"/flow_runs/{run_id}").json()["state"]
+        state = _start_manual_run(prefect_server, rec["id"])
 
         _wait("the manual run to be Running", lambda: state()["type"] == "RUNNING", 90, serve)
         time.sleep(1)
@@ -232,14 +239,7 @@ def test_serve_stopped_mid_transfer_aborts_the_transfer_at_once(prefect_server, 
     faults.trickle_bytes, faults.trickle_interval = 65_536, 0.2
     mark = prefect_server.log_size()
     with running_serve(prefect_server.api_url, cwd=tmp_path, env=FAST_RUNNER) as serve:
-        manual = _deployment_id(prefect_server, MANUAL)
-        r = _api(prefect_server, "POST", f"/deployments/{manual}/create_flow_run",
-                 json={"parameters": {"request": {"recording_ids": [rec["id"]]}}})
-        r.raise_for_status()
-        run_id = r.json()["id"]
-
-        def state() -> dict:
-            return _api(prefect_server, "GET", f"/flow_runs/{run_id}").json()["state"]
+        state = _start_manual_run(prefect_server, rec["id"])
 
         def temp_files() -> list[Path]:
             return [p for p in archiver_env.archive.rglob("*") if p.is_file()] if archiver_env.archive.exists() else []
